@@ -1,0 +1,190 @@
+"""The training-job spec: the one definition shared by the trainer, the workers and the API.
+
+A spec is plain data (pydantic, no torch), validated with bounds so that a job that would
+exhaust the machine is refused up front with an error naming the field and the limit::
+
+    {"name": "mnist-bn", "dataset": "mnist1d",
+     "model": {"arch": "mlp", "hidden": [100, 100, 100], "activation": "sigmoid",
+               "norm": "batchnorm"},
+     "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
+     "batch_size": 60, "steps": 3000, "eval_every": 100, "seed": 0}
+
+Unknown keys are rejected (``extra="forbid"``), numbers must be finite.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Hard limits. They keep one job within what a single worker can hold; raise them with care.
+MAX_STEPS = 200_000
+MAX_BATCH_SIZE = 8192
+MAX_WIDTH = 4096
+MAX_DEPTH = 16
+MAX_PARAMETERS = 20_000_000
+MAX_LR = 100.0
+
+Dataset = Literal["mnist1d", "digits", "synthetic", "mnist_idx", "npz"]
+Activation = Literal["sigmoid", "tanh", "relu"]
+Norm = Literal["none", "batchnorm", "torch_batchnorm"]
+
+# (example shape as (channels, *spatial), number of classes) for the datasets whose shape is
+# known up front; npz files are checked when loaded. "synthetic" uses synthetic_features.
+# The MLP flattens an example; the CNN convolves over its spatial axes (1-D or 2-D).
+KNOWN_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "mnist1d": ((1, 40), 10),
+    "digits": ((1, 8, 8), 10),
+    "mnist_idx": ((1, 28, 28), 10),
+}
+
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ModelSpec(_Strict):
+    """The network. Normalization sits before each nonlinearity; the layer in front of a
+    normalization has no bias (the paper: β takes its role)."""
+
+    arch: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[Width] = Field(
+        default_factory=lambda: [100, 100, 100],
+        min_length=1,
+        max_length=MAX_DEPTH,
+        description="MLP: units per hidden layer. CNN: channels per conv block.",
+    )
+    activation: Activation = "sigmoid"
+    norm: Norm = "batchnorm"
+    init: Literal["default", "poor"] = Field(
+        "default",
+        description="'poor' draws weights from N(0, 1) regardless of fan-in (badly scaled on "
+        "purpose, to show BN's insensitivity to initialisation).",
+    )
+    bn_momentum: float | None = Field(
+        0.1, gt=0.0, le=1.0, description="None = cumulative moving average, as in torch."
+    )
+    bn_eps: float = Field(1e-5, gt=0.0, le=1.0)
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.5, gt=0.0, le=MAX_LR)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD only.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    schedule: Literal["constant", "step", "exponential"] = "constant"
+    step_size: int = Field(1000, ge=1, le=MAX_STEPS, description="'step': decay every N steps.")
+    gamma: float = Field(
+        0.1, gt=0.0, le=1.0, description="'step': factor per decay; 'exponential': per step."
+    )
+
+
+class JobSpec(_Strict):
+    """One training job."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "mnist1d-bn",
+                    "dataset": "mnist1d",
+                    "model": {
+                        "arch": "mlp",
+                        "hidden": [100, 100, 100],
+                        "activation": "sigmoid",
+                        "norm": "batchnorm",
+                    },
+                    "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
+                    "batch_size": 60,
+                    "steps": 3000,
+                    "eval_every": 100,
+                    "seed": 0,
+                }
+            ]
+        },
+    )
+
+    name: str = Field("run", min_length=1, max_length=200)
+    dataset: Dataset = "mnist1d"
+    data_path: str | None = Field(
+        None,
+        max_length=500,
+        description="mnist_idx / npz only: a path relative to the server's data directory.",
+    )
+    synthetic_features: int = Field(32, ge=1, le=MAX_WIDTH, description="'synthetic' only.")
+    train_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="Cap on training examples (None = all)."
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: int = Field(60, ge=2, le=MAX_BATCH_SIZE)
+    steps: int = Field(3000, ge=1, le=MAX_STEPS)
+    eval_every: int = Field(100, ge=1, le=MAX_STEPS)
+    log_every: int = Field(1, ge=1, le=MAX_STEPS, description="Emit train metrics every N steps.")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    probe_layer: int = Field(
+        -1,
+        ge=-MAX_DEPTH,
+        lt=MAX_DEPTH,
+        description="Hidden layer whose pre-activation percentiles (15/50/85th, the paper's "
+        "Fig. 1b/c) are tracked; -1 = the last.",
+    )
+    divergence_factor: float = Field(
+        1e3, gt=1.0, le=1e12, description="Stop as diverged when loss > factor × first loss."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> JobSpec:
+        if self.dataset in ("mnist_idx", "npz") and not self.data_path:
+            raise ValueError(f"data_path is required for dataset '{self.dataset}'")
+        if self.data_path is not None and self.dataset not in ("mnist_idx", "npz"):
+            raise ValueError("data_path is only used by the 'mnist_idx' and 'npz' datasets")
+        depth = len(self.model.hidden)
+        if not -depth <= self.probe_layer < depth:
+            raise ValueError(
+                f"probe_layer {self.probe_layer} out of range for {depth} hidden layers"
+            )
+        n_params = self.parameter_count()
+        if n_params is not None and n_params > MAX_PARAMETERS:
+            raise ValueError(
+                f"model has {n_params:,} parameters, more than the limit of {MAX_PARAMETERS:,}"
+            )
+        return self
+
+    def input_shape(self) -> tuple[tuple[int, ...], int] | None:
+        """(input shape, classes) where known without loading data."""
+        if self.dataset == "synthetic":
+            return (1, self.synthetic_features), 10
+        return KNOWN_SHAPES.get(self.dataset)
+
+    def parameter_count(self) -> int | None:
+        """Parameters of the model this spec builds (None where the input shape is unknown)."""
+        shape = self.input_shape()
+        if shape is None:
+            return None
+        example, classes = shape
+        if self.model.arch == "mlp":
+            fan_in, taps = math.prod(example), 1
+        else:  # 3-wide kernels over each spatial axis (see bncore.models.CNN)
+            fan_in, taps = example[0], 3 ** (len(example) - 1)
+        per_unit_extra = 2 if self.model.norm != "none" else 1  # γ, β or a bias
+        total = 0
+        for width in self.model.hidden:
+            total += taps * fan_in * width + per_unit_extra * width
+            fan_in = width
+        return total + fan_in * classes + classes
+
+
+def parse_spec(data: dict | str | bytes) -> JobSpec:
+    """Validate a spec from a dict or JSON text."""
+    if isinstance(data, str | bytes):
+        return JobSpec.model_validate_json(data)
+    return JobSpec.model_validate(data)
+
