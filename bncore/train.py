@@ -1,0 +1,309 @@
+"""The trainer: a JobSpec in, a stream of events (bncore.events) out. No HTTP, no SQL.
+
+    python -m bncore.train spec.json [--data-dir DIR]     # or "-" to read the spec from stdin
+
+prints one JSON line per event and flushes each, so a worker can stream them. An invalid spec
+or a job that cannot run (bad data_path, missing files) → a message on stderr, exit 2; a crash
+→ traceback on stderr, exit 1.
+
+The loop: seeded model init and seeded shuffling (same spec → same numbers on CPU), mini-batches
+of ``batch_size`` with the last partial batch of each epoch dropped (BN needs more than one
+example), as many epochs as ``steps`` needs. Evaluation in eval mode on the held-out set at step
+0, every ``eval_every`` steps and at the last step. The run stops as "diverged" as soon as the
+loss is non-finite or exceeds ``divergence_factor`` × the first step's loss.
+
+End-event summary keys:
+    best_test_acc, best_test_acc_step   best evaluation (step 0 included) and its step
+    final_test_acc, final_test_loss     the model as it ended (eval mode)
+    final_train_loss, train_acc_full    eval-mode loss/accuracy on the first TRAIN_EVAL_CAP
+                                        training examples (compare with the test numbers for
+                                        the train-test gap)
+and, when the model has BN layers, test accuracy under three inference statistics:
+    test_acc_batch_stats    each test batch (of the training batch size) normalized by its own
+                            statistics, as in training; running averages left untouched
+    test_acc_running        the running averages kept during training (= final_test_acc)
+    test_acc_population     the paper's Algorithm 2: mean and unbiased variance averaged over
+                            POPULATION_BATCHES training mini-batches of the training batch size
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bncore import events
+from bncore.data import load_data
+from bncore.models import build_model, norm_layers, parameter_count
+from bncore.probes import PROBE_SIZE, grad_norm, unit_percentiles
+from bncore.spec import MAX_PARAMETERS, JobSpec, OptimizerSpec, parse_spec
+
+EVAL_BATCH = 4096  # evaluation batch (eval mode: the batch size does not change the result)
+TRAIN_EVAL_CAP = 10_000  # training examples scored for train_acc_full
+POPULATION_BATCHES = 100  # training mini-batches averaged for Algorithm 2's statistics
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def make_optimizer(spec: OptimizerSpec, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    if spec.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
+    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def make_scheduler(
+    spec: OptimizerSpec, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Stepped once per training step (not per epoch)."""
+    if spec.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, spec.step_size, spec.gamma)
+    if spec.schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, spec.gamma)
+    return None
+
+
+def batch_indices(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Endless shuffled mini-batches: a fresh permutation each epoch, last partial batch
+    dropped."""
+    if n < batch_size:
+        raise ValueError(f"the training set has {n} examples, fewer than batch_size {batch_size}")
+    while True:
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy, accuracy) in eval mode, as 0-d tensors."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+        logits = model(xb)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    return loss_sum / len(y), correct / len(y)
+
+
+@torch.no_grad()
+def accuracy_with_batch_stats(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Accuracy with BN in train mode (each batch normalized by its own statistics). Batches
+    are near-equal chunks of at most ``batch_size`` (never a lone example). All buffers are
+    restored afterwards, so the running statistics are exactly as before."""
+    saved = {name: b.clone() for name, b in model.named_buffers()}
+    model.train()
+    try:
+        correct = torch.zeros((), device=x.device)
+        chunks = max(1, math.ceil(len(y) / batch_size))
+        for xb, yb in zip(x.tensor_split(chunks), y.tensor_split(chunks), strict=True):
+            correct += (model(xb).argmax(1) == yb).sum()
+    finally:
+        model.eval()
+        buffers = dict(model.named_buffers())
+        for name, value in saved.items():
+            buffers[name].copy_(value)
+    return correct / len(y)
+
+
+@torch.no_grad()
+def with_population_stats(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` whose BN layers hold the paper's Algorithm 2 statistics: E[x] = mean
+    of the batch means, Var[x] = mean of the unbiased batch variances (= m/(m-1)·E[σ²_B]).
+
+    Written for torch's BN semantics: after reset, momentum=None makes the running buffers the
+    cumulative average of what each training-mode forward pass stores, and torch stores the
+    unbiased batch variance."""
+    pop = copy.deepcopy(model)
+    for bn in norm_layers(pop):
+        bn.reset_running_stats()
+        bn.momentum = None
+    pop.train()
+    for xb in batches:
+        pop(xb)
+    return pop.eval()
+
+
+def _finite(values: dict[str, float]) -> dict[str, float | None]:
+    # JSON has no NaN/inf; the event contract carries them as null.
+    return {k: (v if v is not None and math.isfinite(v) else None) for k, v in values.items()}
+
+
+def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[str, Any]]:
+    """Run one job; yield a start event, metrics events and one end event."""
+    wall_start = time.perf_counter()
+    device = pick_device(spec.device)
+    torch.manual_seed(spec.seed)  # model init
+    data = load_data(spec, data_dir)
+    model = build_model(spec.model, data.example_shape, data.classes).to(device)
+    n_params = parameter_count(model)
+    if n_params > MAX_PARAMETERS:  # npz shapes are only known now
+        raise ValueError(f"model has {n_params:,} parameters, over the limit {MAX_PARAMETERS:,}")
+    optimizer = make_optimizer(spec.optimizer, model.parameters())
+    scheduler = make_scheduler(spec.optimizer, optimizer)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    probe_x = x_test[:PROBE_SIZE]
+    shuffle = torch.Generator().manual_seed(spec.seed)
+    batches = batch_indices(len(y_train), spec.batch_size, shuffle, device)
+    has_bn = bool(norm_layers(model))
+
+    yield events.start_event(device.type, torch.__version__, n_params, spec.model_dump(mode="json"))
+
+    def evaluation() -> dict[str, float]:
+        loss, acc = evaluate(model, x_test, y_test)
+        probe = unit_percentiles(model, probe_x, spec.probe_layer)
+        values = torch.stack([loss, acc, *probe.values()]).tolist()  # one sync
+        return dict(zip(("test_loss", "test_acc", *probe), values, strict=True))
+
+    evals = {0: evaluation()}
+    yield events.metrics_event(0, _finite(evals[0]))
+
+    # Divergence is flagged on the device (no sync per step) and read at each sync point.
+    first_loss = limit = None
+    bad_step = torch.zeros((), dtype=torch.long, device=device)  # 0: not diverged
+    bad_loss = torch.zeros((), device=device)
+    outcome, reason, step = "succeeded", None, 0
+    train_seconds, timed_steps, timer = 0.0, 0, time.perf_counter()
+    for step in range(1, spec.steps + 1):
+        idx = next(batches)
+        xb, yb = x_train[idx], y_train[idx]
+        model.train()
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = grad_norm(model.parameters())
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        timed_steps += 1
+
+        loss_d = loss.detach()
+        if first_loss is None:
+            first_loss = loss_d.item()
+            limit = spec.divergence_factor * first_loss
+        newly_bad = (bad_step == 0) & (~torch.isfinite(loss_d) | (loss_d > limit))
+        bad_step = torch.where(newly_bad, step, bad_step)
+        bad_loss = torch.where(newly_bad, loss_d, bad_loss)
+
+        is_log = step % spec.log_every == 0
+        is_eval = step % spec.eval_every == 0 or step == spec.steps
+        if not (is_log or is_eval):
+            continue
+        acc = (logits.argmax(1) == yb).float().mean()
+        loss_v, acc_v, gnorm_v, bad_step_v, bad_loss_v = torch.stack(
+            [loss_d, acc, gnorm, bad_step.float(), bad_loss]
+        ).tolist()  # one sync
+        values: dict[str, float] = {}
+        if is_log:
+            train_seconds += time.perf_counter() - timer
+            values = {
+                "train_loss": loss_v,
+                "train_acc": acc_v,
+                "lr": lr,
+                "grad_norm": gnorm_v,
+                "steps_per_sec": timed_steps / max(train_seconds, 1e-9),
+            }
+            train_seconds, timed_steps, timer = 0.0, 0, time.perf_counter()
+        if bad_step_v:
+            outcome, step = "diverged", int(bad_step_v)
+            if math.isfinite(bad_loss_v):
+                reason = (
+                    f"loss {bad_loss_v:.3g} exceeded {spec.divergence_factor:g}× its initial "
+                    f"{first_loss:.3g} at step {step}"
+                )
+            else:
+                reason = f"loss became {bad_loss_v} at step {step}"
+            if values:
+                yield events.metrics_event(step, _finite(values))
+            break
+        if is_eval:
+            train_seconds += time.perf_counter() - timer
+            evals[step] = evaluation()
+            values |= evals[step]
+            timer = time.perf_counter()
+        yield events.metrics_event(step, _finite(values))
+
+    summary = _summary(spec, model, data, evals, x_train, y_train, x_test, y_test, has_bn)
+    wall = time.perf_counter() - wall_start
+    yield events.end_event(outcome, step, reason, wall, _finite(summary))
+
+
+def _summary(spec, model, data, evals, x_train, y_train, x_test, y_test, has_bn) -> dict:
+    best_step = max(evals, key=lambda s: (evals[s]["test_acc"], -s))  # earliest best
+    final_loss, final_acc = evaluate(model, x_test, y_test)
+    train_loss, train_acc = evaluate(model, x_train[:TRAIN_EVAL_CAP], y_train[:TRAIN_EVAL_CAP])
+    summary = {
+        "best_test_acc": evals[best_step]["test_acc"],
+        "best_test_acc_step": best_step,
+        "final_test_acc": final_acc.item(),
+        "final_test_loss": final_loss.item(),
+        "final_train_loss": train_loss.item(),
+        "train_acc_full": train_acc.item(),
+    }
+    if has_bn:
+        summary["test_acc_batch_stats"] = accuracy_with_batch_stats(
+            model, x_test, y_test, spec.batch_size
+        ).item()
+        summary["test_acc_running"] = summary["final_test_acc"]
+        generator = torch.Generator().manual_seed(spec.seed + 1)
+        batches = batch_indices(len(y_train), spec.batch_size, generator, x_train.device)
+        pop_batches = (x_train[next(batches)] for _ in range(POPULATION_BATCHES))
+        pop_model = with_population_stats(model, pop_batches)
+        summary["test_acc_population"] = evaluate(pop_model, x_test, y_test)[1].item()
+    return summary
+
+
+def _emit(event: dict[str, Any]) -> None:
+    sys.stdout.write(events.encode(event) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bncore.train", description=__doc__)
+    parser.add_argument("spec", help="JSON spec file, or - to read it from stdin")
+    parser.add_argument("--data-dir", default=None, help="default: $BNLAB_DATA_DIR or ./data")
+    args = parser.parse_args(argv)
+    try:
+        text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()
+        spec = parse_spec(text)
+    except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        print(f"invalid spec: {e}", file=sys.stderr)
+        return 2
+    stream = train(spec, args.data_dir)
+    try:
+        first = next(stream)  # data loading and model building happen before the start event
+    except ValueError as e:
+        print(f"invalid job: {e}", file=sys.stderr)
+        return 2
+    _emit(first)
+    for event in stream:
+        _emit(event)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
