@@ -1,0 +1,91 @@
+"""service.plots renders headless, to valid PNG/SVG, including for awkward runs."""
+
+from __future__ import annotations
+
+import struct
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from service.compare import RunData, compare
+from service.plots import comparison_figure, run_figure
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+    rid: str, norm: str = "none", lr: float = 0.5, seed: int = 0, percentiles: bool = True
+) -> RunData:
+    evals = range(0, 501, 50)
+    metrics = {
+        "train_loss": [(s, 2.3 / (1 + s / 100)) for s in range(1, 501, 5)],
+        "train_acc": [(s, min(0.95, s / 400)) for s in range(1, 501, 5)],
+        "test_loss": [(s, 2.3 / (1 + s / 100)) for s in evals],
+        "test_acc": [(s, min(0.9, 0.1 + s / 500)) for s in evals],
+    }
+    if percentiles:
+        metrics |= {
+            "act_p15": [(s, -1.0 + s / 1000) for s in evals],
+            "act_p50": [(s, s / 1000) for s in evals],
+            "act_p85": [(s, 1.0 + s / 500) for s in evals],
+        }
+    spec = {
+        "dataset": "mnist1d",
+        "model": {"norm": norm, "activation": "sigmoid"},
+        "optimizer": {"name": "sgd", "lr": lr},
+        "steps": 500,
+        "seed": seed,
+    }
+    return RunData(id=rid, name=rid, spec=spec, metrics=metrics, wall_time=2.0)
+
+
+def diverged_run() -> RunData:
+    r = make_run("hot", lr=5.0, percentiles=False)
+    r.status, r.diverged_step = "diverged", 12
+    r.metrics = {
+        "train_loss": [(1, 2.3), (6, 40.0), (12, float("nan"))],
+        "test_acc": [(0, 0.1)],
+        "act_p50": [(0, 0.0)],  # a median without its band
+    }
+    return r
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data.startswith(PNG_MAGIC)
+    return struct.unpack(">II", data[16:24])  # the IHDR chunk: width, height
+
+
+def test_comparison_png_is_a_sane_png():
+    runs = [make_run("a"), make_run("b", norm="batchnorm"), make_run("c", "batchnorm", seed=1)]
+    png = comparison_figure(compare(runs))
+    width, height = png_size(png)
+    assert 800 <= width <= 2500 and 600 <= height <= 2000
+    assert 10_000 < len(png) < 3_000_000
+
+
+def test_comparison_svg_parses_as_xml():
+    svg = comparison_figure([make_run("a"), make_run("b", norm="batchnorm")], fmt="svg")
+    root = ET.fromstring(svg)
+    assert root.tag.endswith("svg")
+
+
+def test_comparison_with_missing_percentiles_and_early_divergence():
+    runs = [make_run("a", percentiles=False), make_run("b", norm="batchnorm"), diverged_run()]
+    png_size(comparison_figure(runs))
+
+
+def test_comparison_of_one_run_and_of_many_arms():
+    png_size(comparison_figure([make_run("solo")]))
+    many = [make_run(f"r{i}", lr=0.1 * (i + 1)) for i in range(8)]  # more arms than panels
+    png_size(comparison_figure(many))
+
+
+def test_run_figure_png_and_svg():
+    png_size(run_figure(make_run("a")))
+    png_size(run_figure(diverged_run()))
+    ET.fromstring(run_figure(RunData(id="e", name="empty", spec={}), fmt="svg"))
+
+
+def test_unknown_format_rejected():
+    with pytest.raises(ValueError):
+        run_figure(make_run("a"), fmt="gif")  # type: ignore[arg-type]
