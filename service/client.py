@@ -1,0 +1,577 @@
+"""A small Python client for the bnlab REST API (``/api/v1``, see docs/api-contract.md).
+
+Plain httpx, no pandas, no torch: every method returns JSON-shaped Python data (dicts, lists)
+or bytes for images. Errors come back as :class:`BnlabError` carrying the server's
+problem+json ``title``, ``status``, ``detail`` and field ``errors``; a server that cannot be
+reached gives ``BnlabError("cannot reach bnlab at URL: ...")``.
+
+    from service.client import BnlabClient
+
+    with BnlabClient("http://127.0.0.1:8000") as bn:
+        run = bn.submit({"name": "bn", "dataset": "digits", "steps": 500})
+        final = bn.wait(run["id"], on_event=print)      # follows the SSE stream
+        series = bn.metrics(run["id"], keys=["test_acc"])  # {"test_acc": {"steps", "values"}}
+
+Tests pass their own ``httpx.Client`` (e.g. FastAPI's ``TestClient``, which is one) instead of
+a URL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from bncore.spec import JobSpec
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+API = "/api/v1"
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "diverged", "cancelled"})
+MAX_PAGE_SIZE = 200  # the server's cap on GET /runs?limit=
+
+SpecLike = JobSpec | Mapping[str, Any]
+
+
+class BnlabError(Exception):
+    """An API error (problem+json) or a transport failure, with a message meant for people."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        title: str | None = None,
+        detail: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors or []
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        for error in self.errors:
+            loc = ".".join(str(part) for part in error.get("loc", []) if part != "body")
+            lines.append(f"  {loc or '(spec)'}: {error.get('msg', error)}")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> BnlabError:
+        """Build the error from a problem+json body, or from whatever the body is."""
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            title = body.get("title") or response.reason_phrase
+            detail = body.get("detail")
+            if not isinstance(detail, str):  # FastAPI's default {"detail": [...]} shape
+                detail = json.dumps(detail) if detail is not None else None
+            errors = body.get("errors") if isinstance(body.get("errors"), list) else None
+        else:
+            title = response.reason_phrase or "Error"
+            detail = response.text.strip()[:500] or None
+            errors = None
+        message = f"{title} ({status})" + (f": {detail}" if detail and detail != title else "")
+        return cls(message, status=status, title=title, detail=detail, errors=errors)
+
+
+@dataclass
+class RunEvent:
+    """One event of a run as :meth:`BnlabClient.wait` sees it.
+
+    ``kind`` is ``"status"`` (``data`` is a RunOut), ``"metrics"`` (``data`` is
+    ``{"step", "values"}``) or ``"end"``. ``via`` says whether it came from the event stream or
+    from polling (polling only produces status events).
+    """
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    via: Literal["stream", "poll"] = "stream"
+
+
+EventCallback = Callable[[RunEvent], None]
+
+
+class _StreamUnavailable(Exception):
+    """The server has no usable event stream for this run: fall back to polling."""
+
+
+class BnlabClient:
+    """Talks to one bnlab server. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_SERVER,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        http: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """``http``: an existing httpx.Client to use as is (its base URL wins; not closed here).
+        ``transport``: a transport for a client built here (httpx.MockTransport in tests)."""
+        self.api_key = api_key
+        self.timeout = timeout
+        if http is not None:
+            self._http, self._owns_http = http, False
+            self.base_url = str(http.base_url).rstrip("/") or base_url
+        else:
+            self.base_url = base_url.rstrip("/")
+            self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+            self._owns_http = True
+
+    # ------------------------------------------------------------------------- plumbing
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> BnlabClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers.update(extra or {})
+        return headers
+
+    def _unreachable(self, exc: Exception) -> BnlabError:
+        return BnlabError(
+            f"cannot reach bnlab at {self.base_url}: {exc or type(exc).__name__} "
+            "(is `bnlab serve` running? set --server or BNLAB_SERVER)"
+        )
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        accept: str | None = None,
+    ) -> httpx.Response:
+        """One request; non-2xx answers and transport failures become BnlabError."""
+        clean_params = {k: v for k, v in (params or {}).items() if v is not None}
+        extra = dict(headers or {})
+        if accept:
+            extra["Accept"] = accept
+        try:
+            response = self._http.request(
+                method,
+                path,
+                params=clean_params,
+                json=json_body,
+                headers=self._headers(extra),
+                timeout=self.timeout,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unreachable(exc) from exc
+        except httpx.TimeoutException as exc:
+            raise BnlabError(f"bnlab at {self.base_url} did not answer in time: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise BnlabError(f"connection to bnlab at {self.base_url} failed: {exc}") from exc
+        if response.status_code >= 400:
+            raise BnlabError.from_response(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # ------------------------------------------------------------------------- health
+
+    def health(self) -> dict[str, Any]:
+        """GET /healthz: the process is up."""
+        return self._json("GET", "/healthz")
+
+    def ready(self) -> dict[str, Any]:
+        """GET /readyz: database and broker reachable (BnlabError with status 503 if not)."""
+        return self._json("GET", "/readyz")
+
+    def workers(self) -> dict[str, Any]:
+        """GET /workers: {workers: [...], queue_depth}."""
+        return self._json("GET", f"{API}/workers")
+
+    # ------------------------------------------------------------------------- runs
+
+    def submit(self, spec: SpecLike, idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST /runs. ``spec``: a JobSpec or a dict (validated by the server). → RunOut."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._json("POST", f"{API}/runs", json_body=spec_to_dict(spec), headers=headers)
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        return self._json("GET", f"{API}/runs/{run_id}")
+
+    def iter_runs(
+        self,
+        *,
+        status: str | None = None,
+        sweep_id: str | None = None,
+        name: str | None = None,
+        page_size: int = 50,
+    ) -> Iterator[dict[str, Any]]:
+        """Every matching run, newest first, following ``next_cursor`` page by page."""
+        cursor: str | None = None
+        while True:
+            page = self._json(
+                "GET",
+                f"{API}/runs",
+                params={
+                    "status": status,
+                    "sweep_id": sweep_id,
+                    "name": name,
+                    "limit": max(1, min(page_size, MAX_PAGE_SIZE)),
+                    "cursor": cursor,
+                },
+            )
+            yield from page.get("items", [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        sweep_id: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Matching runs, newest first: at most ``limit`` (None = all, over as many pages)."""
+        page_size = MAX_PAGE_SIZE if limit is None else min(limit, MAX_PAGE_SIZE)
+        runs: list[dict[str, Any]] = []
+        for run in self.iter_runs(status=status, sweep_id=sweep_id, name=name, page_size=page_size):
+            if limit is not None and len(runs) >= limit:
+                break
+            runs.append(run)
+        return runs
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        """POST /runs/{id}/cancel: queued → cancelled at once; running → asked to stop."""
+        return self._json("POST", f"{API}/runs/{run_id}/cancel")
+
+    def delete(self, run_id: str) -> None:
+        """DELETE /runs/{id} (a finished run only; 409 otherwise), metrics included."""
+        self._request("DELETE", f"{API}/runs/{run_id}")
+
+    # ------------------------------------------------------------------------- metrics
+
+    def metrics_page(
+        self,
+        run_id: str,
+        *,
+        keys: Sequence[str] | None = None,
+        max_points: int | None = None,
+        step_min: int | None = None,
+        step_max: int | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """One raw GET /runs/{id}/metrics response (see the API contract for its shape)."""
+        return self._json(
+            "GET",
+            f"{API}/runs/{run_id}/metrics",
+            params={
+                "keys": ",".join(keys) if keys else None,
+                "max_points": max_points,
+                "step_min": step_min,
+                "step_max": step_max,
+                "cursor": cursor,
+                "limit": limit,
+            },
+        )
+
+    def metrics(
+        self,
+        run_id: str,
+        keys: Sequence[str] | None = None,
+        max_points: int | None = None,
+        *,
+        step_min: int | None = None,
+        step_max: int | None = None,
+    ) -> dict[str, dict[str, list]]:
+        """``{key: {"steps": [...], "values": [...]}}`` as plain lists.
+
+        With ``max_points`` the server downsamples each series (shape-preserving) in one
+        response. Without it, the full series: the pages are followed to the end.
+        """
+        merged: dict[str, dict[str, list]] = {}
+        cursor: str | None = None
+        while True:
+            page = self.metrics_page(
+                run_id,
+                keys=keys,
+                max_points=max_points,
+                step_min=step_min,
+                step_max=step_max,
+                cursor=cursor,
+            )
+            for key, series in (page.get("series") or {}).items():
+                into = merged.setdefault(key, {"steps": [], "values": []})
+                into["steps"].extend(series.get("steps", []))
+                into["values"].extend(series.get("values", []))
+            cursor = page.get("next_cursor")
+            if max_points is not None or not cursor:
+                return merged
+
+    def metrics_table(self, run_id: str, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The full metrics as rows: ``{"step": s, key: value-or-None, ...}``, by step."""
+        return series_to_rows(self.metrics(run_id, keys=keys))
+
+    # ------------------------------------------------------------------------- waiting
+
+    def wait(
+        self,
+        run_id: str,
+        on_event: EventCallback | None = None,
+        timeout: float | None = None,
+        *,
+        poll_interval: float = 2.0,
+        max_reconnects: int = 5,
+    ) -> dict[str, Any]:
+        """Block until the run finishes; return its final RunOut.
+
+        Follows ``GET /runs/{id}/events`` (Server-Sent Events), calling ``on_event`` for each
+        event; a dropped connection is resumed with ``Last-Event-ID``. If the stream is
+        unavailable, or keeps dropping, it falls back to polling ``GET /runs/{id}``.
+        ``timeout`` (seconds) raises BnlabError when the run is still going by then.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        callback = on_event or (lambda _event: None)
+        last_event_id: str | None = None
+        failures = 0
+        while failures <= max_reconnects:
+            try:
+                for event in self._stream_events(run_id, last_event_id, deadline):
+                    failures = 0  # progress: the connection is healthy again
+                    if event.id is not None:
+                        last_event_id = event.id
+                    callback(event)
+                    if event.kind == "end":
+                        return self.get_run(run_id)
+            except _StreamUnavailable:
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise self._unreachable(exc) from exc
+            except (httpx.TransportError, httpx.StreamError):
+                pass  # dropped mid-stream: resume below
+            # The stream ended without "end", or dropped: is the run over anyway?
+            run = self.get_run(run_id)
+            if run.get("status") in FINISHED_STATUSES:
+                callback(RunEvent("status", run, via="poll"))
+                return run
+            _check_deadline(deadline, run_id)
+            failures += 1
+            time.sleep(min(0.2 * 2**failures, 5.0))
+        return self._poll(run_id, callback, deadline, poll_interval)
+
+    def _stream_events(
+        self, run_id: str, last_event_id: str | None, deadline: float | None
+    ) -> Iterator[RunEvent]:
+        headers = self._headers({"Accept": "text/event-stream", "Cache-Control": "no-cache"})
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        # Reads may be quiet for a while between evaluations; connect quickly though.
+        read_timeout = (
+            60.0 if deadline is None else max(0.5, min(60.0, deadline - time.monotonic()))
+        )
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        try:
+            with self._http.stream(
+                "GET", f"{API}/runs/{run_id}/events", headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code in (404, 405, 406, 501) and _is_missing_route(
+                    response, run_id
+                ):
+                    raise _StreamUnavailable
+                if response.status_code >= 400:
+                    response.read()
+                    raise BnlabError.from_response(response)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    raise _StreamUnavailable
+                for message in parse_sse(response.iter_lines()):
+                    yield RunEvent(
+                        message.event, _parse_data(message.data), id=message.id, via="stream"
+                    )
+                    _check_deadline(deadline, run_id)
+        except httpx.ReadTimeout:
+            _check_deadline(deadline, run_id)
+            raise
+
+    def _poll(
+        self,
+        run_id: str,
+        callback: EventCallback,
+        deadline: float | None,
+        poll_interval: float,
+    ) -> dict[str, Any]:
+        while True:
+            run = self.get_run(run_id)
+            callback(RunEvent("status", run, via="poll"))
+            if run.get("status") in FINISHED_STATUSES:
+                return run
+            _check_deadline(deadline, run_id)
+            time.sleep(poll_interval)
+
+    # ------------------------------------------------------------------------- sweeps
+
+    def sweep(self, name: str, base: SpecLike, grid: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        """POST /sweeps: one run per combination of ``grid`` over ``base``. → SweepOut."""
+        body = {
+            "name": name,
+            "base": spec_to_dict(base),
+            "grid": {k: list(v) for k, v in grid.items()},
+        }
+        return self._json("POST", f"{API}/sweeps", json_body=body)
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._json("GET", f"{API}/sweeps/{sweep_id}")
+
+    # ------------------------------------------------------------------------- compare
+
+    def compare(
+        self,
+        run_ids: Sequence[str] | None = None,
+        sweep: str | None = None,
+        baseline: str | None = None,
+        target: float | None = None,
+        fmt: Literal["json", "csv"] = "json",
+        *,
+        metric: str | None = None,
+        points: int | None = None,
+    ) -> Any:
+        """GET /compare: the service.compare.Comparison as a dict (fmt="json") or CSV text."""
+        params = _compare_params(run_ids, sweep, baseline, target, metric, points, fmt)
+        response = self._request("GET", f"{API}/compare", params=params, accept="*/*")
+        return response.json() if fmt == "json" else response.text
+
+    def compare_plot(
+        self,
+        run_ids: Sequence[str] | None = None,
+        sweep: str | None = None,
+        baseline: str | None = None,
+        target: float | None = None,
+        fmt: Literal["png", "svg"] = "png",
+        *,
+        metric: str | None = None,
+        points: int | None = None,
+    ) -> bytes:
+        """GET /compare/plot: the comparison figure as PNG or SVG bytes."""
+        params = _compare_params(run_ids, sweep, baseline, target, metric, points, fmt)
+        return self._request("GET", f"{API}/compare/plot", params=params, accept="*/*").content
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def spec_to_dict(spec: SpecLike) -> dict[str, Any]:
+    """A JobSpec as JSON-ready data; a dict passes through (the server validates it)."""
+    if isinstance(spec, JobSpec):
+        return spec.model_dump(mode="json")
+    return dict(spec)
+
+
+def series_to_rows(series: Mapping[str, Mapping[str, Sequence[Any]]]) -> list[dict[str, Any]]:
+    """``{key: {"steps", "values"}}`` → rows ``{"step": s, key: value-or-None}`` by step."""
+    keys = sorted(series)
+    by_step: dict[int, dict[str, Any]] = {}
+    for key in keys:
+        for step, value in zip(series[key]["steps"], series[key]["values"], strict=True):
+            row = by_step.setdefault(step, {"step": step} | dict.fromkeys(keys))
+            row[key] = value
+    return [by_step[step] for step in sorted(by_step)]
+
+
+@dataclass
+class SseMessage:
+    event: str
+    data: str
+    id: str | None
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[SseMessage]:
+    """Server-Sent Events framing (the WHATWG rules that matter here): ``field: value`` lines,
+    ``data`` lines joined by newlines, a blank line dispatches, ``:`` lines are comments
+    (keep-alives), the event name defaults to "message"."""
+    event, data, event_id = "", [], None
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data or event:
+                yield SseMessage(event or "message", "\n".join(data), event_id)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id" and "\0" not in value:
+            event_id = value
+    # A message without its terminating blank line was cut off: it is not dispatched.
+
+
+def _parse_data(data: str) -> dict[str, Any]:
+    if not data:
+        return {}
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return {"text": data}
+    return parsed if isinstance(parsed, dict) else {"value": parsed}
+
+
+def _is_missing_route(response: httpx.Response, run_id: str) -> bool:
+    """404 can mean "no such run" (a real error) or "no events endpoint" (fall back)."""
+    if response.status_code != 404:
+        return True
+    response.read()
+    try:
+        detail = str(response.json().get("detail", ""))
+    except ValueError:
+        return True
+    return run_id not in detail and "run" not in detail.lower()
+
+
+def _check_deadline(deadline: float | None, run_id: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise BnlabError(f"timed out waiting for run {run_id} to finish")
+
+
+def _compare_params(
+    run_ids: Sequence[str] | None,
+    sweep: str | None,
+    baseline: str | None,
+    target: float | None,
+    metric: str | None,
+    points: int | None,
+    fmt: str,
+) -> dict[str, Any]:
+    if not run_ids and not sweep:
+        raise BnlabError("compare needs run ids or a sweep id")
+    return {
+        "runs": ",".join(run_ids) if run_ids else None,
+        "sweep": sweep,
+        "baseline": baseline,
+        "target": target,
+        "metric": metric,
+        "points": points,
+        "format": fmt,
+    }

@@ -1,0 +1,256 @@
+"""service.client: problem+json errors, cursor paging, metrics merging, SSE parsing and the
+reconnect/poll logic of wait(), against httpx.MockTransport (no server).
+
+The tests against the real FastAPI app are in test_client_app section at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from bncore.spec import JobSpec
+from service.client import BnlabClient, BnlabError, RunEvent, parse_sse, series_to_rows
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def mock_client(handler: Handler, **kwargs) -> BnlabClient:
+    return BnlabClient("http://bnlab.test", transport=httpx.MockTransport(handler), **kwargs)
+
+
+def run_out(run_id: str = "r1", status: str = "running", **extra) -> dict:
+    return {"id": run_id, "name": "run", "status": status, "spec": {"steps": 20}} | extra
+
+
+def sse(*messages: tuple[str, dict, int | None]) -> bytes:
+    chunks = [": keep-alive\n\n"]
+    for event, data, event_id in messages:
+        chunks.append(
+            (f"id: {event_id}\n" if event_id is not None else "")
+            + f"event: {event}\ndata: {json.dumps(data)}\n\n"
+        )
+    return "".join(chunks).encode()
+
+
+def event_stream(body: bytes) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_problem_json_becomes_bnlab_error_with_fields() -> None:
+    problem = {
+        "type": "about:blank",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "detail": "optimizer.lr: Input should be less than or equal to 100",
+        "errors": [{"loc": ["body", "optimizer", "lr"], "msg": "Input should be <= 100"}],
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json=problem, headers={"content-type": "application/problem+json"})
+
+    with pytest.raises(BnlabError) as caught, mock_client(handler) as client:
+        client.submit({"optimizer": {"lr": 1000}})
+    error = caught.value
+    assert (error.status, error.title) == (422, "Unprocessable Content")
+    assert "optimizer.lr" in error.detail
+    assert "optimizer.lr: Input should be <= 100" in str(error)
+
+
+def test_connection_refused_says_cannot_reach() -> None:
+    with BnlabClient("http://127.0.0.1:1", timeout=2) as client, pytest.raises(BnlabError) as e:
+        client.health()
+    assert str(e.value).startswith("cannot reach bnlab at http://127.0.0.1:1")
+
+
+def test_api_key_and_idempotency_key_are_sent() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json=run_out(status="queued"))
+
+    with mock_client(handler, api_key="s3cret") as client:
+        client.submit(JobSpec(dataset="digits", steps=5), idempotency_key="once")
+    request = seen[0]
+    assert request.headers["authorization"] == "Bearer s3cret"
+    assert request.headers["idempotency-key"] == "once"
+    assert json.loads(request.content)["dataset"] == "digits"
+
+
+# ----------------------------------------------------------------------------- paging
+
+
+def test_list_runs_follows_cursors_and_stops_at_limit() -> None:
+    pages = {None: (["a", "b"], "c1"), "c1": (["c", "d"], "c2"), "c2": (["e"], None)}
+    requested: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cursor = request.url.params.get("cursor")
+        requested.append(cursor)
+        ids, next_cursor = pages[cursor]
+        return httpx.Response(
+            200, json={"items": [run_out(i) for i in ids], "next_cursor": next_cursor}
+        )
+
+    with mock_client(handler) as client:
+        assert [r["id"] for r in client.list_runs()] == ["a", "b", "c", "d", "e"]
+        requested.clear()
+        assert [r["id"] for r in client.list_runs(limit=3)] == ["a", "b", "c"]
+        assert requested == [None, "c1"]
+
+
+def test_metrics_merges_pages_into_plain_lists_and_rows() -> None:
+    pages = {
+        None: ({"loss": ([1, 2], [0.9, 0.8]), "acc": ([2], [0.5])}, "p2"),
+        "p2": ({"loss": ([3], [0.7]), "acc": ([4], [None])}, None),
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        series, next_cursor = pages[request.url.params.get("cursor")]
+        return httpx.Response(
+            200,
+            json={
+                "run_id": "r1",
+                "keys": {},
+                "series": {
+                    k: {"steps": s, "values": v, "total_points": len(s), "downsampled": False}
+                    for k, (s, v) in series.items()
+                },
+                "next_cursor": next_cursor,
+            },
+        )
+
+    with mock_client(handler) as client:
+        series = client.metrics("r1")
+        assert series["loss"] == {"steps": [1, 2, 3], "values": [0.9, 0.8, 0.7]}
+        assert series["acc"] == {"steps": [2, 4], "values": [0.5, None]}
+        assert client.metrics_table("r1") == [
+            {"step": 1, "acc": None, "loss": 0.9},
+            {"step": 2, "acc": 0.5, "loss": 0.8},
+            {"step": 3, "acc": None, "loss": 0.7},
+            {"step": 4, "acc": None, "loss": None},
+        ]
+
+
+def test_series_to_rows_empty() -> None:
+    assert series_to_rows({}) == []
+
+
+# ----------------------------------------------------------------------------- SSE
+
+
+def test_parse_sse_framing() -> None:
+    lines = [
+        ": comment",
+        "id: 3",
+        "event: metrics",
+        'data: {"step": 3,',
+        'data:  "values": {}}',
+        "",
+        "data: plain",
+        "",
+        "event: cut-off",
+        "data: never dispatched",
+    ]
+    messages = list(parse_sse(iter(lines)))
+    assert [(m.event, m.id) for m in messages] == [("metrics", "3"), ("message", "3")]
+    assert json.loads(messages[0].data) == {"step": 3, "values": {}}
+    assert messages[1].data == "plain"
+
+
+def test_wait_follows_stream_and_resumes_with_last_event_id() -> None:
+    """The first connection drops after step 2 (no `end`); the client reconnects with
+    Last-Event-ID: 2 and gets the rest."""
+    last_event_ids: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            last_event_ids.append(request.headers.get("last-event-id"))
+            if len(last_event_ids) == 1:
+                return event_stream(
+                    sse(
+                        ("status", run_out(), None),
+                        ("metrics", {"step": 1, "values": {"train_loss": 2.0}}, 1),
+                        ("metrics", {"step": 2, "values": {"train_loss": 1.5}}, 2),
+                    )
+                )
+            return event_stream(
+                sse(
+                    ("metrics", {"step": 3, "values": {"train_loss": 1.0}}, 3),
+                    ("status", run_out(status="succeeded"), 3),
+                    ("end", {}, 3),
+                )
+            )
+        status = "running" if len(last_event_ids) < 2 else "succeeded"
+        return httpx.Response(200, json=run_out(status=status))
+
+    events: list[RunEvent] = []
+    with mock_client(handler) as client:
+        final = client.wait("r1", on_event=events.append, timeout=10)
+    assert final["status"] == "succeeded"
+    assert last_event_ids == [None, "2"]
+    steps = [e.data["step"] for e in events if e.kind == "metrics"]
+    assert steps == [1, 2, 3]
+    assert events[-1].kind == "end"
+
+
+def test_wait_resumes_after_a_read_error_mid_stream() -> None:
+    calls: list[str | None] = []
+
+    def broken_body() -> Iterator[bytes]:
+        yield sse(("metrics", {"step": 1, "values": {}}, 1))
+        raise httpx.ReadError("connection reset")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            calls.append(request.headers.get("last-event-id"))
+            if len(calls) == 1:
+                return httpx.Response(
+                    200, content=broken_body(), headers={"content-type": "text/event-stream"}
+                )
+            return event_stream(sse(("end", {}, None)))
+        return httpx.Response(200, json=run_out(status="running" if len(calls) < 2 else "failed"))
+
+    with mock_client(handler) as client:
+        assert client.wait("r1", timeout=10)["status"] == "failed"
+    assert calls == [None, "1"]
+
+
+def test_wait_falls_back_to_polling_without_an_event_stream() -> None:
+    statuses = iter(["queued", "running", "diverged"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(404, json={"title": "Not Found", "detail": "Not Found"})
+        return httpx.Response(200, json=run_out(status=next(statuses)))
+
+    events: list[RunEvent] = []
+    with mock_client(handler) as client:
+        final = client.wait("r1", on_event=events.append, poll_interval=0.01, timeout=10)
+    assert final["status"] == "diverged"
+    assert [e.data["status"] for e in events] == ["queued", "running", "diverged"]
+    assert {e.via for e in events} == {"poll"}
+
+
+def test_wait_unknown_run_raises_404() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            404, json={"title": "Not Found", "status": 404, "detail": "run nope not found"}
+        )
+
+    with mock_client(handler) as client, pytest.raises(BnlabError) as caught:
+        client.wait("nope", timeout=5)
+    assert caught.value.status == 404
+
+
+def test_compare_needs_runs_or_sweep() -> None:
+    with mock_client(lambda r: httpx.Response(200, json={})) as client:
+        with pytest.raises(BnlabError, match="run ids or a sweep"):
+            client.compare()
