@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         10_000, ge=10, description="Server cap on points per key in one metrics response."
     )
     python: str | None = Field(None, description="Interpreter for trainer subprocesses.")
+    auto_migrate: bool = Field(
+        True, description="Upgrade the database schema (Alembic) when the API starts."
+    )
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod

@@ -486,3 +486,86 @@ def as_utc(moment: datetime | None) -> datetime | None:
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
+
+
+# ----------------------------------------------------------------------------- API helpers
+
+# The reason a queued run carries while the broker refuses it; the API's maintenance loop
+# resubmits runs with this reason until the broker takes them.
+SUBMIT_FAILED = "broker unavailable; will retry"
+WAITING = "waiting for a worker"
+
+
+def set_queued_reason(
+    session: Session, run_id: str, reason: str, *, only_if_reason: str | None = None
+) -> bool:
+    """Change the reason of a run that is still queued (its status stays as it is)."""
+    query = update(Run).where(Run.id == run_id, Run.status == RunStatus.queued.value)
+    if only_if_reason is not None:
+        query = query.where(Run.status_reason == only_if_reason)
+    result = session.execute(
+        query.values(status_reason=reason).execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def submit_failed_run_ids(session: Session) -> list[str]:
+    """Queued runs whose submission to the executor failed, oldest first."""
+    return list(
+        session.scalars(
+            select(Run.id)
+            .where(Run.status == RunStatus.queued.value, Run.status_reason == SUBMIT_FAILED)
+            .order_by(Run.created_at)
+        )
+    )
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Run.status, func.count()).group_by(Run.status)).all()
+    return {status: n for status, n in rows}
+
+
+def count_metrics(
+    session: Session,
+    run_id: str,
+    *,
+    keys: Sequence[str] | None = None,
+    step_min: int | None = None,
+    step_max: int | None = None,
+) -> dict[str, int]:
+    """Points per key within a step range (for ``total_points`` of a paged series)."""
+    query = (
+        select(MetricPoint.key, func.count())
+        .where(MetricPoint.run_id == run_id)
+        .group_by(MetricPoint.key)
+    )
+    if keys:
+        query = query.where(MetricPoint.key.in_(list(keys)))
+    if step_min is not None:
+        query = query.where(MetricPoint.step >= step_min)
+    if step_max is not None:
+        query = query.where(MetricPoint.step <= step_max)
+    return {key: n for key, n in session.execute(query).all()}
+
+
+# ----------------------------------------------------------------------------- worker helpers
+
+
+def release_run(session: Session, run_id: str, worker: str, reason: str) -> bool:
+    """running → queued for a worker that stops on purpose (its process is shutting down)
+    before the run ends. The run is not at fault, so this attempt does not count towards
+    ``max_attempts``; the executor submits queued runs again when it starts."""
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.running.value, Run.worker == worker)
+        .values(
+            status=RunStatus.queued.value,
+            status_reason=reason,
+            worker=None,
+            attempt=Run.attempt - 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1

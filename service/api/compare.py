@@ -1,0 +1,145 @@
+"""/api/v1/compare: steps-to-target and speed-up over runs or a sweep, as JSON, CSV or a plot.
+
+The statistics live in service.compare (pure functions) and the figure in service.plots; this
+module only loads runs and their metrics from the store into ``RunData``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.orm import Session
+
+from service import store
+from service.api.deps import SessionDep
+from service.api.runs import PROBLEM
+from service.compare import Comparison, RunData, compare, to_csv
+from service.schemas import MAX_SWEEP_RUNS
+
+router = APIRouter(prefix="/compare", tags=["compare"])
+
+MAX_POINTS = 5000
+ERRORS = {
+    400: {**PROBLEM, "description": "Neither or both of runs and sweep; bad baseline."},
+    404: {**PROBLEM, "description": "An unknown run or sweep id."},
+}
+
+
+class CompareQuery:
+    """The query shared by /compare and /compare/plot."""
+
+    def __init__(
+        self,
+        runs: Annotated[
+            str | None, Query(max_length=40_000, description="Comma-separated run ids.")
+        ] = None,
+        sweep: Annotated[str | None, Query(max_length=64, description="A sweep id.")] = None,
+        baseline: Annotated[
+            str | None,
+            Query(max_length=64, description="Baseline run id; default: the first with no norm."),
+        ] = None,
+        target: Annotated[
+            float | None,
+            Query(allow_inf_nan=False, description="Default: the baseline arm's best value."),
+        ] = None,
+        metric: Annotated[str, Query(pattern=r"^[A-Za-z0-9_]{1,64}$")] = "test_acc",
+        points: Annotated[
+            int, Query(ge=4, le=MAX_POINTS, description="Max points per curve.")
+        ] = 200,
+    ) -> None:
+        self.runs, self.sweep, self.baseline = runs, sweep, baseline
+        self.target, self.metric, self.points = target, metric, points
+
+
+def load_runs(session: Session, query: CompareQuery) -> list[RunData]:
+    if (query.runs is None) == (query.sweep is None):
+        raise HTTPException(400, "pass exactly one of runs (comma-separated ids) and sweep")
+    if query.runs is not None:
+        ids = list(dict.fromkeys(i.strip() for i in query.runs.split(",") if i.strip()))
+        if not ids:
+            raise HTTPException(400, "runs: no run ids given")
+        if len(ids) > MAX_SWEEP_RUNS:
+            raise HTTPException(400, f"runs: at most {MAX_SWEEP_RUNS} runs per comparison")
+        rows = store.get_runs(session, ids)
+    else:
+        store.get_sweep(session, query.sweep)
+        rows = store.sweep_runs(session, query.sweep)
+        if not rows:
+            raise HTTPException(400, f"sweep {query.sweep} has no runs")
+    return [
+        RunData(
+            id=run.id,
+            name=run.name,
+            spec=run.spec,
+            status=run.status,
+            summary=run.summary or {},
+            torch_version=run.torch_version,
+            device=run.device,
+            wall_time=run.wall_time,
+            diverged_step=run.diverged_step,
+            metrics=store.get_metrics(session, run.id),
+        )
+        for run in rows
+    ]
+
+
+def run_comparison(session: Session, query: CompareQuery) -> Comparison:
+    runs = load_runs(session, query)
+    try:
+        return compare(
+            runs,
+            baseline_id=query.baseline,
+            target=query.target,
+            metric=query.metric,
+            points=query.points,
+        )
+    except ValueError as exc:  # e.g. a baseline that is not among the runs
+        raise HTTPException(400, str(exc)) from exc
+
+
+@router.get(
+    "",
+    summary="Compare runs",
+    description="Steps to reach the target (default: the baseline arm's best value) and the "
+    "speed-up over the baseline, per run and per arm (runs differing only in seed), with "
+    "bootstrap CIs, and downsampled curves. `format=csv` gives one table of runs and arms.",
+    responses={
+        200: {"content": {"application/json": {}, "text/csv": {}}},
+        **ERRORS,
+    },
+)
+def get_comparison(
+    session: SessionDep,
+    query: Annotated[CompareQuery, Depends()],
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> Response:
+    comparison = run_comparison(session, query)
+    if format == "csv":
+        return Response(
+            to_csv(comparison),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="comparison.csv"'},
+        )
+    return JSONResponse(comparison.to_dict())
+
+
+@router.get(
+    "/plot",
+    summary="Plot a comparison",
+    description="Accuracy and loss against steps per run (a colour per arm, the target "
+    "marked) and the pre-activation percentiles per arm (the paper's Fig. 1).",
+    responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}, **ERRORS},
+)
+def plot_comparison(
+    session: SessionDep,
+    query: Annotated[CompareQuery, Depends()],
+    format: Annotated[Literal["png", "svg"], Query()] = "png",
+) -> Response:
+    from service.plots import comparison_figure  # matplotlib loads only when a plot is asked
+
+    comparison = run_comparison(session, query)
+    image = comparison_figure(comparison, format)
+    media_type = "image/png" if format == "png" else "image/svg+xml"
+    return Response(image, media_type=media_type)

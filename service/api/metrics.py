@@ -1,0 +1,164 @@
+"""/api/v1/runs/{id}/metrics: a run's series, paged by step or downsampled for plotting."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from service import store
+from service.api.deps import SessionDep, SettingsDep
+from service.api.runs import NOT_FOUND, PROBLEM, RunId
+from service.compare import downsample
+from service.schemas import KeyInfo, MetricsOut, SeriesOut
+
+router = APIRouter(prefix="/runs", tags=["metrics"])
+
+Points = list[tuple[int, float | None]]
+KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_KEYS = 64
+
+
+def encode_step_cursor(step: int) -> str:
+    return base64.urlsafe_b64encode(f"step:{step}".encode()).decode().rstrip("=")
+
+
+def decode_step_cursor(cursor: str) -> int:
+    """The step a metrics cursor continues after; ValueError for anything we did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, step = raw.partition(":")
+        if prefix != "step":
+            raise ValueError
+        return int(step)
+    except Exception as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+def page_series(series: dict[str, Points], limit: int) -> tuple[dict[str, Points], int | None]:
+    """Cut series fetched with ``limit + 1`` points per key into one page.
+
+    Keys are paged together by step: the page ends at the smallest last step among the keys
+    that have more than ``limit`` points, and every key is cut there. So a dense key (every
+    step) and a sparse one (every 100th) both continue from the same step on the next page:
+    no point is skipped and none is sent twice. Returns (page, step to continue after or None).
+    """
+    truncated = [points[limit - 1][0] for points in series.values() if len(points) > limit]
+    if not truncated:
+        return series, None
+    boundary = min(truncated)
+    return {k: [p for p in pts if p[0] <= boundary] for k, pts in series.items()}, boundary
+
+
+def downsample_points(points: Points, n: int) -> Points:
+    """Shape-preserving downsampling to ≤ n points. Null values (a non-finite loss) cannot be
+    ranked by LTTB; the first and last of them are kept as markers, the rest dropped."""
+    if len(points) <= n:
+        return points
+    finite = [(s, v) for s, v in points if v is not None]
+    nulls = [p for p in points if p[1] is None]
+    markers = (nulls[:1] + nulls[-1:])[: max(0, min(2, n - 4))] if nulls else []
+    markers = list(dict.fromkeys(markers))
+    kept = downsample(finite, n - len(markers)) if finite else []
+    return sorted(kept + markers, key=lambda p: p[0])
+
+
+def parse_keys(keys: str | None) -> list[str] | None:
+    if keys is None or not keys.strip():
+        return None
+    parsed = [k.strip() for k in keys.split(",") if k.strip()]
+    bad = [k for k in parsed if not KEY_RE.match(k)]
+    if bad:
+        raise HTTPException(400, f"keys: invalid metric key {bad[0][:80]!r}")
+    if len(parsed) > MAX_KEYS:
+        raise HTTPException(400, f"keys: at most {MAX_KEYS} keys per request")
+    return list(dict.fromkeys(parsed))
+
+
+@router.get(
+    "/{run_id}/metrics",
+    response_model=MetricsOut,
+    summary="A run's metric series",
+    description="Without `max_points`: pages of at most `limit` points per key (capped by the "
+    "server), continued with `next_cursor`; the whole series is reachable. With `max_points`: "
+    "each series downsampled (LTTB keeping first, last, min and max) to at most that many "
+    "points; `total_points` is the count before downsampling.",
+    responses={**NOT_FOUND, 400: {**PROBLEM, "description": "Invalid cursor or key list."}},
+)
+def get_metrics(
+    run_id: RunId,
+    session: SessionDep,
+    settings: SettingsDep,
+    keys: Annotated[
+        str | None, Query(max_length=4000, description="Comma-separated keys; default all.")
+    ] = None,
+    step_min: Annotated[int | None, Query(ge=0)] = None,
+    step_max: Annotated[int | None, Query(ge=0)] = None,
+    max_points: Annotated[
+        int | None, Query(ge=4, description="Downsample each series to at most this many.")
+    ] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Points per key per page.")] = None,
+) -> Any:
+    store.get_run(session, run_id)  # 404 before anything else
+    wanted = parse_keys(keys)
+    if step_min is not None and step_max is not None and step_min > step_max:
+        raise HTTPException(400, f"step_min ({step_min}) is greater than step_max ({step_max})")
+    cap = settings.max_metric_points
+    summary = store.metric_summary(session, run_id)
+    key_info = {k: KeyInfo(**v) for k, v in summary.items()}
+
+    if max_points is not None:
+        if cursor is not None:
+            raise HTTPException(400, "cursor: not used with max_points (nothing is paged)")
+        n = min(max_points, cap)
+        full = store.get_metrics(session, run_id, keys=wanted, step_min=step_min, step_max=step_max)
+        series = {}
+        for key in _ordered_keys(wanted, full):
+            points = full.get(key, [])
+            kept = downsample_points(points, n)
+            series[key] = _series_out(kept, len(points), downsampled=len(kept) < len(points))
+        return MetricsOut(run_id=run_id, keys=key_info, series=series, next_cursor=None)
+
+    after = None
+    if cursor is not None:
+        try:
+            after = decode_step_cursor(cursor)
+        except ValueError as exc:
+            raise HTTPException(
+                400, "cursor: invalid cursor; pass the next_cursor of a previous page"
+            ) from exc
+    page_size = min(limit or cap, cap)
+    fetched = store.get_metrics(
+        session,
+        run_id,
+        keys=wanted,
+        step_min=step_min,
+        step_max=step_max,
+        after_step=after,
+        limit=page_size + 1,
+    )
+    page, boundary = page_series(fetched, page_size)
+    totals = store.count_metrics(session, run_id, keys=wanted, step_min=step_min, step_max=step_max)
+    series = {
+        key: _series_out(page.get(key, []), totals.get(key, 0), downsampled=False)
+        for key in _ordered_keys(wanted, totals)
+    }
+    next_cursor = encode_step_cursor(boundary) if boundary is not None else None
+    return MetricsOut(run_id=run_id, keys=key_info, series=series, next_cursor=next_cursor)
+
+
+def _ordered_keys(wanted: list[str] | None, present: dict[str, Any]) -> list[str]:
+    # Keys asked for come back even when empty (e.g. test_acc before the first evaluation).
+    return wanted if wanted is not None else sorted(present)
+
+
+def _series_out(points: Points, total: int, *, downsampled: bool) -> SeriesOut:
+    return SeriesOut(
+        steps=[s for s, _ in points],
+        values=[v for _, v in points],
+        total_points=total,
+        downsampled=downsampled,
+    )

@@ -1,0 +1,155 @@
+"""/api/v1/runs: submit, list, get, cancel and delete training runs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
+from sqlalchemy.orm import Session
+
+from bncore.spec import JobSpec
+from service import store
+from service.api.deps import ExecutorDep, SessionDep
+from service.schemas import Problem, RunOut, RunPage
+from service.store import FINISHED, RunStatus
+
+log = logging.getLogger("bnlab.api")
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+RunId = Annotated[str, Path(max_length=64, description="The run's id (a UUID).")]
+
+PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
+NOT_FOUND = {404: {**PROBLEM, "description": "No run with this id."}}
+
+
+def submit_run(session: Session, executor: Any, run_id: str, *, retry: bool = False) -> bool:
+    """Hand a queued run to the executor. If the broker is down the run stays queued with the
+    reason ``store.SUBMIT_FAILED`` and the maintenance loop tries again later."""
+    try:
+        executor.submit(run_id)
+    except Exception as exc:
+        log.warning("run %s: submit failed (%s); will retry", run_id, exc)
+        store.set_queued_reason(session, run_id, store.SUBMIT_FAILED)
+        return False
+    if retry:  # it was refused before: it is now simply waiting
+        store.set_queued_reason(session, run_id, store.WAITING, only_if_reason=store.SUBMIT_FAILED)
+    return True
+
+
+def describe(spec: dict[str, Any]) -> str:
+    """ "norm=batchnorm, lr=0.5": what a log reader wants to know about a new run."""
+    model, optimizer = spec.get("model") or {}, spec.get("optimizer") or {}
+    return f"norm={model.get('norm')}, lr={optimizer.get('lr')}"
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RunOut,
+    summary="Submit a training run",
+    description="Validates the spec (bounds are enforced: a 422 names the field and the "
+    "limit), stores the run as `queued` and hands it to the executor. With an "
+    "`Idempotency-Key` header a retry returns the run created the first time (200) instead "
+    "of creating a second one.",
+    responses={
+        200: {"model": RunOut, "description": "Idempotent retry: the existing run."},
+        409: {**PROBLEM, "description": "Idempotency-Key reused with a different spec."},
+        413: {**PROBLEM, "description": "Body over the size limit."},
+        422: {**PROBLEM, "description": "Invalid spec: names the field and the bound."},
+    },
+)
+def create_run(
+    spec: JobSpec,
+    response: Response,
+    session: SessionDep,
+    executor: ExecutorDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            description="Any unique string; a retry with the same key returns the same run.",
+        ),
+    ] = None,
+) -> Any:
+    run, created = store.create_run(session, spec, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/api/v1/runs/{run.id}"
+    if not created:
+        if run.spec != spec.model_dump(mode="json"):
+            raise HTTPException(
+                409, f"Idempotency-Key already used for run {run.id} with a different spec"
+            )
+        response.status_code = status.HTTP_200_OK
+        return run
+    log.info("run %s created (%s)", run.id, describe(run.spec))
+    submit_run(session, executor, run.id)
+    return store.get_run(session, run.id)
+
+
+@router.get(
+    "",
+    response_model=RunPage,
+    summary="List runs",
+    description="Newest first. Follow `next_cursor` (pass it as `cursor`) for the next page; "
+    "it is null on the last page.",
+    responses={400: {**PROBLEM, "description": "Invalid cursor."}},
+)
+def list_runs(
+    session: SessionDep,
+    status_: Annotated[RunStatus | None, Query(alias="status")] = None,
+    sweep_id: Annotated[str | None, Query(max_length=64)] = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> Any:
+    try:
+        runs, next_cursor = store.list_runs(
+            session, status=status_, sweep_id=sweep_id, name=name, limit=limit, cursor=cursor
+        )
+    except ValueError as exc:
+        raise HTTPException(400, f"cursor: {exc}; pass the next_cursor of a previous page") from exc
+    return RunPage(items=runs, next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunOut, summary="Get a run", responses=NOT_FOUND)
+def get_run(run_id: RunId, session: SessionDep) -> Any:
+    return store.get_run(session, run_id)
+
+
+@router.post(
+    "/{run_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunOut,
+    summary="Cancel a run",
+    description="A queued run is cancelled at once; a running one is flagged "
+    "(`cancel_requested`) and its worker stops the trainer. Cancelling a cancelled run is a "
+    "no-op; any other finished run is a 409.",
+    responses={**NOT_FOUND, 409: {**PROBLEM, "description": "The run already finished."}},
+)
+def cancel_run(run_id: RunId, session: SessionDep) -> Any:
+    run = store.get_run(session, run_id)
+    if run.status == RunStatus.cancelled:
+        return run
+    if run.status in FINISHED:
+        raise HTTPException(409, f"run {run_id} already finished ({run.status})")
+    run = store.request_cancel(session, run_id)
+    if run.status == RunStatus.cancelled:
+        log.info("run %s cancelled", run_id)
+    else:
+        log.info("run %s cancel requested (%s)", run_id, run.status)
+    return run
+
+
+@router.delete(
+    "/{run_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a finished run",
+    description="Deletes the run and its metrics. Queued or running runs: cancel them first.",
+    responses={**NOT_FOUND, 409: {**PROBLEM, "description": "The run has not finished."}},
+)
+def delete_run(run_id: RunId, session: SessionDep) -> Response:
+    store.delete_run(session, run_id)
+    log.info("run %s deleted", run_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,307 @@
+"""The FastAPI application: ``create_app(settings, executor)``.
+
+Each app owns its engine, session factory, executor and Prometheus registry (on ``app.state``),
+so tests can run several apps against different databases in one process. The lifespan
+migrates the database, starts the executor, and runs a
+maintenance loop (stale heartbeats → requeue or fail; runs the broker refused → resubmit).
+
+Middleware, outermost first: Prometheus request metrics, then the request-body limit. Errors
+are problem+json (service.problems).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.orm import sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import problems, store
+from service.api import api_router, health
+from service.api.runs import submit_run
+from service.db import make_engine
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("bnlab.api")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bnlab")
+    except importlib.metadata.PackageNotFoundError:  # running from a plain checkout
+        return "0+unknown"
+
+
+DESCRIPTION = """
+Run and compare Batch Normalization experiments (Ioffe & Szegedy, 2015).
+
+Submit a training job (`POST /api/v1/runs`) or a grid of them (`POST /api/v1/sweeps`), follow
+its metrics live (`GET /api/v1/runs/{id}/events`, Server-Sent Events), and compare runs:
+steps to reach the baseline's accuracy and the speed-up (`GET /api/v1/compare`).
+
+Errors are `application/problem+json`. When API keys are configured, writes (and, optionally,
+reads) need `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+"""
+
+TAGS = [
+    {"name": "runs", "description": "Training jobs: submit, list, inspect, cancel, delete."},
+    {"name": "metrics", "description": "A run's metric series, paged or downsampled; live SSE."},
+    {"name": "sweeps", "description": "A grid of runs fanned out from one base spec."},
+    {"name": "compare", "description": "Steps-to-target, speed-up, curves; CSV and plots."},
+    {"name": "workers", "description": "Who executes runs, and the queue."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+]
+
+
+def create_app(settings: Settings | None = None, executor: Any = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="bnlab",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=_lifespan,
+    )
+    engine = make_engine(settings.database_url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = sessionmaker(bind=engine, expire_on_commit=False)
+    app.state.executor = executor  # None: made from the settings at startup
+    app.state.metrics = RequestMetrics(app)
+
+    problems.install(app)
+    app.include_router(api_router)
+    app.include_router(health.router)
+    # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+# ----------------------------------------------------------------------------- lifespan
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.auto_migrate:
+        from service import migrate  # alembic is only needed when we migrate
+
+        await anyio.to_thread.run_sync(migrate.upgrade, settings.database_url)
+    if app.state.executor is None:
+        from service.executor import make_executor  # lazily: it may pull in celery
+
+        app.state.executor = make_executor(settings)
+    await anyio.to_thread.run_sync(app.state.executor.start)  # it may touch the database
+    # Runs left queued by a previous process: the embedded executor's start() submits them
+    # (and requeues its own runs left running); in Celery mode they are still in the broker.
+    task = asyncio.create_task(_maintenance_loop(app), name="bnlab-maintenance")
+    log.info("bnlab API ready (%s executor)", "embedded" if settings.embedded else "celery")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        app.state.executor.shutdown()
+        app.state.engine.dispose()
+
+
+def maintain(app: FastAPI) -> None:
+    """One maintenance pass: reap runs whose heartbeat went stale (requeue or fail them) and
+    resubmit requeued runs and those the broker refused earlier."""
+    settings: Settings = app.state.settings
+    executor = app.state.executor
+    with app.state.session_factory() as session:
+        outcomes = store.reap_stale(session, settings.heartbeat_timeout_s, settings.max_attempts)
+        for run_id, status in outcomes:
+            log.warning("run %s lost its worker: now %s", run_id, status)
+            if status == store.RunStatus.queued:
+                submit_run(session, executor, run_id)
+        for run_id in store.submit_failed_run_ids(session):
+            submit_run(session, executor, run_id, retry=True)
+
+
+async def _maintenance_loop(app: FastAPI) -> None:
+    interval = app.state.settings.heartbeat_timeout_s / 4
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await anyio.to_thread.run_sync(maintain, app)
+        except Exception as exc:  # keep the loop alive through a database outage
+            log.error("maintenance pass failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class RequestMetrics:
+    """Prometheus metrics in a per-app registry (a global one would collide across apps)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "bnlab_http_requests",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "bnlab_http_request_duration_seconds",
+            "HTTP request latency by method and route template (SSE: the stream's length).",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.registry.register(_RunCollector(app))
+        self.app = app
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None
+
+    def template(self, scope: Scope) -> str:
+        """The route template of a request, e.g. ``/api/v1/runs/{run_id}``.
+
+        The matched route object only knows its path relative to its router (FastAPI no longer
+        copies routes with the prefix applied), so match the full templates from the OpenAPI
+        paths instead; requests that matched no route share the label "unmatched"."""
+        route = scope.get("route")
+        if route is None:
+            return "unmatched"
+        if self._templates is None:
+            self._templates = [
+                (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), path)
+                for path in self.app.openapi().get("paths", {})
+            ]
+        path = scope.get("path", "")
+        for pattern, template in self._templates:
+            if pattern.match(path):
+                return template
+        return getattr(route, "path", None) or "unmatched"
+
+
+class _RunCollector:
+    """Runs by status and queue depth, computed from the database at scrape time (so every
+    API replica reports the same truth, not what it happened to see)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def describe(self) -> list:
+        return []  # dynamic: keep registration from calling collect() (and the database)
+
+    def collect(self):  # noqa: ANN201
+        runs = GaugeMetricFamily("bnlab_runs", "Runs by status.", labels=["status"])
+        depth = GaugeMetricFamily("bnlab_queue_depth", "Runs waiting for a worker.")
+        up = GaugeMetricFamily("bnlab_database_up", "1 if the last scrape reached the database.")
+        try:
+            with self.app.state.session_factory() as session:
+                counts = store.count_by_status(session)
+        except Exception:
+            up.add_metric([], 0)
+            yield up
+            return
+        for status in store.RunStatus:
+            runs.add_metric([status.value], counts.get(status.value, 0))
+        depth.add_metric([], counts.get(store.RunStatus.queued.value, 0))
+        up.add_metric([], 1)
+        yield from (runs, depth, up)
+
+
+class MetricsMiddleware:
+    """Counts requests and their latency by route *template* (``/api/v1/runs/{run_id}``), so
+    ids do not explode the label space; unmatched paths share one label."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # if the app raises before answering
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            template = self.metrics.template(scope)
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- body limit
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over ``max_bytes``: at once when Content-Length says so, and by counting
+    the bytes actually received (a chunked or lying client cannot get past it). The body is
+    buffered here (it is at most ``max_bytes``) and replayed to the app."""
+
+    METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in self.METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await problems.problem(400, "invalid Content-Length header")(scope, receive, send)
+                return
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away; nobody to answer
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then wait for the disconnect, as the server would
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"request body larger than the limit of {self.max_bytes} bytes"
+        response = problems.problem(413, detail, headers={"Connection": "close"})
+        await response(scope, receive, send)

@@ -1,0 +1,92 @@
+"""Shared, service-free fixtures: settings on a SQLite file in tmp_path, a session on it, and
+the real app (lifespan running) with an executor that only records what it is given.
+
+Integration fixtures (PostgreSQL, Redis, Celery) live in tests/integration/conftest.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from service.settings import Settings
+
+
+class RecordingExecutor:
+    """The Executor protocol, minus the execution: records submitted run ids. ``fail_submit``
+    makes submit raise (a broker that is down); ``broker_up`` is what broker_ok() says."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.started = False
+        self.stopped = False
+        self.fail_submit = False
+        self.broker_up = True
+
+    def submit(self, run_id: str) -> None:
+        if self.fail_submit:
+            raise ConnectionError("broker down (test)")
+        self.submitted.append(run_id)
+
+    def start(self) -> None:
+        self.started = True
+
+    def shutdown(self) -> None:
+        self.stopped = True
+
+    def broker_ok(self) -> bool:
+        return self.broker_up
+
+
+def sqlite_settings(path: Path, **overrides: object) -> Settings:
+    """Settings on a SQLite file, ignoring any .env or BNLAB_* of the machine running tests."""
+    return Settings(_env_file=None, database_url=f"sqlite:///{path}", **overrides)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return sqlite_settings(tmp_path / "bnlab.db")
+
+
+@pytest.fixture
+def session(settings: Settings) -> Iterator[Session]:
+    """A session on a fresh SQLite database with the schema created from the models."""
+    from service.db import make_engine
+    from service.models import Base
+
+    engine = make_engine(settings.database_url)
+    Base.metadata.create_all(engine)
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+    engine.dispose()
+
+
+@pytest.fixture
+def executor() -> RecordingExecutor:
+    return RecordingExecutor()
+
+
+@pytest.fixture
+def app(settings: Settings, executor: RecordingExecutor):  # noqa: ANN201
+    from service.app import create_app
+
+    return create_app(settings, executor=executor)
+
+
+@pytest.fixture
+def client(app) -> Iterator:  # noqa: ANN001
+    """A TestClient with the lifespan running (migrations, executor start, maintenance)."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def app_session(client, app) -> Iterator[Session]:  # noqa: ANN001
+    """A session on the app's own (migrated) database, to arrange state behind the API."""
+    with app.state.session_factory() as session:
+        yield session
