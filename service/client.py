@@ -149,6 +149,11 @@ class BnlabClient:
         headers.update(extra or {})
         return headers
 
+    def _timeout_arg(self, timeout: float | httpx.Timeout) -> dict[str, Any]:
+        """Per-request timeouts on a client built here; a client passed in keeps its own
+        (Starlette's TestClient, for one, does not take them)."""
+        return {"timeout": timeout} if self._owns_http else {}
+
     def _unreachable(self, exc: Exception) -> BnlabError:
         return BnlabError(
             f"cannot reach bnlab at {self.base_url}: {exc or type(exc).__name__} "
@@ -177,7 +182,7 @@ class BnlabClient:
                 params=clean_params,
                 json=json_body,
                 headers=self._headers(extra),
-                timeout=self.timeout,
+                **self._timeout_arg(self.timeout),
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise self._unreachable(exc) from exc
@@ -389,10 +394,15 @@ class BnlabClient:
         read_timeout = (
             60.0 if deadline is None else max(0.5, min(60.0, deadline - time.monotonic()))
         )
-        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        timeout = self._timeout_arg(httpx.Timeout(self.timeout, read=read_timeout))
+        # The server closes the stream by itself after ?timeout= seconds, so a quiet run (only
+        # keep-alives) cannot hold us past the deadline.
+        params = (
+            {} if deadline is None else {"timeout": max(1, int(deadline - time.monotonic()) + 1)}
+        )
         try:
             with self._http.stream(
-                "GET", f"{API}/runs/{run_id}/events", headers=headers, timeout=timeout
+                "GET", f"{API}/runs/{run_id}/events", params=params, headers=headers, **timeout
             ) as response:
                 if response.status_code in (404, 405, 406, 501) and _is_missing_route(
                     response, run_id

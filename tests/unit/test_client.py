@@ -53,7 +53,9 @@ def test_problem_json_becomes_bnlab_error_with_fields() -> None:
     }
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(422, json=problem, headers={"content-type": "application/problem+json"})
+        return httpx.Response(
+            422, json=problem, headers={"content-type": "application/problem+json"}
+        )
 
     with pytest.raises(BnlabError) as caught, mock_client(handler) as client:
         client.submit({"optimizer": {"lr": 1000}})
@@ -251,6 +253,180 @@ def test_wait_unknown_run_raises_404() -> None:
 
 
 def test_compare_needs_runs_or_sweep() -> None:
-    with mock_client(lambda r: httpx.Response(200, json={})) as client:
-        with pytest.raises(BnlabError, match="run ids or a sweep"):
-            client.compare()
+    client = mock_client(lambda r: httpx.Response(200, json={}))
+    with pytest.raises(BnlabError, match="run ids or a sweep"):
+        client.compare()
+
+
+# ----------------------------------------------------------------------------- the real app
+
+TINY_SPEC = {
+    "name": "tiny",
+    "dataset": "digits",
+    "model": {"hidden": [8], "norm": "batchnorm"},
+    "steps": 20,
+    "eval_every": 10,
+    "batch_size": 32,
+    "device": "cpu",
+}
+
+
+class RecordingExecutor:
+    """Takes runs and does nothing with them: the tests play the worker through the store."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, run_id: str) -> None:
+        self.submitted.append(run_id)
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def broker_ok(self) -> bool:
+        return True
+
+
+def app_settings(tmp_path, **overrides):
+    from service.settings import Settings
+
+    values = {"database_url": f"sqlite:///{tmp_path / 'bnlab.db'}", "broker_url": None}
+    return Settings(_env_file=None, **(values | overrides))
+
+
+@pytest.fixture
+def api(tmp_path):
+    """(BnlabClient on the in-process app, the app, its recording executor)."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    executor = RecordingExecutor()
+    app = create_app(app_settings(tmp_path, max_metric_points=10), executor=executor)
+    with TestClient(app) as http:
+        yield BnlabClient(http=http), app, executor
+
+
+def play_worker(app, run_id: str, points: list[tuple[str, int, float]], outcome: str) -> None:
+    """What workers/execute.py does to a run, straight through the store."""
+    from service import store
+
+    with app.state.session_factory() as session:
+        assert store.claim_run(session, run_id, "test-worker")
+        store.add_metrics(session, run_id, points)
+        store.finish_run(
+            session,
+            run_id,
+            store.RunStatus(outcome),
+            f"trainer {outcome}",
+            summary={"best_test_acc": max(v for k, _, v in points if k == "test_acc")},
+        )
+
+
+def curve(reach: float, steps: int = 25) -> list[tuple[str, int, float]]:
+    """train_loss every step; test_acc every 5 steps, rising by `reach` per evaluation."""
+    points = [("train_loss", s, 2.0 / (s + 1)) for s in range(1, steps + 1)]
+    points += [("test_acc", s, min(1.0, 0.1 + reach * s / 5)) for s in range(0, steps + 1, 5)]
+    return points
+
+
+def test_app_submit_get_list_cancel_delete(api) -> None:
+    client, _app, executor = api
+    run = client.submit(JobSpec.model_validate(TINY_SPEC), idempotency_key="k1")
+    assert run["status"] == "queued" and executor.submitted == [run["id"]]
+    assert client.submit(TINY_SPEC, idempotency_key="k1")["id"] == run["id"]
+    other = client.submit(TINY_SPEC | {"name": "other"})
+    assert client.get_run(run["id"])["name"] == "tiny"
+    assert [r["id"] for r in client.list_runs(name="other")] == [other["id"]]
+    assert {r["id"] for r in client.list_runs(status="queued")} == {run["id"], other["id"]}
+    assert client.cancel(run["id"])["status"] == "cancelled"
+    client.delete(run["id"])
+    with pytest.raises(BnlabError) as caught:
+        client.get_run(run["id"])
+    assert caught.value.status == 404
+    with pytest.raises(BnlabError) as caught:
+        client.delete(other["id"])  # still queued
+    assert caught.value.status == 409
+
+
+def test_app_invalid_spec_names_the_field(api) -> None:
+    client, _, _ = api
+    with pytest.raises(BnlabError) as caught:
+        client.submit(TINY_SPEC | {"batch_size": 1})
+    assert caught.value.status == 422
+    assert "batch_size" in str(caught.value)
+
+
+def test_app_wait_streams_a_finished_run_and_metrics_pages(api) -> None:
+    client, app, _ = api
+    run = client.submit(TINY_SPEC)
+    play_worker(app, run["id"], curve(0.2), "succeeded")
+
+    events: list[RunEvent] = []
+    final = client.wait(run["id"], on_event=events.append, timeout=30)
+    assert final["status"] == "succeeded"
+    metric_steps = [e.data["step"] for e in events if e.kind == "metrics"]
+    assert metric_steps == list(range(26))
+    assert events[-1].kind == "end"
+
+    series = client.metrics(run["id"])  # 25 points per key, server pages of 10
+    assert series["train_loss"]["steps"] == list(range(1, 26))
+    assert series["test_acc"]["steps"] == [0, 5, 10, 15, 20, 25]
+    small = client.metrics(run["id"], keys=["train_loss"], max_points=5)
+    assert list(small) == ["train_loss"] and len(small["train_loss"]["steps"]) <= 5
+    rows = client.metrics_table(run["id"])
+    assert rows[0] == {"step": 0, "test_acc": pytest.approx(0.1), "train_loss": None}
+
+
+def test_app_sweep_and_compare(api) -> None:
+    client, app, _ = api
+    sweep = client.sweep("bn-vs-none", TINY_SPEC, {"model.norm": ["none", "batchnorm"]})
+    none_run, bn_run = sorted(sweep["runs"], key=lambda r: r["spec"]["model"]["norm"] != "none")
+    play_worker(app, none_run["id"], curve(0.1), "succeeded")
+    play_worker(app, bn_run["id"], curve(0.4), "succeeded")
+
+    result = client.compare(sweep=sweep["id"])
+    assert result["baseline_id"] == none_run["id"]
+    speedups = {r["id"]: r["speedup"] for r in result["runs"]}
+    assert speedups[none_run["id"]] == pytest.approx(1.0)
+    assert speedups[bn_run["id"]] > 1
+    table = client.compare(run_ids=[none_run["id"], bn_run["id"]], fmt="csv")
+    assert table.startswith("row_type,")
+    svg = client.compare_plot(sweep=sweep["id"], fmt="svg")
+    assert b"<svg" in svg[:2000]
+
+
+def test_app_wait_times_out_on_a_run_that_never_starts(api) -> None:
+    client, _, _ = api
+    run = client.submit(TINY_SPEC)
+    with pytest.raises(BnlabError, match="timed out waiting"):
+        client.wait(run["id"], timeout=1.0)
+
+
+def test_app_health(api) -> None:
+    client, _, _ = api
+    client.health()
+    client.ready()
+
+
+@pytest.mark.slow
+def test_real_embedded_run_finishes(tmp_path) -> None:
+    """The whole path: API → LocalExecutor → workers.execute → python -m bncore.train."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    app = create_app(app_settings(tmp_path, heartbeat_interval_s=1.0))
+    with TestClient(app) as http:
+        client = BnlabClient(http=http)
+        run = client.submit(TINY_SPEC)
+        steps: list[int] = []
+
+        def on_event(event: RunEvent) -> None:
+            if event.kind == "metrics":
+                steps.append(event.data["step"])
+
+        final = client.wait(run["id"], on_event=on_event, timeout=240)
+    assert final["status"] == "succeeded", final
+    assert steps[-1] == 20 and final["summary"]["best_test_acc"] > 0
