@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(
         True, description="Upgrade the database schema (Alembic) when the API starts."
     )
+    # Added for the Celery executor and workers (workers/celery_app.py, service/executor.py):
+    # producers and workers must agree on both, so they live here rather than in code.
+    queue: str = Field("bnlab", min_length=1, description="Celery queue for training tasks.")
+    visibility_timeout_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="Redis broker: seconds before an unacknowledged task is redelivered. Longer "
+        "than the longest job, or a running job's task is handed to a second worker (harmless, "
+        "claiming is guarded, but wasteful).",
+    )
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod

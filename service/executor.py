@@ -1,0 +1,295 @@
+"""How a run id reaches the job-execution code (``workers/execute.py``), without importing it.
+
+Two executors behind one protocol (docs/api-contract.md):
+
+* ``CeleryExecutor`` — a thin Celery *client*: it only sends the task "bnlab.run_training" by
+  name to the queue; Celery workers (``workers/celery_app.py``) pick it up.
+* ``LocalExecutor`` — the embedded default: a bounded pool of threads, each running
+  ``python -m workers.execute RUN_ID`` as a subprocess. The API process never trains, so a
+  trainer crash (or CUDA state) cannot take the API down, and the subprocess dies with us
+  (PR_SET_PDEATHSIG) instead of training on as an orphan.
+
+``die_with_parent`` and ``settings_env`` are also used by the workers and the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from service import db, store
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("bnlab.executor")
+
+TASK_NAME = "bnlab.run_training"
+_PR_SET_PDEATHSIG = 1
+CHILD_STOP_GRACE_S = 10.0  # embedded children get this long to stop their trainer and release
+
+
+class Executor(Protocol):
+    def submit(self, run_id: str) -> None: ...  # never blocks on training
+    def start(self) -> None: ...  # called in the API lifespan startup
+    def shutdown(self) -> None: ...
+    def broker_ok(self) -> bool: ...  # for /readyz
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGKILL when the thread that spawned it
+    dies (Linux ``PR_SET_PDEATHSIG``). Spawn from a thread that lives as long as the child
+    must: the signal follows the *thread*, not the process. None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # resolved before fork: no loading in the child
+    parent = os.getpid()
+
+    def _preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return _preexec
+
+
+def set_parent_death_signal() -> None:
+    """In an already forked child (a Celery pool process): SIGKILL us when our parent dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment under which ``get_settings()`` in a child process equals ``settings``
+    (the only way settings reach a subprocess; ``None`` fields are removed)."""
+    env = dict(os.environ if base is None else base)
+    for name, value in settings.model_dump(mode="json").items():
+        key = f"BNLAB_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        elif isinstance(value, bool):
+            env[key] = "true" if value else "false"
+        elif isinstance(value, list):
+            env[key] = ",".join(str(v) for v in value)
+        else:
+            env[key] = str(value)
+    return env
+
+
+_engines: dict[str, Any] = {}
+_engines_lock = threading.Lock()
+
+
+def open_session(settings: Settings) -> Session:
+    """A session on ``settings.database_url``: the process-wide engine when these are the
+    process settings, else one engine per URL (tests and apps with their own settings)."""
+    if settings.database_url == get_settings().database_url:
+        return db.new_session()
+    with _engines_lock:
+        engine = _engines.get(settings.database_url)
+        if engine is None:
+            engine = _engines[settings.database_url] = db.make_engine(settings.database_url)
+    return Session(engine, expire_on_commit=False)
+
+
+def embedded_worker_name() -> str:
+    return f"embedded@{socket.gethostname()}"
+
+
+# ----------------------------------------------------------------------------- Celery
+
+
+class CeleryExecutor:
+    """Sends "bnlab.run_training" by name; never imports the task code."""
+
+    def __init__(self, settings: Settings) -> None:
+        from celery import Celery  # only the Celery deployment needs it
+
+        self.settings = settings
+        self._app = Celery("bnlab-client", broker=settings.broker_url, set_as_current=False)
+        self._app.conf.update(
+            task_default_queue=settings.queue,
+            # A POST must not hang while the broker is down: fail fast, the run stays queued
+            # and the API's maintenance loop resubmits it.
+            broker_connection_timeout=2,
+            broker_connection_retry=False,
+            broker_connection_max_retries=1,
+            broker_transport_options={
+                "visibility_timeout": settings.visibility_timeout_s,
+                "socket_connect_timeout": 2,
+                "socket_timeout": 5,
+                "max_retries": 1,
+            },
+        )
+
+    def submit(self, run_id: str) -> None:
+        self._app.send_task(
+            TASK_NAME,
+            args=[run_id],
+            queue=self.settings.queue,
+            retry=True,
+            retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5},
+        )
+        log.info("run %s sent to queue %s", run_id, self.settings.queue)
+
+    def start(self) -> None:
+        """Nothing to start: Celery workers run elsewhere; the API reaps lost runs."""
+
+    def shutdown(self) -> None:
+        self._app.close()
+
+    def broker_ok(self) -> bool:
+        url = self.settings.broker_url or ""
+        try:
+            if url.startswith(("redis://", "rediss://", "unix://")):
+                import redis
+
+                client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+                try:
+                    return bool(client.ping())
+                finally:
+                    client.close()
+            with self._app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=1)
+            return True
+        except Exception as exc:  # any failure means "not ready"
+            log.warning("broker %s unreachable: %s", _redact(url), exc)
+            return False
+
+
+def _redact(url: str) -> str:
+    """The broker URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+# ----------------------------------------------------------------------------- embedded
+
+
+class LocalExecutor:
+    """The embedded executor: ``settings.embedded_concurrency`` runs at a time, each in its own
+    ``python -m workers.execute`` subprocess (which spawns the trainer in turn)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_name = embedded_worker_name()
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.embedded_concurrency, thread_name_prefix="bnlab-run"
+        )
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()  # submitted and not yet done: a resubmission is a no-op
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._closed = False
+
+    def submit(self, run_id: str) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the embedded executor is shut down")
+            if run_id in self._pending:
+                return
+            self._pending.add(run_id)
+        self._pool.submit(self._execute, run_id)
+
+    def start(self) -> None:
+        """Recover after a restart: this host's embedded runs left ``running`` lost their
+        process with us, so requeue (or fail) them now rather than after the heartbeat timeout,
+        then submit everything queued."""
+        with open_session(self.settings) as session:
+            for run_id, status in store.reap_stale(
+                session, 0, self.settings.max_attempts, worker_prefix=self.worker_name
+            ):
+                log.warning(
+                    "run %s was left running by a previous %s: %s", run_id, self.worker_name, status
+                )
+            queued = store.queued_run_ids(session)
+        for run_id in queued:
+            self.submit(run_id)
+        if queued:
+            log.info("embedded executor: %d queued run(s) submitted on start", len(queued))
+
+    def shutdown(self) -> None:
+        """Stop taking work and stop the running children: each stops its trainer and puts its
+        run back in the queue (see workers.execute), so the next start picks it up."""
+        with self._lock:
+            self._closed = True
+            children = list(self._children.values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(CHILD_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded child %d did not stop in time; killing it", child.pid)
+                child.kill()
+                child.wait()
+
+    def broker_ok(self) -> bool:
+        return True  # no broker: the pool lives in this process
+
+    def _execute(self, run_id: str) -> None:
+        """Runs in a pool thread, which lives for the whole child (PDEATHSIG follows it)."""
+        try:
+            cmd = [
+                self.settings.python or sys.executable,
+                "-m",
+                "workers.execute",
+                run_id,
+                "--worker",
+                self.worker_name,
+            ]
+            with self._lock:
+                if self._closed:
+                    return
+                child = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    env=settings_env(self.settings),
+                    preexec_fn=die_with_parent(),  # noqa: PLW1509 (intended, see die_with_parent)
+                )
+                self._children[run_id] = child
+            code = child.wait()
+            with self._lock:
+                self._children.pop(run_id, None)
+                closed = self._closed
+            if code != 0 and not closed:
+                self._fail_abandoned(run_id, code)
+        except Exception:
+            log.exception("run %s: embedded executor could not execute it", run_id)
+        finally:
+            with self._lock:
+                self._pending.discard(run_id)
+
+    def _fail_abandoned(self, run_id: str, code: int) -> None:
+        """The child died without recording an outcome (it records one on every path it
+        controls): fail the run so that it is not left running or waiting forever."""
+        reason = f"embedded worker process exited with code {code} before finishing the run"
+        log.error("run %s: %s", run_id, reason)
+        with open_session(self.settings) as session:
+            if not store.finish_run(
+                session, run_id, store.RunStatus.failed, reason, worker=self.worker_name
+            ):
+                store.fail_queued(session, run_id, reason)
+
+
+def make_executor(settings: Settings) -> Executor:
+    """Celery when a broker is configured, else the embedded pool."""
+    if settings.broker_url:
+        return CeleryExecutor(settings)
+    return LocalExecutor(settings)

@@ -1,0 +1,151 @@
+"""workers.execute against the real trainer subprocess and a SQLite store (no services).
+
+Each test spawns ``python -m bncore.train`` once or twice (a few seconds each, mostly imports),
+so the specs are tiny.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bncore.spec import JobSpec
+from service import migrate, store
+from service.executor import open_session
+from service.settings import Settings
+from workers.execute import execute_run
+
+WORKER = "test-worker@host"
+TINY = {
+    "name": "tiny",
+    "dataset": "digits",
+    "model": {"hidden": [16]},
+    "steps": 30,
+    "eval_every": 10,
+    "batch_size": 32,
+}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
+        data_dir=tmp_path,
+        heartbeat_interval_s=0.2,
+        broker_url=None,
+    )
+    migrate.upgrade(settings.database_url)
+    return settings
+
+
+def create(settings: Settings, spec: dict) -> str:
+    with open_session(settings) as session:
+        run, _ = store.create_run(session, JobSpec.model_validate(spec))
+        return run.id
+
+
+def load(settings: Settings, run_id: str):
+    with open_session(settings) as session:
+        return store.get_run(session, run_id)
+
+
+def trainer_children() -> list[int]:
+    """Pids of this process's ``bncore.train`` children."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"bncore.train" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_success_stores_metrics_and_a_second_delivery_does_nothing(settings: Settings) -> None:
+    run_id = create(settings, TINY)
+
+    assert execute_run(run_id, WORKER, settings) == "succeeded"
+
+    run = load(settings, run_id)
+    assert run.status == "succeeded"
+    assert run.worker == WORKER and run.attempt == 1
+    assert run.last_step == 30 and run.device == "cpu" and run.torch_version
+    assert run.summary["best_test_acc"] > 0.1 and run.wall_time > 0
+    with open_session(settings) as session:
+        counts = store.metric_summary(session, run_id)
+    assert counts["train_loss"] == {"count": 30, "first_step": 1, "last_step": 30}
+    assert counts["test_acc"] == {"count": 4, "first_step": 0, "last_step": 30}
+
+    # A re-delivered task: the claim fails and nothing runs or changes.
+    assert execute_run(run_id, "another@host", settings) == "succeeded"
+    again = load(settings, run_id)
+    assert (again.worker, again.attempt, again.finished_at) == (WORKER, 1, run.finished_at)
+
+
+def test_divergence_is_recorded_with_step_and_reason(settings: Settings) -> None:
+    spec = TINY | {
+        "model": {"hidden": [16], "activation": "relu", "norm": "none", "init": "poor"},
+        "optimizer": {"lr": 100.0},
+    }
+    run_id = create(settings, spec)
+
+    assert execute_run(run_id, WORKER, settings) == "diverged"
+
+    run = load(settings, run_id)
+    assert run.diverged_step is not None and 1 <= run.diverged_step <= 30
+    assert f"at step {run.diverged_step}" in run.status_reason
+    assert "loss" in run.status_reason
+
+
+def test_trainer_crash_fails_with_exit_code_and_stderr(settings: Settings) -> None:
+    run_id = create(settings, TINY | {"dataset": "npz", "data_path": "missing.npz"})
+
+    assert execute_run(run_id, WORKER, settings) == "failed"
+
+    run = load(settings, run_id)
+    assert "exited with code 2 without an end event" in run.status_reason
+    assert "invalid job" in run.status_reason  # the last stderr line, on one line
+    assert "\n" not in run.status_reason
+    assert "last lines of stderr" in run.error and "invalid job: data_path" in run.error
+    assert run.finished_at is not None
+
+
+def test_cancel_stops_the_trainer_and_its_process_group(settings: Settings) -> None:
+    run_id = create(settings, TINY | {"steps": 200_000, "log_every": 50, "eval_every": 10_000})
+    result: dict[str, str] = {}
+    thread = threading.Thread(
+        target=lambda: result.update(status=execute_run(run_id, WORKER, settings))
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (load(settings, run_id).last_step or 0) > 0:  # training, not just importing
+            assert time.monotonic() < deadline, "the trainer never reported a step"
+            time.sleep(0.2)
+        pids = trainer_children()
+        assert len(pids) == 1
+
+        with open_session(settings) as session:
+            store.request_cancel(session, run_id)
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    finally:
+        if thread.is_alive():  # do not leave a 200k-step trainer behind on failure
+            for pid in trainer_children():
+                os.kill(pid, 9)
+            thread.join()
+
+    assert result["status"] == "cancelled"
+    run = load(settings, run_id)
+    assert (run.status, run.status_reason) == ("cancelled", "cancelled by request")
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pids[0], 0)  # the whole group is gone

@@ -1,0 +1,593 @@
+"""Execute one run: claim → trainer subprocess → stream its events into the store → finish.
+
+    python -m workers.execute RUN_ID [--worker NAME]     # what the embedded executor runs
+
+``execute_run`` is the whole job of a worker, whoever calls it (the Celery task or the
+embedded executor's subprocess):
+
+* claim the run with a guarded UPDATE; a re-delivered task finds it taken and returns;
+* spawn ``python -m bncore.train SPEC.json --data-dir DIR`` in its own process group, with
+  PR_SET_PDEATHSIG so it never outlives the thread that spawned it (the one running here);
+* read its JSON lines: the start event → device and torch version; metrics → buffered and
+  written in batches by a writer thread that retries through a database outage (writes are
+  idempotent upserts, so a retried batch changes nothing);
+* a heartbeat thread keeps the run's heartbeat (and the worker's row) fresh; when the store
+  says stop (cancel requested, or the run was reaped and given to someone else) it kills the
+  trainer's process group: SIGTERM, then SIGKILL after a grace period;
+* record exactly one outcome: the trainer's end event (succeeded / diverged), cancelled, or
+  failed with the exit code and the tail of stderr. Every exception path ends the run too.
+
+The worker never imports torch: the trainer subprocess is the only place CUDA is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from bncore import events
+from service import store
+from service.executor import die_with_parent, embedded_worker_name, open_session
+from service.settings import Settings, get_settings
+from service.store import RunStatus
+
+log = logging.getLogger("bnlab.execute")
+
+FLUSH_INTERVAL_S = 0.5  # metric points reach the database at most this late...
+FLUSH_POINTS = 500  # ...or as soon as this many are waiting
+WRITE_BATCH = 5_000  # rows per INSERT when a backlog built up during an outage
+FINAL_WRITE_DEADLINE_S = 120.0  # how long the last flush and the outcome retry a down database
+KILL_GRACE_S = 5.0  # SIGTERM → SIGKILL
+STDERR_TAIL_LINES = 30
+STDERR_LINE_CHARS = 2_000
+DB_ERRORS = (OperationalError, InterfaceError)  # connection trouble: worth retrying
+
+T = TypeVar("T")
+
+
+class Interrupted(BaseException):
+    """This process is asked to stop (SIGTERM in ``python -m workers.execute``): stop the
+    trainer and put the run back in the queue rather than failing it."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def with_db_retry(
+    settings: Settings, what: str, fn: Callable[[Session], T], *, deadline_s: float
+) -> T:
+    """Run ``fn`` in a fresh session, retrying connection errors with backoff for up to
+    ``deadline_s`` (a PostgreSQL restart costs a few seconds, not the run)."""
+    delay, start = 0.2, time.monotonic()
+    while True:
+        try:
+            with open_session(settings) as session:
+                return fn(session)
+        except DB_ERRORS as exc:
+            if time.monotonic() - start + delay > deadline_s:
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s", what, _first_line(exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@lru_cache
+def detect_device() -> str:
+    """What this worker trains on, without importing torch (a forked worker must never
+    initialise CUDA): "cuda:0 (NVIDIA H100 80GB HBM3)" from ``nvidia-smi -L``, else "cpu"."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return "cpu"
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            listing = subprocess.run(
+                [smi, "-L"], capture_output=True, text=True, timeout=5, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            listing = ""
+        for line in listing.splitlines():  # "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-…)"
+            if line.startswith("GPU "):
+                name = line.split(":", 1)[1].split("(UUID", 1)[0].strip()
+                return f"cuda:0 ({name})"[:64]
+    if visible:
+        return "cuda:0"
+    return "cpu"
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+class MetricWriter(threading.Thread):
+    """Writes buffered metric points (and the start event's facts) in batches, every
+    FLUSH_INTERVAL_S or FLUSH_POINTS. A database error keeps the points buffered and retries
+    with backoff, so the reader (and the trainer behind it) never waits on the database."""
+
+    def __init__(self, run_id: str, settings: Settings) -> None:
+        super().__init__(name=f"metrics-{run_id[:8]}", daemon=True)
+        self.run_id = run_id
+        self.settings = settings
+        self.max_step: int | None = None
+        self.written = 0
+        self._points: list[tuple[str, int, float | None]] = []
+        self._start: dict[str, str] | None = None
+        self._cond = threading.Condition()
+        self._closing = False
+        self._deadline = float("inf")
+
+    def add(self, step: int, values: dict[str, Any]) -> None:
+        points = [(key, step, _as_float(value)) for key, value in values.items()]
+        with self._cond:
+            self._points.extend(points)
+            self.max_step = step if self.max_step is None else max(self.max_step, step)
+            if len(self._points) >= FLUSH_POINTS:
+                self._cond.notify()
+
+    def set_start(self, device: str, torch_version: str) -> None:
+        with self._cond:
+            self._start = {"device": device[:32], "torch_version": torch_version[:32]}
+            self._cond.notify()
+
+    def close(self, deadline_s: float = FINAL_WRITE_DEADLINE_S) -> int:
+        """Flush what is left (retrying until the deadline) and stop. Returns the number of
+        points that could not be written (0 unless the database stayed down)."""
+        with self._cond:
+            self._closing = True
+            self._deadline = time.monotonic() + deadline_s
+            self._cond.notify()
+        if self.is_alive():
+            self.join()
+        with self._cond:
+            return len(self._points)
+
+    def run(self) -> None:
+        delay = 0.2
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._closing or len(self._points) >= FLUSH_POINTS,
+                    timeout=FLUSH_INTERVAL_S,
+                )
+                if self._closing and not self._points and self._start is None:
+                    return
+                batch, self._points = self._points, []
+                start, self._start = self._start, None
+            try:
+                self._write(start, batch)
+                delay = 0.2
+            except Exception as exc:
+                with self._cond:  # keep them, in order, ahead of anything newer
+                    self._points[:0] = batch
+                    if start is not None and self._start is None:
+                        self._start = start
+                    pending, closing = len(self._points), self._closing
+                if closing and time.monotonic() > self._deadline:
+                    log.error(
+                        "run %s: giving up on %d metric point(s): %s",
+                        self.run_id,
+                        pending,
+                        _first_line(exc),
+                    )
+                    return
+                retryable = isinstance(exc, DB_ERRORS)
+                log.warning(
+                    "run %s: writing metrics failed (%s); %d point(s) kept, retrying in %.1f s",
+                    self.run_id,
+                    _first_line(exc),
+                    pending,
+                    delay,
+                )
+                if not retryable and closing:
+                    return  # e.g. the run was deleted under us: retrying cannot help
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _write(self, start: dict[str, str] | None, batch: list[tuple[str, int, float | None]]):
+        with open_session(self.settings) as session:
+            if start is not None:
+                store.record_start(session, self.run_id, **start)
+            for i in range(0, len(batch), WRITE_BATCH):
+                store.add_metrics(session, self.run_id, batch[i : i + WRITE_BATCH])
+        self.written += len(batch)
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class Heartbeat(threading.Thread):
+    """Every ``heartbeat_interval_s``: refresh the run's heartbeat and the worker's row. When
+    the store answers "stop", calls ``on_stop("cancel" | "lost")`` once and ends."""
+
+    def __init__(
+        self,
+        run_id: str,
+        worker: str,
+        device: str,
+        settings: Settings,
+        on_stop: Callable[[str], None],
+    ) -> None:
+        super().__init__(name=f"heartbeat-{run_id[:8]}", daemon=True)
+        self.run_id, self.worker, self.device = run_id, worker, device
+        self.settings = settings
+        self.on_stop = on_stop
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.settings.heartbeat_interval_s):
+            try:
+                with open_session(self.settings) as session:
+                    keep_going = store.heartbeat(session, self.run_id, self.worker)
+                    store.worker_seen(
+                        session, self.worker, device=self.device, current_run_id=self.run_id
+                    )
+                    why = None if keep_going else self._why_stop(session)
+            except Exception as exc:  # the reaper decides about silent workers, not us
+                log.warning("run %s: heartbeat failed: %s", self.run_id, _first_line(exc))
+                continue
+            if why is not None and not self._stopped.is_set():
+                self.on_stop(why)
+                return
+
+    def _why_stop(self, session: Session) -> str:
+        try:
+            run = store.get_run(session, self.run_id)
+        except store.NotFound:
+            return "lost"
+        mine = run.status == RunStatus.running and run.worker == self.worker
+        return "cancel" if mine and run.cancel_requested else "lost"
+
+
+def _read_stderr(stream, tail: collections.deque[str], run_id: str) -> None:  # noqa: ANN001
+    for line in stream:
+        line = line.rstrip("\n")[:STDERR_LINE_CHARS]
+        tail.append(line)
+        log.debug("run %s trainer stderr: %s", run_id, line)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+class _Execution:
+    """The state of one claimed run, from spawn to outcome."""
+
+    def __init__(self, run_id: str, worker: str, spec: dict[str, Any], settings: Settings):
+        self.run_id, self.worker, self.spec, self.settings = run_id, worker, spec, settings
+        self.device = detect_device()
+        self.proc: subprocess.Popen[str] | None = None
+        self.end: dict[str, Any] | None = None
+        self.stop_reason: str | None = None  # "cancel" | "lost", set by the heartbeat
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.started = time.monotonic()
+        self._kill_lock = threading.Lock()
+
+    def run(self) -> str:
+        writer = MetricWriter(self.run_id, self.settings)
+        heartbeat = Heartbeat(self.run_id, self.worker, self.device, self.settings, self._stop)
+        status: str | None = None
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"bnlab-{self.run_id[:8]}-") as tmp:
+                spec_path = Path(tmp) / "spec.json"
+                spec_path.write_text(json.dumps(self.spec))
+                self.proc = self._spawn(spec_path)
+                stderr_reader = threading.Thread(
+                    target=_read_stderr,
+                    args=(self.proc.stderr, self.stderr_tail, self.run_id),
+                    name=f"stderr-{self.run_id[:8]}",
+                    daemon=True,
+                )
+                stderr_reader.start()
+                writer.start()
+                heartbeat.start()
+                self._read_events(writer)
+                code = self.proc.wait()
+                stderr_reader.join(timeout=5)
+            heartbeat.stop()
+            lost_points = writer.close()
+            status = self._finish(code, writer, lost_points)
+            return status
+        except Interrupted:
+            log.warning(
+                "run %s: worker %s interrupted; stopping the trainer", self.run_id, self.worker
+            )
+            heartbeat.stop()
+            self._kill()
+            writer.close(deadline_s=10)
+            status = self._release()
+            return status
+        except BaseException as exc:
+            log.exception("run %s: worker error", self.run_id)
+            heartbeat.stop()
+            self._kill()
+            writer.close(deadline_s=30)
+            status = self._record(
+                RunStatus.failed,
+                f"worker error: {_first_line(exc)}"[:500],
+                error=f"{type(exc).__name__}: {exc}\n" + "\n".join(self.stderr_tail),
+            )
+            raise
+        finally:
+            heartbeat.stop()
+            self._kill()  # stragglers in the trainer's group, on every path
+            if status is None:  # the recording itself failed: one last plain attempt
+                self._last_resort()
+            self._worker_idle()
+
+    # -- the trainer process
+
+    def _spawn(self, spec_path: Path) -> subprocess.Popen[str]:
+        cmd = [
+            self.settings.python or sys.executable,
+            "-m",
+            "bncore.train",
+            str(spec_path),
+            "--data-dir",
+            str(self.settings.data_dir),
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,  # its own process group: one killpg reaches all of it
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 (spawned by this run's own thread)
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.info("run %s: trainer started (pid %d) on %s", self.run_id, proc.pid, self.device)
+        return proc
+
+    def _read_events(self, writer: MetricWriter) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            event = events.decode(line)
+            if event is None:
+                if line.strip():
+                    log.debug("run %s trainer stdout: %s", self.run_id, line.rstrip()[:500])
+                continue
+            kind = event.get("event")
+            if kind == "metrics":
+                writer.add(int(event["step"]), event.get("values") or {})
+            elif kind == "start":
+                writer.set_start(str(event.get("device", "")), str(event.get("torch", "")))
+            elif kind == "end":
+                self.end = event
+
+    def _stop(self, why: str) -> None:
+        """Called by the heartbeat thread when the store says this run must stop."""
+        self.stop_reason = why
+        if why == "cancel":
+            log.info("run %s: cancel requested; stopping the trainer", self.run_id)
+        else:
+            log.warning(
+                "run %s is no longer %s's (reaped or deleted); stopping", self.run_id, self.worker
+            )
+        self._kill()
+
+    def _kill(self) -> None:
+        """SIGTERM to the trainer's process group, SIGKILL after KILL_GRACE_S."""
+        proc = self.proc
+        if proc is None:
+            return
+        with self._kill_lock:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                return  # the group is gone
+            try:
+                proc.wait(KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("run %s: trainer ignored SIGTERM; killing it", self.run_id)
+            # The leader may be gone while others in its group live on.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(KILL_GRACE_S)
+
+    # -- outcomes
+
+    def _finish(self, code: int, writer: MetricWriter, lost_points: int) -> str:
+        elapsed = time.monotonic() - self.started
+        end = self.end
+        if end is not None:
+            if code != 0:
+                log.warning(
+                    "run %s: trainer %s after its end event", self.run_id, _exit_description(code)
+                )
+            step = int(end.get("step") or 0)
+            last_step = max(step, writer.max_step or 0)
+            common = {
+                "summary": end.get("summary"),
+                "wall_time": end.get("wall_time", elapsed),
+                "last_step": last_step,
+            }
+            if lost_points:
+                common["error"] = f"{lost_points} metric point(s) could not be stored"
+            outcome = end.get("outcome")
+            if outcome == "succeeded":
+                return self._record(RunStatus.succeeded, f"finished {step} steps", **common)
+            if outcome == "diverged":
+                reason = end.get("reason") or f"diverged at step {step}"
+                return self._record(RunStatus.diverged, reason, diverged_step=step, **common)
+            return self._record(
+                RunStatus.failed,
+                f"trainer reported an unknown outcome {outcome!r}",
+                **common,
+            )
+        if self.stop_reason == "cancel":
+            return self._record(RunStatus.cancelled, "cancelled by request", wall_time=elapsed)
+        if self.stop_reason == "lost":
+            return self._current_status()
+        tail = [line for line in self.stderr_tail if line.strip()]
+        last = tail[-1].strip() if tail else "no output on stderr"
+        what = f"trainer {_exit_description(code)} without an end event"
+        log.error("run %s: %s", self.run_id, what)
+        return self._record(
+            RunStatus.failed,
+            f"{what}: {last}"[:500],
+            error=f"{what}\n--- last lines of stderr ---\n" + "\n".join(self.stderr_tail),
+            wall_time=elapsed,
+        )
+
+    def _record(self, status: RunStatus, reason: str, **outcome: Any) -> str:
+        """finish_run guarded on this worker (a reaped run's retry keeps its own outcome)."""
+
+        def finish(session: Session) -> bool:
+            return store.finish_run(
+                session, self.run_id, status, reason, worker=self.worker, **outcome
+            )
+
+        if with_db_retry(
+            self.settings,
+            f"run {self.run_id}: recording {status}",
+            finish,
+            deadline_s=FINAL_WRITE_DEADLINE_S,
+        ):
+            log.info("run %s %s on %s: %s", self.run_id, status.value, self.worker, reason)
+            return status.value
+        current = self._current_status()
+        log.warning(
+            "run %s: could not record %s, it is already %s (reaped or cancelled meanwhile)",
+            self.run_id,
+            status.value,
+            current,
+        )
+        return current
+
+    def _release(self) -> str:
+        if self.stop_reason == "cancel":
+            return self._record(RunStatus.cancelled, "cancelled by request")
+
+        def release(session: Session) -> bool:
+            return store.release_run(
+                session, self.run_id, self.worker, f"worker {self.worker} stopped; requeued"
+            )
+
+        if with_db_retry(self.settings, f"run {self.run_id}: release", release, deadline_s=10):
+            log.info("run %s put back in the queue by %s (shutdown)", self.run_id, self.worker)
+            return RunStatus.queued.value
+        return self._current_status()
+
+    def _current_status(self) -> str:
+        def read(session: Session) -> str:
+            return store.get_run(session, self.run_id).status
+
+        try:
+            return with_db_retry(self.settings, "reading run status", read, deadline_s=10)
+        except store.NotFound:
+            return "deleted"
+
+    def _last_resort(self) -> None:
+        try:
+            with open_session(self.settings) as session:
+                store.finish_run(
+                    session,
+                    self.run_id,
+                    RunStatus.failed,
+                    "worker could not record the outcome",
+                    worker=self.worker,
+                )
+        except Exception as exc:  # the reaper will find it by its stale heartbeat
+            log.error("run %s: could not record any outcome: %s", self.run_id, _first_line(exc))
+
+    def _worker_idle(self) -> None:
+        try:
+            with open_session(self.settings) as session:
+                store.worker_seen(session, self.worker, device=self.device, current_run_id=None)
+        except Exception as exc:
+            log.warning("worker %s: could not update its row: %s", self.worker, _first_line(exc))
+
+
+def execute_run(run_id: str, worker_name: str, settings: Settings | None = None) -> str:
+    """Claim and execute one run; returns its status afterwards. A run that is not queued
+    (a re-delivered task, a cancelled run, another worker's) is left alone."""
+    settings = settings or get_settings()
+
+    def claim(session: Session) -> tuple[bool, str | None, dict[str, Any] | None]:
+        if store.claim_run(session, run_id, worker_name):
+            return True, None, store.get_run(session, run_id).spec
+        try:
+            return False, store.get_run(session, run_id).status, None
+        except store.NotFound:
+            return False, "missing", None
+
+    claimed, status, spec = with_db_retry(settings, f"claiming run {run_id}", claim, deadline_s=30)
+    if not claimed:
+        log.info("run %s not executed by %s: it is %s, not queued", run_id, worker_name, status)
+        return status or "missing"
+    log.info("run %s claimed by %s", run_id, worker_name)
+    assert spec is not None
+    return _Execution(run_id, worker_name, spec, settings).run()
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.execute", description=__doc__)
+    parser.add_argument("run_id")
+    parser.add_argument("--worker", default=None, help="default: embedded@<hostname>")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        status = execute_run(args.run_id, args.worker or embedded_worker_name())
+    except Interrupted:
+        return 0  # interrupted before the claim: nothing to put back
+    log.info("run %s: %s", args.run_id, status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
