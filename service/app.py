@@ -165,28 +165,26 @@ class RequestMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.registry.register(_RunCollector(app))
-        self.app = app
-        self._templates: list[tuple[re.Pattern[str], str]] | None = None
 
-    def template(self, scope: Scope) -> str:
+    @staticmethod
+    def template(scope: Scope) -> str:
         """The route template of a request, e.g. ``/api/v1/runs/{run_id}``.
 
-        The matched route object only knows its path relative to its router (FastAPI no longer
-        copies routes with the prefix applied), so match the full templates from the OpenAPI
-        paths instead; requests that matched no route share the label "unmatched"."""
+        Newer FastAPI versions keep a route's path relative to its router (``/{run_id}``
+        under ``/api/v1/runs``), older ones store it with the prefix. Either way the request
+        path ends with what the route's own regex matches, and what precedes it is the
+        (static) prefix. Requests that matched no route share the label "unmatched"."""
         route = scope.get("route")
-        if route is None:
+        template = getattr(route, "path", None)
+        regex = getattr(route, "path_regex", None)
+        if template is None:
             return "unmatched"
-        if self._templates is None:
-            self._templates = [
-                (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), path)
-                for path in self.app.openapi().get("paths", {})
-            ]
-        path = scope.get("path", "")
-        for pattern, template in self._templates:
-            if pattern.match(path):
-                return template
-        return getattr(route, "path", None) or "unmatched"
+        if regex is not None:
+            path = scope.get("path", "")
+            match = re.search(regex.pattern.removeprefix("^"), path)
+            if match is not None:
+                return path[: match.start()] + template
+        return template
 
 
 class _RunCollector:

@@ -6,6 +6,7 @@ Integration fixtures (PostgreSQL, Redis, Celery) live in tests/integration/conft
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,19 +47,30 @@ def sqlite_settings(path: Path, **overrides: object) -> Settings:
     return Settings(_env_file=None, database_url=f"sqlite:///{path}", **overrides)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per test session; tests get copies (the app's own
+    upgrade on start is then a quick no-op)."""
+    from service import migrate
+
+    path = tmp_path_factory.mktemp("template") / "bnlab.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return sqlite_settings(tmp_path / "bnlab.db")
+def settings(tmp_path: Path, migrated_sqlite: Path) -> Settings:
+    path = tmp_path / "bnlab.db"
+    shutil.copyfile(migrated_sqlite, path)
+    return sqlite_settings(path)
 
 
 @pytest.fixture
 def session(settings: Settings) -> Iterator[Session]:
-    """A session on a fresh SQLite database with the schema created from the models."""
+    """A session on a fresh, migrated SQLite database."""
     from service.db import make_engine
-    from service.models import Base
 
     engine = make_engine(settings.database_url)
-    Base.metadata.create_all(engine)
     with Session(engine, expire_on_commit=False) as session:
         yield session
     engine.dispose()
