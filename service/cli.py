@@ -878,8 +878,8 @@ def print_comparison(result: Mapping[str, Any]) -> None:
     )
     baseline_id = result.get("baseline_id")
     runs_table = Table(title="runs", title_justify="left")
+    runs_table.add_column("run", overflow="fold")
     for header, justify in (
-        ("run", "left"),
         ("arm", "left"),
         ("seed", "right"),
         ("status", "left"),
@@ -954,14 +954,18 @@ def fmt_ratio(value: Any) -> str:
 
 
 def fmt_stat(stat: Mapping[str, Any] | None, pattern: str) -> str:
-    """{"mean", "ci_low", "ci_high", "bound"} → "≥ 800 [700, 900]" (bound: what the mean is)."""
+    """{"mean", "ci_low", "ci_high", "bound"} → "≥ 800 [700, 900]" (bound: what the mean is).
+
+    An interval of zero width (a single run, or identical seeds) is left out.
+    """
     if not stat or stat.get("mean") is None:
         return "–"
     prefix = {"lower": "≥ ", "upper": "≤ "}.get(stat.get("bound") or "", "")
     text = prefix + pattern.format(stat["mean"])
     if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
         low, high = pattern.format(stat["ci_low"]), pattern.format(stat["ci_high"])
-        text += f" [dim]\\[{low}, {high}][/dim]"
+        if low != high:
+            text += f" [dim]\\[{low}, {high}][/dim]"
     return text
 
 

@@ -231,3 +231,11 @@ def test_cancel_and_delete(served) -> None:
     assert invoke("delete", run_id).exit_code == 0
     missing = invoke("show", run_id)
     assert missing.exit_code == 1 and "404" in missing.stderr
+
+
+def test_arm_statistics_show_bounds_and_intervals() -> None:
+    censored = {"mean": 800.0, "ci_low": 700.0, "ci_high": 900.0, "bound": "lower"}
+    assert cli.fmt_stat(censored, "{:.0f}") == "≥ 800 [dim]\\[700, 900][/dim]"
+    single = {"mean": 2.5, "ci_low": 2.5, "ci_high": 2.5, "bound": "upper"}
+    assert cli.fmt_stat(single, "{:.2f}×") == "≤ 2.50×"
+    assert cli.fmt_stat({"mean": None}, "{:.2f}") == "–"
