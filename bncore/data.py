@@ -91,16 +91,15 @@ def _permutation(n: int) -> torch.Tensor:
 
 
 def _to_data(x_train, y_train, x_test, y_test, classes: int | None = None) -> Data:
-    """numpy arrays → Data, with a copy so cached arrays are never shared with a caller."""
-    y_train = torch.as_tensor(np.asarray(y_train), dtype=torch.int64).clone()
-    y_test = torch.as_tensor(np.asarray(y_test), dtype=torch.int64).clone()
+    """numpy arrays → Data. np.array copies, so cached arrays are never shared with a caller."""
+    y_train, y_test = np.array(y_train, dtype=np.int64), np.array(y_test, dtype=np.int64)
     if classes is None:
         classes = int(max(y_train.max(), y_test.max())) + 1
     return Data(
-        x_train=torch.as_tensor(np.asarray(x_train), dtype=torch.float32).clone(),
-        y_train=y_train,
-        x_test=torch.as_tensor(np.asarray(x_test), dtype=torch.float32).clone(),
-        y_test=y_test,
+        x_train=torch.from_numpy(np.array(x_train, dtype=np.float32)),
+        y_train=torch.from_numpy(y_train),
+        x_test=torch.from_numpy(np.array(x_test, dtype=np.float32)),
+        y_test=torch.from_numpy(y_test),
         classes=classes,
     )
 
