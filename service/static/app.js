@@ -29,7 +29,8 @@
   };
 
   // Exposed for tests and for poking at in the console: how many points the charts drew.
-  window.bnlab = { plotted: { acc: 0, loss: 0 }, state };
+  // liveLog records how the run view got its updates ("live (SSE)", "live (polling)", ...).
+  window.bnlab = { plotted: { acc: 0, loss: 0 }, liveLog: [], state };
 
   // ------------------------------------------------------------------ small helpers
 
@@ -289,7 +290,8 @@
     const errors = (problem && problem.errors) || [];
     box.replaceChildren(
       el("strong", { text: `${status || ""} ${problem?.title || "Request failed"}`.trim() }),
-      problem?.detail ? el("p", { text: problem.detail }) : null,
+      // With field errors the list below says it all (detail only repeats it).
+      problem?.detail && !errors.length ? el("p", { text: problem.detail }) : null,
     );
     if (errors.length) {
       const list = el("ul");
@@ -335,7 +337,13 @@
     state.live.runId = runId;
     state.series = Object.fromEntries(CHART_KEYS.map((k) => [k, { steps: [], values: [] }]));
     state.run = null;
+    // Clear what the previous run left, so nothing stale (e.g. its status) shows meanwhile.
     $("run-title").textContent = "Run";
+    $("run-status").className = "badge";
+    $("run-status").textContent = "";
+    $("run-reason").textContent = "";
+    $("run-cancel").hidden = true;
+    showProgress(0, 0, false);
     $("run-outcome").replaceChildren();
     $("run-spec").replaceChildren();
     $("run-live").textContent = "";
@@ -414,6 +422,7 @@
 
   function setLiveText(text) {
     state.live.mode = text;
+    window.bnlab.liveLog.push(text);
     $("run-live").textContent = text;
   }
 
@@ -552,14 +561,14 @@
     const pairs = (key) => s[key].steps.map((step, i) => [step, s[key].values[i]]);
     window.bnlab.plotted.acc = drawChart($("chart-acc"), {
       series: [
-        { label: "test", color: COLORS.test, width: 2.5, points: pairs("test_acc") },
+        { label: "test", color: COLORS.test, width: 2.5, dots: true, points: pairs("test_acc") },
         { label: "train (batch)", color: COLORS.train, width: 1, alpha: 0.6, points: pairs("train_acc") },
       ],
       xLabel: "step", yLabel: "accuracy", xMin: 0, xMax, yClamp: [0, 1],
     });
     window.bnlab.plotted.loss = drawChart($("chart-loss"), {
       series: [
-        { label: "test", color: COLORS.test, width: 2.5, points: pairs("test_loss") },
+        { label: "test", color: COLORS.test, width: 2.5, dots: true, points: pairs("test_loss") },
         { label: "train (batch)", color: COLORS.train, width: 1, alpha: 0.6, points: pairs("train_loss") },
       ],
       xLabel: "step", yLabel: "cross-entropy loss", xMin: 0, xMax, yMin: 0,
@@ -637,7 +646,7 @@
     let drawn = 0;
     ctx.save();
     ctx.beginPath();
-    ctx.rect(plot.left, plot.top - 2, plot.right - plot.left, plot.bottom - plot.top + 4);
+    ctx.rect(plot.left, plot.top - 4, plot.right - plot.left + 6, plot.bottom - plot.top + 8);
     ctx.clip();
     // Thin background series first, so the main (thick) one stays on top.
     for (const s of [...opts.series].reverse()) drawn += drawLine(ctx, s, xPx, yPx, plot);
@@ -727,8 +736,8 @@
       count++;
     }
     ctx.stroke();
-    // A series with few points (evaluations) gets dots, so single points are visible too.
-    if (points.length <= 60) {
+    // Sparse series (evaluations) get dots, so that a single point is visible too.
+    if (s.dots && points.length <= 200) {
       ctx.fillStyle = s.color;
       for (const [x, y] of points) {
         if (y === null || !Number.isFinite(y)) continue;
@@ -869,11 +878,13 @@
 
   function renderComparison(cmp) {
     $("compare-result").hidden = false;
+    const isAcc = cmp.metric.endsWith("_acc");
     const metric = cmp.metric === "test_acc" ? "test accuracy" : cmp.metric;
+    const target = cmp.target === null ? "none" : isAcc ? fmtPct(cmp.target) : fmtNum(cmp.target, 4);
     const baselineRun = cmp.runs.find((r) => r.id === cmp.baseline_id);
     const source = { baseline: "the baseline's best", given: "given", none: "none" }[cmp.target_source] || cmp.target_source;
     $("compare-target").replaceChildren(
-      "Target: ", el("strong", { text: cmp.target === null ? "none" : `${fmtNum(cmp.target, 4)} ${metric}` }),
+      "Target: ", el("strong", { text: cmp.target === null ? "none" : `${target} ${metric}` }),
       ` (${source}). Baseline: `, el("strong", { text: baselineRun ? baselineRun.name : cmp.baseline_id }),
       ". Speed-up = baseline's steps to target ÷ the run's.",
     );
