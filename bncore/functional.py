@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -79,25 +80,40 @@ def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def _addcmul_into(buf: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """a + b·c. Eagerly it is written into ``buf``, a temporary of ours that is no longer
+    needed: a fresh large tensor costs page faults on CPU. Compiled, inductor plans memory
+    itself (and dynamo rejects ``out=`` tensors that are channels_last)."""
+    if torch.compiler.is_compiling():
+        return torch.addcmul(a, b, c)
+    return torch.addcmul(a, b, c, out=buf)
+
+
 def forward_train(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Algorithm 1 on a mini-batch. Returns (y, μ_B, σ²_B biased, 1/√(σ²_B + ε)).
 
     Two passes for the statistics (mean, then mean of squared deviations): as accurate as
-    Welford and much faster than ``torch.var_mean`` on CPU.
+    Welford and much faster than ``torch.var_mean`` on CPU. Eagerly this is four passes over
+    x and one allocation (x − μ, overwritten by y); compiled, inductor fuses it into three.
     """
     acc = _acc_dtype(x.dtype)
     dims = _reduce_dims(x)
+    m = x.numel() // x.shape[1]
     xf = x.to(acc)
     mean = xf.mean(dims)
     xc = xf - _per_channel(mean, x)  # keeps x's memory format (channels_last stays so)
-    var = xc.square().mean(dims)
+    if x.dim() > 2:  # one pass, no temporary; vector_norm is slow for (N, C) on CPU though
+        var = torch.linalg.vector_norm(xc, 2, dims).square() / m
+    else:
+        var = xc.square().mean(dims)
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight.to(acc)
-    y = xc.mul_(_per_channel(scale, x))  # xc is our own temporary: reuse it for y
-    if bias is not None:
-        y = y.add_(_per_channel(bias.to(acc), x))
+    if bias is None:
+        y = xc.mul_(_per_channel(scale, x))  # xc is our own temporary: y goes into it
+    else:
+        y = _addcmul_into(xc, _per_channel(bias.to(acc), x), xc, _per_channel(scale, x))
     return y.to(x.dtype), mean, var, invstd
 
 
@@ -109,7 +125,7 @@ def forward_eval(
     bias: Tensor | None,
     eps: float,
 ) -> tuple[Tensor, Tensor]:
-    """Fixed statistics: one affine map per channel. Returns (y, 1/√(Var + ε))."""
+    """Fixed statistics: one affine map per channel, one pass. Returns (y, 1/√(Var + ε))."""
     acc = _acc_dtype(x.dtype)
     invstd = torch.rsqrt(var.to(acc) + eps)
     scale = invstd if weight is None else invstd * weight.to(acc)
@@ -132,34 +148,36 @@ def backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Closed-form gradients. Returns (dx, dγ, dβ); dγ/dβ are None unless ``need_dparams``.
 
-    With k = γ·invstd and x̂ = (x − μ)·invstd, the paper's dx rearranges to one fused pass::
+    With k = γ·invstd and x̂ = (x − μ)·invstd, the paper's dx is one affine combination of
+    dy and x per channel, so it takes a single pass::
 
-        dx = k·dy − (k·invstd·Σ(dy·x̂)/m)·(x − μ) − k·Σdy/m          (training)
-        dx = k·dy                                                  (fixed statistics)
+        dx = k·dy + a·x + b,   a = −k·invstd·Σ(dy·x̂)/m,   b = −a·μ − k·Σdy/m     (training)
+        dx = k·dy                                                            (fixed stats)
+
+    Σ(dy·x̂) is computed from the centred x − μ (not Σ dy·x − μ Σ dy, which cancels badly when
+    |μ| ≫ σ). Compiled, inductor fuses everything into one reduction pass and one output pass.
     """
     acc = _acc_dtype(x.dtype)
     dims = _reduce_dims(x)
-    dyf = dy.to(acc)
+    dyf, xf = dy.to(acc), x.to(acc)
     k = invstd if weight is None else invstd * weight.to(acc)
+    if not training and not need_dparams:
+        return (dyf * _per_channel(k, x)).to(x.dtype) if need_dx else None, None, None
 
-    if not training:
-        dx = (dyf * _per_channel(k, x)).to(x.dtype) if need_dx else None
-        if not need_dparams:
-            return dx, None, None
-        xc = x.to(acc) - _per_channel(mean.to(acc), x)
-        sum_dy_xhat = (xc.mul_(dyf)).sum(dims) * invstd
-        return dx, sum_dy_xhat, dyf.sum(dims)
-
-    m = x.numel() // x.shape[1]
     sum_dy = dyf.sum(dims)
-    xc = x.to(acc) - _per_channel(mean, x)
-    sum_dy_xhat = (xc * dyf).sum(dims) * invstd
+    tmp = xf - _per_channel(mean.to(acc), x)  # our temporary: x − μ, then (x − μ)·dy, then dx
+    sum_dy_xhat = tmp.mul_(dyf).sum(dims) * invstd
     dx = None
-    if need_dx:
-        c_x = k * invstd * sum_dy_xhat / m
-        c_0 = k * sum_dy / m
-        dx = xc.mul_(_per_channel(-c_x, x))  # xc is our own temporary: reuse it for dx
-        dx = dx.add_(dyf * _per_channel(k, x)).sub_(_per_channel(c_0, x)).to(x.dtype)
+    if need_dx and not training:
+        dx = dyf * _per_channel(k, x)
+    elif need_dx:
+        m = x.numel() // x.shape[1]
+        a = -k * invstd * sum_dy_xhat / m
+        b = -a * mean - k * sum_dy / m
+        dx = _addcmul_into(tmp, _per_channel(b, x), dyf, _per_channel(k, x))
+        dx = dx.addcmul_(xf, _per_channel(a, x))
+    if dx is not None:
+        dx = dx.to(x.dtype)
     if not need_dparams:
         return dx, None, None
     return dx, sum_dy_xhat, sum_dy
@@ -174,7 +192,7 @@ if _backend not in BACKENDS:
     log.warning("BNCORE_BACKEND=%r is not one of %s; using 'auto'", _backend, BACKENDS)
     _backend = "auto"
 
-_compiled: dict[str, Callable[..., Any]] = {}
+_compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _compile_broken = False  # set after the first compile failure: from then on, eager only
 _available: dict[str, bool] = {}
 
@@ -234,31 +252,53 @@ _EAGER: dict[str, Callable[..., Any]] = {
 }
 
 
-def _compiled_fn(name: str) -> Callable[..., Any]:
-    if name not in _compiled:
-        _compiled[name] = torch.compile(_EAGER[name], dynamic=False)
-    return _compiled[name]
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _compiled_fn(name: str, x: Tensor) -> Callable[..., Any]:
+    """The compiled math for one shape family: everything about x but the batch size.
+
+    Dynamo caches compiled code per Python code object and gives up (silently running eager)
+    after ``torch._dynamo.config.recompile_limit`` (8) variants of one. A network with many
+    BN shapes would hit that, so each family compiles its own copy of the function's code
+    object. Within a family the batch dim is symbolic (a short last batch reuses the kernel)
+    and only flags (training, affine, which grads) can add variants.
+    """
+    key = (name, x.device.type, x.dtype, tuple(x.shape[1:]), _memory_format(x))
+    fn = _compiled.get(key)
+    if fn is None:
+        f = _EAGER[name]
+        copy = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__)
+        fn = _compiled[key] = torch.compile(copy, dynamic=False, fullgraph=True)
+    return fn
 
 
 def _run(name: str, use_compiled: bool, x: Tensor, *args: Any) -> Any:
     """Run one of the math functions, compiled if asked, falling back to eager on failure."""
     global _compile_broken
-    if use_compiled and not _compile_broken:
-        try:
-            # One compiled kernel per shape family: the batch size (dim 0) is symbolic, so a
-            # short last batch does not trigger a recompile.
-            torch._dynamo.maybe_mark_dynamic(x, 0)
-            return _compiled_fn(name)(x, *args)
-        except Exception as err:
-            out = _EAGER[name](x, *args)  # a genuine input error raises here, as it should
-            _compile_broken = True
-            log.warning(
-                "bncore: torch.compile failed (%s: %s); using eager batch norm from now on",
-                type(err).__name__,
-                err,
-            )
-            return out
-    return _EAGER[name](x, *args)
+    if not (use_compiled and not _compile_broken):
+        return _EAGER[name](x, *args)
+    try:
+        if name == "backward":  # dy = x here; dy may come strided (e.g. expanded from .sum())
+            x = x.contiguous(memory_format=_memory_format(args[0]))
+        for t in (x, *args):
+            if isinstance(t, Tensor) and t.dim() > 1:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+        return _compiled_fn(name, x)(x, *args)
+    except Exception as err:
+        out = _EAGER[name](x, *args)  # a genuine input error raises here, as it should
+        _compile_broken = True
+        log.warning(
+            "bncore: torch.compile failed (%s: %s); using eager batch norm from now on",
+            type(err).__name__,
+            err,
+        )
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Speed of bncore's batch norm relative to torch's native one (ratio < 1: bncore is faster).
+
+For each shape, training (forward + backward) and eval (forward, no grad) are timed for
+native ``torch.nn.functional.batch_norm`` and bncore's eager and compiled backends, side by
+side: each repeat times every contender once, in turn, so machine noise hits all alike; the
+table shows medians over repeats. The one-time torch.compile cost (first call of a new shape
+family) is measured separately and reported on its own.
+
+    python benchmarks/bn_speed.py [--quick] [--device cuda] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bncore import functional as BF
+
+SHAPES: list[tuple[int, ...]] = [(4096, 1024), (64, 64, 32, 32), (256, 128, 8, 8)]
+CONTENDERS = ("native", "eager", "compiled")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _make_step(
+    name: str, shape: tuple[int, ...], training: bool, device: torch.device
+) -> Callable[[], None]:
+    """One training step (forward + backward) or one eval forward, for one contender."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    c = shape[1]
+    x = torch.randn(shape, generator=g).to(device).requires_grad_(training)
+    dy = torch.randn(shape, generator=g).to(device)
+    w = torch.rand(c, generator=g).add_(0.5).to(device).requires_grad_(training)
+    b = torch.randn(c, generator=g).to(device).requires_grad_(training)
+    rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
+
+    def fn(*args: object) -> torch.Tensor:
+        if name == "native":
+            return F.batch_norm(*args)  # type: ignore[arg-type]
+        return BF.batch_norm(*args, backend=name)  # type: ignore[arg-type]
+
+    if training:
+
+        def step() -> None:
+            x.grad = w.grad = b.grad = None
+            fn(x, rm, rv, w, b, True, 0.1, 1e-5).backward(dy)
+
+    else:
+
+        def step() -> None:
+            with torch.no_grad():
+                fn(x, rm, rv, w, b, False, 0.1, 1e-5)
+
+    return step
+
+
+def _time(step: Callable[[], None], iters: int, device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke run")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per contender")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    repeats = args.repeats or (3 if args.quick else 11)
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"float32, {repeats} repeats, median; compiled available: "
+        f"{BF.compiled_available(device.type)}"
+    )
+
+    rows, compile_times = [], []
+    for shape in SHAPES:
+        for training in (True, False):
+            steps = {n: _make_step(n, shape, training, device) for n in CONTENDERS}
+            t0 = time.perf_counter()
+            steps["compiled"]()  # first call: compiles (or reuses) the kernels
+            _sync(device)
+            compile_times.append((shape, training, time.perf_counter() - t0))
+            for step in steps.values():  # warm up caches and allocators
+                step()
+            # ~0.2 s per timing keeps the whole run short and each timing above noise.
+            iters = max(1, int(0.2 / max(_time(steps["native"], 1, device), 1e-6)))
+            times: dict[str, list[float]] = {n: [] for n in CONTENDERS}
+            for _ in range(repeats):
+                for name in CONTENDERS:
+                    times[name].append(_time(steps[name], iters, device))
+            med = {n: statistics.median(t) for n, t in times.items()}
+            rows.append((shape, training, med))
+
+    mode = {True: "train fwd+bwd", False: "eval fwd"}
+    print()
+    print("| shape | mode | native ms | eager ms | eager/native | compiled ms | compiled/native |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for shape, training, med in rows:
+        n, e, c = med["native"], med["eager"], med["compiled"]
+        print(
+            f"| {tuple(shape)} | {mode[training]} | {n * 1e3:.3f} | {e * 1e3:.3f} | "
+            f"{e / n:.2f} | {c * 1e3:.3f} | {c / n:.2f} |"
+        )
+    print()
+    print("One-time compile (first call of each shape family; inductor's on-disk cache may")
+    print("make repeated runs faster):")
+    for shape, training, secs in compile_times:
+        print(f"  {tuple(shape)} {mode[training]}: {secs:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
