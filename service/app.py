@@ -130,7 +130,8 @@ def maintain(app: FastAPI) -> None:
             if status == store.RunStatus.queued:
                 submit_run(session, executor, run_id)
         for run_id in store.submit_failed_run_ids(session):
-            submit_run(session, executor, run_id, retry=True)
+            if not submit_run(session, executor, run_id, retry=True):
+                break  # still down: one warning per pass, not one per waiting run
 
 
 async def _maintenance_loop(app: FastAPI) -> None:

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from service import store
@@ -126,7 +127,16 @@ async def _stream(
     last_status: tuple | None = None
     yield f"retry: {RETRY_MS}\n\n"
     while True:
-        run, steps, more = await run_in_threadpool(_poll, factory, run_id, after)
+        try:
+            run, steps, more = await run_in_threadpool(_poll, factory, run_id, after)
+        except DBAPIError:
+            # The response has started: no 503 now. Keep the stream and retry; a comment
+            # line is invisible to EventSource but tells a human reader what is going on.
+            yield ": database unavailable; retrying\n\n"
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(POLL_INTERVAL_S * 4)
+            continue
         if run is None:  # deleted while we watched
             yield _sse("end", {"run_id": run_id, "status": "deleted", "last_step": after})
             return

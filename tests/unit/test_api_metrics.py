@@ -164,3 +164,33 @@ def test_sse_holds_back_the_newest_step_of_a_live_run(client, app_session, run_i
 def test_sse_bad_last_event_id(client, run_id) -> None:  # noqa: ANN001
     response = client.get(f"{RUNS}/{run_id}/events", headers={"Last-Event-ID": "abc"})
     assert response.status_code == 400 and "Last-Event-ID" in response.json()["detail"]
+
+
+def test_sse_follows_a_live_run_to_its_end(client, app, run_id, monkeypatch) -> None:  # noqa: ANN001
+    import threading
+    import time
+
+    from service.api import events
+
+    monkeypatch.setattr(events, "POLL_INTERVAL_S", 0.02)
+
+    def worker() -> None:  # what a worker does: claim, write steps (train, then eval), finish
+        with app.state.session_factory() as session:
+            assert store.claim_run(session, run_id, "w")
+            for step in range(1, 6):
+                store.add_metrics(session, run_id, [("train_loss", step, 1.0 / step)])
+                time.sleep(0.03)
+                store.add_metrics(session, run_id, [("test_acc", step, step / 10)])
+            store.finish_run(session, run_id, store.RunStatus.succeeded, "done")
+
+    thread = threading.Thread(target=worker)
+    with client.stream("GET", f"{RUNS}/{run_id}/events", params={"timeout": 20}) as response:
+        thread.start()
+        events_seen = parse_sse(response.read().decode())
+    thread.join()
+    metrics = [e for e in events_seen if e["event"] == "metrics"]
+    assert [int(e["id"]) for e in metrics] == [1, 2, 3, 4, 5]
+    # Each step arrives complete, even though its two keys were written separately.
+    assert all(set(e["data"]["values"]) == {"train_loss", "test_acc"} for e in metrics)
+    statuses = [e["data"]["status"] for e in events_seen if e["event"] == "status"]
+    assert statuses[-1] == "succeeded" and events_seen[-1]["event"] == "end"
