@@ -156,3 +156,22 @@ def test_lifespan_starts_and_stops_the_executor(app, executor) -> None:  # noqa:
     with TestClient(app):
         assert executor.started and not executor.stopped
     assert executor.stopped
+
+
+def test_maintenance_loop_runs_in_the_background(settings, executor) -> None:  # noqa: ANN001
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    settings.heartbeat_timeout_s = 0.2  # a pass every 0.05 s
+    executor.fail_submit = True
+    with TestClient(create_app(settings, executor=executor)) as client:
+        run = submit(client)
+        assert run["status_reason"] == store.SUBMIT_FAILED
+        executor.fail_submit = False
+        deadline = time.monotonic() + 10
+        while not executor.submitted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert executor.submitted == [run["id"]]
