@@ -91,7 +91,7 @@ def make_client(server: str, api_key: str | None) -> BnlabClient:
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print a clear message (no traceback) on stderr and exit non-zero."""
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}")
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -110,6 +110,11 @@ def connected(ctx: typer.Context) -> Iterator[BnlabClient]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         client.close()
+
+
+def log_line(text: str) -> None:
+    """A server-side log line: never wrapped (it may go to a file), markup allowed."""
+    console.print(text, soft_wrap=True, highlight=False)
 
 
 def examples(*lines: str) -> str:
@@ -179,27 +184,27 @@ def serve(
 
     settings = get_settings()
     database = display_url(settings.database_url)
-    console.print(f"database   {database}")
+    log_line(f"database   {database}")
     try:
         upgrade(settings.database_url)
     except Exception as exc:
         fail(f"could not migrate the database {database}: {exc}")
-    console.print("schema     up to date (alembic upgrade head)")
+    log_line("schema     up to date (alembic upgrade head)")
     if settings.embedded:
-        console.print(
+        log_line(
             f"mode       embedded: this server trains up to {settings.embedded_concurrency} "
             "run(s) at a time, each in its own subprocess (set BNLAB_BROKER_URL for Celery)"
         )
     else:
-        console.print(
+        log_line(
             f"mode       Celery: runs are queued on {display_url(settings.broker_url or '')}; "
             "start workers with `bnlab worker`"
         )
     auth = "API key required for writes" if settings.api_key_hashes else "open (no API keys)"
-    console.print(f"auth       {auth}")
+    log_line(f"auth       {auth}")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown_host}:{port}"
-    console.print(f"[bold]bnlab[/bold]      {base}  (dashboard {base}/, API docs {base}/docs)")
+    log_line(f"[bold]bnlab[/bold]      {base}  (dashboard {base}/, API docs {base}/docs)")
 
     import uvicorn
 
@@ -239,7 +244,12 @@ def worker(
     ] = 1,
     queue: Annotated[
         list[str] | None,
-        typer.Option("--queue", "-Q", help="Queue(s) to consume (repeatable). Default: all."),
+        typer.Option(
+            "--queue",
+            "-Q",
+            help="Queue(s) to consume (repeatable). Default: BNLAB_QUEUE (bnlab).",
+            show_default=False,
+        ),
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
 ) -> None:
@@ -256,12 +266,13 @@ def worker(
             "BNLAB_BROKER_URL=redis://127.0.0.1:6379/0). Without one, `bnlab serve` trains "
             "runs itself (embedded mode) and no worker is needed."
         )
-    command = worker_command(concurrency, queue or [], loglevel)
-    console.print(
-        f"worker     broker {display_url(settings.broker_url)}, "
+    queues = queue or [settings.queue]
+    command = worker_command(concurrency, queues, loglevel)
+    log_line(
+        f"worker     broker {display_url(settings.broker_url)} (queue {', '.join(queues)}), "
         f"database {display_url(settings.database_url)}"
     )
-    console.print(f"exec       {' '.join(command)}")
+    log_line(f"exec       {' '.join(command)}")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(command[0], command)
@@ -400,7 +411,7 @@ def report_outcome(run: Mapping[str, Any]) -> int:
     if status == "diverged" and run.get("diverged_step") is not None:
         where = f" at step {run['diverged_step']}"
     message = f"{label} {status}{where}" + (f": {reason}" if reason else "")
-    err_console.print(f"[bold red]✘[/bold red] {escape(message)}")
+    err_console.print(f"[bold red]✘[/bold red] {escape(message)}", soft_wrap=True)
     return EXIT_FAILED
 
 

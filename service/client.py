@@ -351,15 +351,16 @@ class BnlabClient:
         """Block until the run finishes; return its final RunOut.
 
         Follows ``GET /runs/{id}/events`` (Server-Sent Events), calling ``on_event`` for each
-        event; a dropped connection is resumed with ``Last-Event-ID``. If the stream is
-        unavailable, or keeps dropping, it falls back to polling ``GET /runs/{id}``.
+        event; a dropped connection (or a server restarting) is retried with backoff and
+        resumed with ``Last-Event-ID``. If the stream is unavailable, or keeps failing
+        (``max_reconnects`` times in a row), it falls back to polling ``GET /runs/{id}``.
         ``timeout`` (seconds) raises BnlabError when the run is still going by then.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         callback = on_event or (lambda _event: None)
         last_event_id: str | None = None
         failures = 0
-        while failures <= max_reconnects:
+        while True:
             try:
                 for event in self._stream_events(run_id, last_event_id, deadline):
                     failures = 0  # progress: the connection is healthy again
@@ -370,18 +371,24 @@ class BnlabClient:
                         return self.get_run(run_id)
             except _StreamUnavailable:
                 break
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                raise self._unreachable(exc) from exc
             except (httpx.TransportError, httpx.StreamError):
-                pass  # dropped mid-stream: resume below
+                pass  # refused (a restarting server) or dropped mid-stream: retry below
             # The stream ended without "end", or dropped: is the run over anyway?
-            run = self.get_run(run_id)
-            if run.get("status") in FINISHED_STATUSES:
-                callback(RunEvent("status", run, via="poll"))
-                return run
+            try:
+                run = self.get_run(run_id)
+            except BnlabError as exc:
+                if exc.status is not None:  # the server answered, e.g. 404: run deleted
+                    raise
+            else:
+                if run.get("status") in FINISHED_STATUSES:
+                    callback(RunEvent("status", run, via="poll"))
+                    return run
             _check_deadline(deadline, run_id)
             failures += 1
-            time.sleep(min(0.2 * 2**failures, 5.0))
+            if failures > max_reconnects:
+                break
+            time.sleep(min(0.5 * 2 ** (failures - 1), 5.0))
+        # No usable stream: poll (which also reports an unreachable server clearly).
         return self._poll(run_id, callback, deadline, poll_interval)
 
     def _stream_events(

@@ -100,6 +100,9 @@ def test_worker_execs_celery_by_module_name(monkeypatch) -> None:
     assert argv[6:8] == ["--pool", "prefork"] and "--concurrency" in argv and "2" in argv
     assert argv[-2:] == ["--queues", "gpu"]
     assert "pw" not in result.output  # the broker password is masked
+    executed.clear()
+    assert invoke("worker").exit_code == 0
+    assert executed[0][-2:] == ["--queues", settings.queue]
 
 
 def test_parse_grid_values() -> None:

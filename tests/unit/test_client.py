@@ -225,6 +225,37 @@ def test_wait_resumes_after_a_read_error_mid_stream() -> None:
     assert calls == [None, "1"]
 
 
+def test_wait_survives_a_restarting_server() -> None:
+    """Refused connections while waiting are retried; the stream resumes where it was."""
+    attempts: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            attempts.append(request.headers.get("last-event-id"))
+            if len(attempts) == 1:
+                return event_stream(sse(("metrics", {"step": 5, "values": {}}, 5)))
+            if len(attempts) == 2:
+                raise httpx.ConnectError("connection refused", request=request)
+            return event_stream(sse(("end", {}, None)))
+        if len(attempts) == 2:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(
+            200, json=run_out(status="succeeded" if len(attempts) > 2 else "running")
+        )
+
+    with mock_client(handler) as client:
+        assert client.wait("r1", timeout=20)["status"] == "succeeded"
+    assert attempts == [None, "5", "5"]
+
+
+def test_wait_gives_up_clearly_when_the_server_is_gone() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with mock_client(handler) as client, pytest.raises(BnlabError, match="cannot reach"):
+        client.wait("r1", timeout=20, max_reconnects=1)
+
+
 def test_wait_falls_back_to_polling_without_an_event_stream() -> None:
     statuses = iter(["queued", "running", "diverged"])
 
