@@ -28,7 +28,7 @@ from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import problems, store
-from service.api import api_router, health
+from service.api import api_router, dashboard, health
 from service.api.runs import submit_run
 from service.db import make_engine
 from service.settings import Settings, get_settings
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, executor: Any = None) -> FastAP
     problems.install(app)
     app.include_router(api_router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
