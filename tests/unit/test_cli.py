@@ -142,21 +142,41 @@ class RecordingExecutor:
         return True
 
 
-@pytest.fixture
-def served(tmp_path, monkeypatch):
-    """The CLI's client talks to the real app in-process; yields the app."""
+def serve_in_process(tmp_path, monkeypatch, **settings_values):
+    """Point the CLI's client at the real app in-process; a context manager yielding the app."""
     from fastapi.testclient import TestClient
 
     from service.app import create_app
     from service.settings import Settings
 
     settings = Settings(
-        _env_file=None, database_url=f"sqlite:///{tmp_path / 'bnlab.db'}", broker_url=None
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
+        broker_url=None,
+        **settings_values,
     )
     app = create_app(settings, executor=RecordingExecutor())
-    with TestClient(app) as http:
-        monkeypatch.setattr(cli, "make_client", lambda server, key: BnlabClient(http=http))
+    http = TestClient(app)
+    monkeypatch.setattr(cli, "make_client", lambda server, key: BnlabClient(http=http, api_key=key))
+    return http, app
+
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    http, app = serve_in_process(tmp_path, monkeypatch)
+    with http:
         yield app
+
+
+def test_api_key_option_is_sent(tmp_path, monkeypatch) -> None:
+    http, _ = serve_in_process(
+        tmp_path, monkeypatch, api_key_hashes=[hashlib.sha256(b"k3y").hexdigest()]
+    )
+    with http:
+        refused = invoke("submit", "--dataset", "digits")
+        assert refused.exit_code == 1 and "401" in refused.stderr
+        assert invoke("--api-key", "k3y", "submit", "--dataset", "digits").exit_code == 0
+        assert invoke("runs").exit_code == 0  # reads stay open without auth_reads
 
 
 def finish(app, run_id: str, acc_step: float, outcome: str = "succeeded", **extra) -> None:
