@@ -500,16 +500,21 @@
     tick();
   }
 
-  /** Fetch the points after the last one we have, following next_cursor to the end. */
+  /**
+   * Fetch the points from the last step we have on, following next_cursor to the end. The
+   * last step is fetched again: its evaluation may be written after its training metrics, and
+   * addPoint drops what we already have.
+   */
   async function loadNewMetrics(runId) {
-    const lastSeen = Math.max(-1, ...CHART_KEYS.map((k) => state.series[k].steps.at(-1) ?? -1));
-    let query = `keys=${CHART_KEYS.join(",")}&step_min=${lastSeen + 1}`;
+    const lastSeen = Math.max(0, ...CHART_KEYS.map((k) => state.series[k].steps.at(-1) ?? 0));
+    const base = `keys=${CHART_KEYS.join(",")}&step_min=${lastSeen}`;
+    let query = base;
     for (let page = 0; page < 100; page++) {
       const result = await api(`/runs/${encodeURIComponent(runId)}/metrics?${query}`);
       if (!result.ok || state.live.runId !== runId) return;
       appendSeries(result.body.series);
       if (!result.body.next_cursor) break;
-      query = `keys=${CHART_KEYS.join(",")}&step_min=${lastSeen + 1}&cursor=${encodeURIComponent(result.body.next_cursor)}`;
+      query = `${base}&cursor=${encodeURIComponent(result.body.next_cursor)}`;
     }
     scheduleDraw();
   }
