@@ -299,9 +299,10 @@ def arm_outcome(n_reached: int, n: int) -> ArmOutcome:
 
 
 def verdict_higher_learning_rates(
-    baseline: dict[float, ArmOutcome], bn: dict[float, ArmOutcome]
+    baseline: dict[Any, ArmOutcome], bn: dict[Any, ArmOutcome]
 ) -> Verdict:
-    """Claim 3 from which learning rates reach the target, per arm (LR → outcome).
+    """Claim 3 from which learning rates reach the target, per arm (LR → outcome; the LR keys
+    may be numbers or, read back from JSON, their text).
 
     holds: BN reaches it at some LR where the baseline fails, and at every LR where the
     baseline reaches it; does not hold: there is no LR where BN reaches it and the baseline
@@ -354,6 +355,26 @@ def verdict_regularization(reduction: dict[str, Any]) -> Verdict:
         threshold=MIN_GAP_REDUCTION,
         null=0.0,
     )
+
+
+def verdict_from_numbers(experiment: str, numbers: dict[str, Any]) -> Verdict:
+    """Re-derive an experiment's verdict from the numbers its Finding (or the JSON report)
+    carries: what a reader, or a test, uses to check that no verdict was set by hand."""
+    if numbers.get("failed_runs"):
+        return UNSURE
+    if experiment == "faster-training":
+        return verdict_faster_training(numbers["speedup"], numbers["bn_n_reached"], numbers["bn_n"])
+    if experiment == "stable-distributions":
+        return verdict_stable_distributions(numbers["stability"])
+    if experiment == "higher-learning-rates":
+        return verdict_higher_learning_rates(numbers["baseline"], numbers["bn"])
+    if experiment == "saturating-nonlinearities":
+        return verdict_saturating(numbers["baseline_best"]["mean"], numbers["bn_best"]["mean"])
+    if experiment == "inference-statistics":
+        return verdict_inference_statistics(numbers["gain"])
+    if experiment == "regularization":
+        return verdict_regularization(numbers["reduction"])
+    raise ValueError(f"unknown experiment {experiment!r}")
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -185,6 +185,7 @@ def test_analyse_faster_training_reads_the_bn_arm() -> None:
     }
     finding = r.analyse_faster_training(sweep_data(comparison))
     assert finding.verdict == HOLDS
+    assert r.verdict_from_numbers("faster-training", finding.numbers) == HOLDS
     assert finding.numbers["speedup"]["mean"] == 6.0
     assert "6.00×" in finding.measured
 
@@ -194,6 +195,7 @@ def test_failed_runs_make_any_experiment_inconclusive() -> None:
     finding = r.analyse_faster_training(sweep_data({}, runs))
     assert finding.verdict == UNSURE
     assert "1 of 2 runs" in finding.reason
+    assert r.verdict_from_numbers("regularization", finding.numbers) == UNSURE
 
 
 def test_analyse_higher_learning_rates_per_lr_arm() -> None:
@@ -219,6 +221,7 @@ def test_analyse_higher_learning_rates_per_lr_arm() -> None:
     assert finding.verdict == HOLDS
     assert finding.numbers["baseline"]["15.0"] == "fails"
     assert finding.numbers["bn"]["15.0"] == "reaches"
+    assert r.verdict_from_numbers("higher-learning-rates", finding.numbers) == HOLDS
     stalled = [row["stalled near chance"] for row in finding.table]
     assert stalled == [0, 0, 3, 0, 0, 0]
 
@@ -247,6 +250,7 @@ def test_analyse_stable_distributions_compares_arm_drifts() -> None:
     assert finding.numbers["bn_drifts"] == pytest.approx([0.1, 0.15])
     assert finding.numbers["stability"]["mean"] == pytest.approx(5.0 / 0.125)
     assert finding.verdict == HOLDS
+    assert r.verdict_from_numbers("stable-distributions", finding.numbers) == HOLDS
 
 
 def bn_run(seed, batch, running, population) -> dict:
@@ -278,6 +282,7 @@ def test_analyse_inference_statistics_uses_bn_runs_only() -> None:
     assert finding.numbers["gain"]["mean"] == pytest.approx((0.03 + 0.04 + 0.03) / 3)
     assert finding.numbers["runs"] == 3
     assert finding.verdict == HOLDS
+    assert r.verdict_from_numbers("inference-statistics", finding.numbers) == HOLDS
     assert len(finding.table) == 3
 
 
@@ -292,6 +297,22 @@ def test_analyse_regularization_gap_reduction() -> None:
     finding = r.analyse_regularization(sweep_data({}, runs, "regularization"))
     assert finding.numbers["reduction"]["mean"] == pytest.approx(-0.02)
     assert finding.verdict == FAILS
+    assert r.verdict_from_numbers("regularization", finding.numbers) == FAILS
+
+
+def test_analyse_saturating_reads_mean_best_accuracies() -> None:
+    comparison = {
+        "baseline_arm": "norm=none",
+        "arms": [
+            arm("norm=none", "none", reached=3, best=stat(0.104, 0.1, 0.11)),
+            arm("norm=batchnorm", "batchnorm", reached=3, best=stat(0.45, 0.42, 0.48)),
+        ],
+        "runs": [],
+    }
+    finding = r.analyse_saturating(sweep_data(comparison, key="deep-sigmoid"))
+    assert finding.verdict == HOLDS
+    assert finding.numbers["depth"] == 10
+    assert r.verdict_from_numbers("saturating-nonlinearities", finding.numbers) == HOLDS
 
 
 # ---------------------------------------------------------------------------- plans
