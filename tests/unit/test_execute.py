@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from bncore.spec import JobSpec
 from service import migrate, store
 from service.executor import open_session
 from service.settings import Settings
-from workers.execute import execute_run
+from workers.execute import MetricWriter, execute_run
 
 WORKER = "test-worker@host"
 TINY = {
@@ -149,3 +150,32 @@ def test_cancel_stops_the_trainer_and_its_process_group(settings: Settings) -> N
     assert (run.status, run.status_reason) == ("cancelled", "cancelled by request")
     with pytest.raises(ProcessLookupError):
         os.killpg(pids[0], 0)  # the whole group is gone
+
+
+def test_metric_writer_keeps_points_through_a_database_outage(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = create(settings, TINY)
+    write = store.add_metrics
+    outage = {"failures_left": 3}
+
+    def flaky(session, run, points):  # noqa: ANN001
+        if outage["failures_left"]:
+            outage["failures_left"] -= 1
+            raise OperationalError("INSERT", {}, ConnectionError("server closed the connection"))
+        return write(session, run, points)
+
+    monkeypatch.setattr(store, "add_metrics", flaky)
+    writer = MetricWriter(run_id, settings)
+    writer.start()
+    for step in range(1, 1201):
+        writer.add(step, {"loss": 1.0 / step, "nan_loss": None})
+    assert writer.close(deadline_s=30) == 0
+
+    assert outage["failures_left"] == 0
+    with open_session(settings) as session:
+        counts = store.metric_summary(session, run_id)
+        assert store.get_run(session, run_id).last_step == 1200
+    assert (
+        counts["loss"] == counts["nan_loss"] == {"count": 1200, "first_step": 1, "last_step": 1200}
+    )
