@@ -226,6 +226,9 @@ def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[st
             }
             train_seconds, timed_steps, timer = 0.0, 0, time.perf_counter()
         if bad_step_v:
+            if values:
+                yield events.metrics_event(step, _finite(values))
+            # The step the loss first went bad (found here, at most log_every steps later).
             outcome, step = "diverged", int(bad_step_v)
             if math.isfinite(bad_loss_v):
                 reason = (
@@ -234,8 +237,6 @@ def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[st
                 )
             else:
                 reason = f"loss became {bad_loss_v} at step {step}"
-            if values:
-                yield events.metrics_event(step, _finite(values))
             break
         if is_eval:
             train_seconds += time.perf_counter() - timer
