@@ -402,8 +402,9 @@ def _fmt_ci(stat: dict[str, Any], digits: int = 3, unit: str = "") -> str:
         return "n/a"
     bound = {"upper": "≤ ", "lower": "≥ "}.get(stat.get("bound") or "", "")
     text = f"{bound}{stat['mean']:.{digits}f}{unit}"
-    if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
-        text += f" [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
+    low, high = stat.get("ci_low"), stat.get("ci_high")
+    if low is not None and high is not None and low != high:  # one seed: no interval to show
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
     return text
 
 
