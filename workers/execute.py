@@ -253,7 +253,9 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
         if self.is_alive() and threading.current_thread() is not self:
-            self.join()
+            # Bounded: a heartbeat stuck on an unreachable database must not hold up the
+            # outcome; once stopped it never calls on_stop.
+            self.join(timeout=self.settings.heartbeat_interval_s + 30)
 
     def run(self) -> None:
         while not self._stopped.wait(self.settings.heartbeat_interval_s):

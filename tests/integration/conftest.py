@@ -65,6 +65,11 @@ def services() -> None:
 
 
 @pytest.fixture(scope="session")
+def pg_admin_url(services: None) -> str:
+    return PG_ADMIN
+
+
+@pytest.fixture(scope="session")
 def pg_url(services: None) -> Iterator[str]:
     """A fresh database for this session, migrated once with Alembic, dropped at the end."""
     import psycopg

@@ -168,3 +168,39 @@ def test_a_worker_killed_mid_run_loses_the_run_to_a_retry_without_duplicates(
     assert duplicates == []
     losses = store.get_metrics(pg_session, run.id, keys=["train_loss"])["train_loss"]
     assert [step for step, _ in losses] == list(range(10, 3001, 10))
+
+
+def test_a_database_outage_mid_run_loses_no_metric_points(
+    api,  # noqa: ANN001
+    worker,  # noqa: ANN001
+    pg_url: str,
+    pg_admin_url: str,
+    pg_session,  # noqa: ANN001
+) -> None:
+    """Like a PostgreSQL restart, for this session's database only: refuse new connections
+    and drop the open ones for a few seconds (less than the heartbeat timeout) mid-run."""
+    import psycopg
+
+    name = pg_url.rsplit("/", 1)[1]
+    spec = TINY | {"name": "it-outage", "steps": 4000, "log_every": 1, "eval_every": 1000}
+    run_id = api.post("/api/v1/runs", json=spec).json()["id"]
+    wait_for(api, run_id, lambda r: (r["last_step"] or 0) > 0)
+    pg_session.close()
+
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                [name],
+            )
+            time.sleep(3)
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    run = wait_for(api, run_id, lambda r: r["status"] in FINISHED, timeout=90)
+    assert run["status"] == "succeeded", run
+    assert run["attempt"] == 1  # the heartbeat gap stayed under the timeout: no retry
+    assert f"run {run_id}: writing metrics failed" in worker.log()  # the outage did hit it
+    losses = store.get_metrics(pg_session, run_id, keys=["train_loss"])["train_loss"]
+    assert [step for step, _ in losses] == list(range(1, 4001))
