@@ -24,6 +24,7 @@ the single value, which the report says.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import time
@@ -208,6 +209,10 @@ class Finding:
     numbers: dict[str, Any]  # everything the verdict was computed from (JSON-ready)
     table: list[dict[str, Any]] = field(default_factory=list)  # the section's table rows
     notes: list[str] = field(default_factory=list)
+    # A grouped bar chart of summary numbers (group → bar → value), drawn next to the API's
+    # comparison figure where curves alone do not show the claim.
+    bars: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    bars_title: str = ""
 
 
 @dataclass
@@ -424,6 +429,10 @@ def _failed_runs(data: SweepData) -> list[dict[str, Any]]:
 def _summary_values(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
     values = [(r.get("summary") or {}).get(key) for r in runs]
     return [float(v) for v in values if v is not None]
+
+
+def _mean_or_none(values: Sequence[float]) -> float | None:
+    return mean(values) if values else None
 
 
 def _seeds_note(n: int) -> list[str]:
@@ -692,6 +701,7 @@ def analyse_inference_statistics(data: SweepData) -> Finding:
         return bad
     bn_runs = [r for r in data.runs if _is_bn(r["spec"]) and r.get("summary")]
     rows = []
+    bars: dict[str, dict[str, float | None]] = {}
     gains, running_gains = [], []
     for run in sorted(bn_runs, key=lambda r: r["spec"].get("seed", 0)):
         s = run["summary"]
@@ -704,6 +714,11 @@ def analyse_inference_statistics(data: SweepData) -> Finding:
             gains.append(pop - batch)
         if None not in (batch, running):
             running_gains.append(running - batch)
+        bars[f"seed {run['spec'].get('seed')}"] = {
+            "batch statistics": batch,
+            "running averages": running,
+            "population (Alg. 2)": pop,
+        }
         rows.append(
             {
                 "run": run["name"],
@@ -729,6 +744,8 @@ def analyse_inference_statistics(data: SweepData) -> Finding:
         numbers={"gain": gain, "running_gain": running_gain, "means": means, "runs": len(gains)},
         table=rows,
         notes=_seeds_note(len(gains)),
+        bars=bars,
+        bars_title="Test accuracy of each BN run under three inference statistics",
     )
 
 
@@ -774,6 +791,17 @@ def analyse_regularization(data: SweepData) -> Finding:
         numbers={"baseline_gaps": gaps[False], "bn_gaps": gaps[True], "reduction": reduction},
         table=rows,
         notes=_seeds_note(len(gaps[True])),
+        bars={
+            arm: {
+                "train acc": _mean_or_none(_summary_values(arm_runs, "train_acc_full")),
+                "test acc": _mean_or_none(_summary_values(arm_runs, "final_test_acc")),
+            }
+            for arm, arm_runs in (
+                ("no BN", [r for r in data.runs if not _is_bn(r["spec"])]),
+                ("BN", [r for r in data.runs if _is_bn(r["spec"])]),
+            )
+        },
+        bars_title="Training vs test accuracy at equal steps (mean over seeds)",
     )
 
 
@@ -915,6 +943,10 @@ def run_experiment(
     finding = experiment.analyse(data)
     figure = figures_dir / f"{experiment.name}.png"
     figure.write_bytes(client.compare_plot(sweep=sweep["id"], fmt="png", **query))
+    figures = [figure]
+    if finding.bars:
+        figures.insert(0, figures_dir / f"{experiment.name}-summary.png")
+        figures[0].write_bytes(bar_figure(finding.bars_title, finding.bars))
     return ExperimentResult(
         name=experiment.name,
         title=experiment.title,
@@ -924,8 +956,38 @@ def run_experiment(
         sweep_id=sweep["id"],
         settings=describe_plan(plan),
         finding=finding,
-        figures=[f"{figures_dir.name}/{figure.name}"],
+        figures=[f"{figures_dir.name}/{path.name}" for path in figures],
     )
+
+
+def bar_figure(title: str, groups: dict[str, dict[str, float | None]]) -> bytes:
+    """Grouped bars (one group per key, one bar per series), values written on the bars. The
+    y axis is zoomed to the values: the differences here are a few points of accuracy."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in any thread
+
+    series = list(dict.fromkeys(name for bars in groups.values() for name in bars))
+    values = [v for bars in groups.values() for v in bars.values() if v is not None]
+    fig = Figure(figsize=(2.2 + 1.3 * len(groups) * max(1, len(series)) / 2, 3.6))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(series))
+    for i, name in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ys = [bars.get(name) or 0.0 for bars in groups.values()]
+        bars = ax.bar(xs, ys, width, label=name, color=f"C{i}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(groups)), list(groups))
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.02, (high - low) * 0.25)
+        ax.set_ylim(max(0.0, low - pad), min(1.05, high + pad))
+    ax.set_ylabel("accuracy (y axis zoomed)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside, not over
+    ax.grid(axis="y", alpha=0.3)
+    fig.set_layout_engine("constrained")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
 
 
 def describe_plan(plan: SweepPlan) -> str:
