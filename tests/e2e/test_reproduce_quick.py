@@ -64,9 +64,10 @@ def test_report_structure(suite) -> None:
         for part in ("**Claim**", "**Settings**", "**Measured**", "**Verdict: ", "*Rule*"):
             assert part in body, (item.name, part)
         assert f"**Verdict: {VERDICT_MARK[item.finding.verdict]}**" in body
-        figure = result.out_dir / item.figures[0]
-        assert f"]({item.figures[0]})" in body
-        assert figure.read_bytes().startswith(PNG_MAGIC)
+        assert item.figures, item.name
+        for figure in item.figures:  # the API's comparison plot, and bars where drawn
+            assert f"]({figure})" in body
+            assert (result.out_dir / figure).read_bytes().startswith(PNG_MAGIC)
 
     # Progress covered the whole suite and ended complete.
     assert progress[-1][0] == progress[-1][1] == 2
