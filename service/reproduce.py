@@ -28,6 +28,7 @@ import io
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1083,7 +1084,9 @@ def embedded_client(
     one thread: tiny MLPs gain nothing from intra-op threads, and N runs × N threads on N cores
     would oversubscribe them (measured: ~4× slower on 2 cores).
     """
-    from fastapi.testclient import TestClient
+    with warnings.catch_warnings():  # starlette's notice about httpx, meant for test suites
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from fastapi.testclient import TestClient
 
     from service.app import create_app
     from service.settings import Settings
