@@ -1085,7 +1085,7 @@ def embedded_client(
     would oversubscribe them (measured: ~4× slower on 2 cores).
     """
     with warnings.catch_warnings():  # starlette's notice about httpx, meant for test suites
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")  # (its own class, not a DeprecationWarning)
         from fastapi.testclient import TestClient
 
     from service.app import create_app
