@@ -90,7 +90,13 @@ def _permutation(n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
 
 
-def _to_data(x_train, y_train, x_test, y_test, classes: int | None = None) -> Data:
+def _to_data(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: int | None = None,
+) -> Data:
     """numpy arrays → Data. np.array copies, so cached arrays are never shared with a caller."""
     y_train, y_test = np.array(y_train, dtype=np.int64), np.array(y_test, dtype=np.int64)
     if classes is None:

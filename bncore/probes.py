@@ -8,6 +8,9 @@ first ``PROBE_SIZE`` test examples), with the model in eval mode (BN uses its ru
 statistics, so the probe itself changes nothing and is not affected by batch composition).
 The 15th, 50th and 85th percentiles of those values (linear interpolation, ``torch.quantile``)
 are ``act_p15``, ``act_p50``, ``act_p85``.
+
+Note for step 0: before any training-mode pass BN's running statistics are still their
+initial (0, 1), so the BN model's step-0 probe shows Wu almost unnormalized.
 """
 
 from __future__ import annotations

@@ -245,12 +245,21 @@ def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[st
             timer = time.perf_counter()
         yield events.metrics_event(step, _finite(values))
 
-    summary = _summary(spec, model, data, evals, x_train, y_train, x_test, y_test, has_bn)
+    summary = _summary(spec, model, evals, x_train, y_train, x_test, y_test, has_bn)
     wall = time.perf_counter() - wall_start
     yield events.end_event(outcome, step, reason, wall, _finite(summary))
 
 
-def _summary(spec, model, data, evals, x_train, y_train, x_test, y_test, has_bn) -> dict:
+def _summary(
+    spec: JobSpec,
+    model: nn.Module,
+    evals: dict[int, dict[str, float]],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    has_bn: bool,
+) -> dict[str, float]:
     best_step = max(evals, key=lambda s: (evals[s]["test_acc"], -s))  # earliest best
     final_loss, final_acc = evaluate(model, x_test, y_test)
     train_loss, train_acc = evaluate(model, x_train[:TRAIN_EVAL_CAP], y_train[:TRAIN_EVAL_CAP])
