@@ -54,7 +54,8 @@ def end_event(
 
 
 def encode(event: dict[str, Any]) -> str:
-    """One line of JSON. Non-finite floats become null (JSON has no NaN)."""
+    """One line of JSON. JSON has no NaN: callers send non-finite values as None (null), and a
+    stray NaN raises ValueError here rather than producing a line other readers reject."""
     return json.dumps(event, allow_nan=False, default=str, separators=(",", ":"))
 
 
