@@ -6,7 +6,8 @@ side: each repeat times every contender once, in turn, so machine noise hits all
 table shows medians over repeats. The one-time torch.compile cost (first call of a new shape
 family) is measured separately and reported on its own.
 
-    python benchmarks/bn_speed.py [--quick] [--device cuda] [--repeats N]
+    python benchmarks/bn_speed.py [--quick] [--device cuda] [--repeats N] [--threads N]
+                                  [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 
 from bncore import functional as BF
@@ -62,13 +64,14 @@ def _make_step(
     return step
 
 
-def _time(step: Callable[[], None], iters: int, device: torch.device) -> float:
+def _time(step: Callable[[], None], iters: int, device: torch.device, clock: str) -> float:
+    now = time.process_time if clock == "cpu" else time.perf_counter
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     for _ in range(iters):
         step()
     _sync(device)
-    return (time.perf_counter() - t0) / iters
+    return (now() - t0) / iters
 
 
 def main() -> None:
@@ -76,16 +79,30 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke run")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per contender")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or process CPU time (steadier on a machine shared with other jobs)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    repeats = args.repeats or (3 if args.quick else 11)
+    # Report the real one-time compile cost, not a hit in inductor's on-disk cache.
+    torch._inductor.config.force_disable_caches = True
+    repeats = args.repeats or (5 if args.quick else 21)
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-        f"float32, {repeats} repeats, median; compiled available: "
+        f"float32, {args.clock} clock, median of {repeats} paired repeats; compiled available: "
         f"{BF.compiled_available(device.type)}"
     )
 
-    rows, compile_times = [], []
+    rows: list[tuple[tuple[int, ...], bool, dict[str, float]]] = []
+    compile_times = []
     for shape in SHAPES:
         for training in (True, False):
             steps = {n: _make_step(n, shape, training, device) for n in CONTENDERS}
@@ -95,13 +112,19 @@ def main() -> None:
             compile_times.append((shape, training, time.perf_counter() - t0))
             for step in steps.values():  # warm up caches and allocators
                 step()
-            # ~0.2 s per timing keeps the whole run short and each timing above noise.
-            iters = max(1, int(0.2 / max(_time(steps["native"], 1, device), 1e-6)))
+            # Short timings (~50 ms), many repeats, each repeat timing every contender in a
+            # rotating order: the ratio of each repeat compares runs made moments apart.
+            one = _time(steps["native"], 1, device, args.clock)
+            iters = max(1, int(0.05 / max(one, 1e-6)))
             times: dict[str, list[float]] = {n: [] for n in CONTENDERS}
-            for _ in range(repeats):
-                for name in CONTENDERS:
-                    times[name].append(_time(steps[name], iters, device))
+            for r in range(repeats):
+                order = CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]
+                for name in order:
+                    times[name].append(_time(steps[name], iters, device, args.clock))
             med = {n: statistics.median(t) for n, t in times.items()}
+            for name in ("eager", "compiled"):
+                ratios = [a / b for a, b in zip(times[name], times["native"], strict=True)]
+                med[name + "/native"] = statistics.median(ratios)
             rows.append((shape, training, med))
 
     mode = {True: "train fwd+bwd", False: "eval fwd"}
@@ -112,11 +135,10 @@ def main() -> None:
         n, e, c = med["native"], med["eager"], med["compiled"]
         print(
             f"| {tuple(shape)} | {mode[training]} | {n * 1e3:.3f} | {e * 1e3:.3f} | "
-            f"{e / n:.2f} | {c * 1e3:.3f} | {c / n:.2f} |"
+            f"{med['eager/native']:.2f} | {c * 1e3:.3f} | {med['compiled/native']:.2f} |"
         )
     print()
-    print("One-time compile (first call of each shape family; inductor's on-disk cache may")
-    print("make repeated runs faster):")
+    print("One-time compile, caches disabled (first call of each shape family, s):")
     for shape, training, secs in compile_times:
         print(f"  {tuple(shape)} {mode[training]}: {secs:.1f} s")
 

@@ -80,6 +80,27 @@ def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+def _channel_sum(t: Tensor) -> Tensor:
+    """Σ over every dim but the channel dim.
+
+    Compiled, summing the spatial dims first and then the batch lets inductor scan memory in
+    order (an (N, C) partial-sum kernel, then a small one) instead of one strided reduction
+    per channel: measured up to 2-3× faster for small images like (256, 128, 8, 8). Eagerly,
+    one aten reduction over all the dims is the faster one.
+    """
+    if t.dim() > 2 and torch.compiler.is_compiling():
+        return t.sum(list(range(2, t.dim()))).sum(0)
+    return t.sum(_reduce_dims(t))
+
+
+def _channel_sum_sq(t: Tensor) -> Tensor:
+    """Σ t² per channel; eagerly without a temporary where aten allows (vector_norm, which
+    is slow for (N, C) on CPU though)."""
+    if t.dim() > 2 and not torch.compiler.is_compiling():
+        return torch.linalg.vector_norm(t, 2, _reduce_dims(t)).square()
+    return _channel_sum(t * t)
+
+
 def _addcmul_into(buf: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """a + b·c. Eagerly it is written into ``buf``, a temporary of ours that is no longer
     needed: a fresh large tensor costs page faults on CPU. Compiled, inductor plans memory
@@ -99,15 +120,11 @@ def forward_train(
     x and one allocation (x − μ, overwritten by y); compiled, inductor fuses it into three.
     """
     acc = _acc_dtype(x.dtype)
-    dims = _reduce_dims(x)
     m = x.numel() // x.shape[1]
     xf = x.to(acc)
-    mean = xf.mean(dims)
+    mean = _channel_sum(xf) / m
     xc = xf - _per_channel(mean, x)  # keeps x's memory format (channels_last stays so)
-    if x.dim() > 2:  # one pass, no temporary; vector_norm is slow for (N, C) on CPU though
-        var = torch.linalg.vector_norm(xc, 2, dims).square() / m
-    else:
-        var = xc.square().mean(dims)
+    var = _channel_sum_sq(xc) / m
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight.to(acc)
     if bias is None:
@@ -158,15 +175,14 @@ def backward(
     |μ| ≫ σ). Compiled, inductor fuses everything into one reduction pass and one output pass.
     """
     acc = _acc_dtype(x.dtype)
-    dims = _reduce_dims(x)
     dyf, xf = dy.to(acc), x.to(acc)
     k = invstd if weight is None else invstd * weight.to(acc)
     if not training and not need_dparams:
         return (dyf * _per_channel(k, x)).to(x.dtype) if need_dx else None, None, None
 
-    sum_dy = dyf.sum(dims)
+    sum_dy = _channel_sum(dyf)
     tmp = xf - _per_channel(mean.to(acc), x)  # our temporary: x − μ, then (x − μ)·dy, then dx
-    sum_dy_xhat = tmp.mul_(dyf).sum(dims) * invstd
+    sum_dy_xhat = _channel_sum(tmp.mul_(dyf)) * invstd
     dx = None
     if need_dx and not training:
         dx = dyf * _per_channel(k, x)
