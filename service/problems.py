@@ -27,6 +27,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.store import Conflict, NotFound
 
@@ -137,9 +138,27 @@ def validation_problem(
 # ----------------------------------------------------------------------------- handlers
 
 
-async def _http_exception(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # Starlette's Allow lists the methods of the first route matching the path only;
+        # /runs has GET and POST as two routes, so a PUT was told "Allow: POST".
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return problem(exc.status_code, detail, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts at this request's path (asked of the routes, which
+    FastAPI may nest in included routers)."""
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    ]
 
 
 async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
