@@ -84,10 +84,23 @@ def create_app(settings: Settings | None = None, executor: Any = None) -> FastAP
     app.include_router(api_router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
+    _document_errors(app)
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def _document_errors(app: FastAPI) -> None:
+    """The OpenAPI document with every error response as problem+json (as it is sent)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # ----------------------------------------------------------------------------- lifespan

@@ -135,6 +135,53 @@ def validation_problem(
     return problem(422, one_line(errors), title="Validation failed", errors=errors)
 
 
+# ----------------------------------------------------------------------------- OpenAPI
+
+# Errors any operation of the versioned API can answer, beyond what each route documents.
+API_ERRORS = {
+    "401": "No API key (when keys are configured): `WWW-Authenticate: Bearer`.",
+    "403": "The API key is not valid.",
+    "503": "The database is unavailable; retry after `Retry-After` seconds.",
+}
+BODY_ERRORS = {
+    "400": "Malformed JSON body.",
+    "413": "Body over the size limit.",
+    "422": "Invalid body: names the field and the bound.",
+}
+VALIDATION_ERROR = "Invalid parameter: names the field and the bound."
+
+
+def document_errors(schema: dict[str, Any], api_prefix: str = "/api/v1") -> dict[str, Any]:
+    """Make the OpenAPI document say what is sent: every error response (4xx/5xx) is
+    ``application/problem+json`` with the Problem schema (FastAPI documents its default 422
+    as ``application/json`` HTTPValidationError, and a route's Problem model under
+    ``application/json`` as well); operations under ``api_prefix`` also document 401, 403 and
+    503, and operations with a body 400 (malformed JSON), 413 and 422."""
+    from service.schemas import Problem  # schemas does not import this module: no cycle
+
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(
+        "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            extra = dict(API_ERRORS) if path.startswith(api_prefix) else {}
+            if "requestBody" in operation:
+                extra.update(BODY_ERRORS)
+            for status, description in extra.items():
+                responses.setdefault(status, {"description": description})
+            if "422" in responses and responses["422"].get("description") == "Validation Error":
+                responses["422"]["description"] = VALIDATION_ERROR
+            for status, response in responses.items():
+                if status[:1] in ("4", "5"):
+                    response["content"] = dict(content)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
+
+
 # ----------------------------------------------------------------------------- handlers
 
 
