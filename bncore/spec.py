@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Hard limits. They keep one job within what a single worker can hold; raise them with care.
 MAX_STEPS = 200_000
@@ -140,6 +140,25 @@ class JobSpec(_Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @field_validator("data_path")
+    @classmethod
+    def _check_data_path(cls, value: str | None) -> str | None:
+        """Refuse paths that obviously leave the data directory (absolute, a drive, a ``..``
+        component, a NUL). Symlinks can only be judged where the data is: the trainer resolves
+        every path inside the directory (bncore.data.resolve_data_path)."""
+        if value is None:
+            return value
+        parts = value.replace("\\", "/").split("/")
+        drive = len(value) > 1 and value[1] == ":" and value[0].isalpha()  # C:\\data
+        outside = "it could point outside the data directory"
+        if value.startswith(("/", "\\")) or drive:
+            raise ValueError(f"data_path must be relative: absolute, {outside}")
+        if ".." in parts:
+            raise ValueError(f"data_path may not contain '..': {outside}")
+        if "\0" in value:
+            raise ValueError("data_path may not contain a NUL character")
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> JobSpec:
         if self.dataset in ("mnist_idx", "npz") and not self.data_path:
@@ -187,4 +206,3 @@ def parse_spec(data: dict | str | bytes) -> JobSpec:
     if isinstance(data, str | bytes):
         return JobSpec.model_validate_json(data)
     return JobSpec.model_validate(data)
-
