@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from service import store
-from service.api.metrics import page_series
+from service.api.metrics import MAX_STEP, page_series
 from service.api.runs import NOT_FOUND, PROBLEM, RunId
 from service.schemas import RunOut
 from service.store import FINISHED
@@ -89,7 +89,8 @@ async def run_events(
     request: Request,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
     after: Annotated[
-        int | None, Query(ge=-1, description="Resume after this step (as Last-Event-ID).")
+        int | None,
+        Query(ge=-1, le=MAX_STEP, description="Resume after this step (as Last-Event-ID)."),
     ] = None,
     timeout: Annotated[
         float | None,
@@ -100,6 +101,8 @@ async def run_events(
     if last_event_id is not None and last_event_id.strip():
         try:
             after = int(last_event_id.strip())
+            if not -1 <= after <= MAX_STEP:
+                raise ValueError
         except ValueError as exc:
             raise HTTPException(400, "Last-Event-ID: expected the step of the last event") from exc
     if await run_in_threadpool(_load_run, factory, run_id) is None:

@@ -18,6 +18,9 @@ router = APIRouter(prefix="/runs", tags=["metrics"])
 
 Points = list[tuple[int, float | None]]
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# Steps are 32-bit integer columns: a larger bound overflows the database driver (SQLite:
+# OverflowError, PostgreSQL: "integer out of range"), a 500 before these limits existed.
+MAX_STEP = 2**31 - 1
 MAX_KEYS = 64
 
 
@@ -30,7 +33,7 @@ def decode_step_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, step = raw.partition(":")
-        if prefix != "step":
+        if prefix != "step" or not 0 <= int(step) <= MAX_STEP:
             raise ValueError
         return int(step)
     except Exception as exc:
@@ -94,8 +97,8 @@ def get_metrics(
     keys: Annotated[
         str | None, Query(max_length=4000, description="Comma-separated keys; default all.")
     ] = None,
-    step_min: Annotated[int | None, Query(ge=0)] = None,
-    step_max: Annotated[int | None, Query(ge=0)] = None,
+    step_min: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    step_max: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
     max_points: Annotated[
         int | None, Query(ge=4, description="Downsample each series to at most this many.")
     ] = None,
