@@ -9,12 +9,13 @@ cost from the per-step streaming/DB cost. Short runs are dominated by the fixed 
 default spec is a few tens of seconds long.
 
     python benchmarks/service_overhead.py [--steps 6000] [--repeats 2] [--database-url URL]
-                                          [--device cpu|cuda]
+                                          [--device cpu|cuda] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -90,14 +91,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for every contender (in-process and subprocesses alike); on a busy "
+        "machine OpenMP spin-waiting makes unpinned timings meaningless",
+    )
     args = parser.parse_args()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # inherited by the trainer subprocesses
+        os.environ[var] = str(args.threads)
 
     spec = make_spec(args.steps, args.device)
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         settings = Settings(_env_file=None, database_url=url, heartbeat_interval_s=5.0)
         migrate.upgrade(url)
-        import torch  # noqa: F401  (the bare loop's import is not part of its time)
+        import torch  # the bare loop's import is not part of its time
+
+        torch.set_num_threads(args.threads)
 
         bare, sub, service, trainer_wall = [], [], [], []
         points = events = 0
@@ -120,7 +132,10 @@ def main() -> None:
     dialect = url.split(":", 1)[0]
     print()
     print(f"spec: mnist1d MLP 3x100 BN, {args.steps} steps, {events} events, {points} points")
-    print(f"database: {dialect}; device: {args.device}; medians of {args.repeats}")
+    print(
+        f"database: {dialect}; device: {args.device}; threads: {args.threads}; "
+        f"medians of {args.repeats}"
+    )
     print(f"{'bare loop (in-process)':<34}{b:8.2f} s   1.000x")
     print(f"{'bare trainer as a subprocess':<34}{s:8.2f} s   {s / b:.3f}x")
     print(f"{'service (execute_run)':<34}{t:8.2f} s   {t / b:.3f}x")

@@ -326,7 +326,8 @@ class _Execution:
                 self._read_events(writer)
                 code = self.proc.wait()
                 stderr_reader.join(timeout=5)
-            heartbeat.stop()
+            # The heartbeat goes on until the outcome is recorded: a final flush that waits out
+            # a database outage must not make the run look lost.
             lost_points = writer.close()
             status = self._finish(code, writer, lost_points)
             return status
