@@ -139,6 +139,7 @@ def validation_problem(
 
 # Errors any operation of the versioned API can answer, beyond what each route documents.
 API_ERRORS = {
+    "400": "A value the database cannot store or compare (e.g. a NUL character).",
     "401": "No API key (when keys are configured): `WWW-Authenticate: Bearer`.",
     "403": "The API key is not valid.",
     "503": "The database is unavailable; retry after `Retry-After` seconds.",
@@ -225,7 +226,15 @@ async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, IntegrityError | DataError | ProgrammingError):
+    if isinstance(exc, DataError):
+        # The database refused a value this request carried (PostgreSQL: a NUL character in a
+        # string, a number out of range): the client's input, not an outage and not a 500.
+        reason = _first_line(exc)
+        log.warning(
+            "database refused a value on %s %s: %s", request.method, request.url.path, reason
+        )
+        return problem(400, f"a value in this request cannot be stored or compared: {reason}")
+    if isinstance(exc, IntegrityError | ProgrammingError):
         # The database answered: this is a bug or a race we did not handle, not an outage.
         return await _unexpected(request, exc)
     # One line, no traceback: an outage would otherwise flood the log with identical stacks.
