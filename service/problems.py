@@ -189,11 +189,29 @@ def document_errors(schema: dict[str, Any], api_prefix: str = "/api/v1") -> dict
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else None
     headers = getattr(exc, "headers", None)
+    if exc.status_code == 400 and detail == FASTAPI_PARSE_ERROR and exc.__cause__ is not None:
+        detail = f"malformed JSON body: {_parse_failure(exc.__cause__)}"
+        return problem(400, detail, title="Malformed JSON")
     if exc.status_code == 405:
         # Starlette's Allow lists the methods of the first route matching the path only;
         # /runs has GET and POST as two routes, so a PUT was told "Allow: POST".
         headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
     return problem(exc.status_code, detail, headers=headers)
+
+
+# FastAPI's detail when decoding a body fails other than by a JSON syntax error (which is a
+# json_invalid validation error, see validation_problem); the cause says what went wrong.
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
+def _parse_failure(cause: BaseException) -> str:
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not valid UTF-8 (byte {cause.start})"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "a number with too many digits"
+    return "it cannot be decoded"
 
 
 def allowed_methods(request: Request) -> list[str]:
