@@ -344,3 +344,22 @@ def test_learning_rate_grid_follows_the_paper_multipliers() -> None:
     plan = r.sweep_plans(r.PROFILES["full"])["learning-rates"]
     assert plan.grid["optimizer.lr"] == [r.BASE_LR, 5 * r.BASE_LR, 30 * r.BASE_LR]
     assert plan.grid["seed"] == [0, 1, 2]
+
+
+def test_explain_effect_names_the_deciding_comparison() -> None:
+    close = stat(-0.005, -0.027, 0.01995)
+    assert r.verdict_regularization(close) == FAILS
+    why = r.explain_effect(close, FAILS, threshold=0.02, null=0.0, digits=4)
+    assert why == "CI upper end 0.0199 < 0.02"  # not "0.020 < 0.02"
+    held = r.explain_effect(stat(7.2, 5.7, 9.6), HOLDS, threshold=2.0, null=1.0, digits=2)
+    assert held == "estimate 7.20 ≥ 2 and CI lower end 5.70 > 1"
+    open_low = r.explain_effect(stat(1.8, 1.2, 2.5), UNSURE, threshold=2.0, null=1.0, digits=1)
+    assert open_low.startswith("estimate 1.8 < 2, but CI upper end 2.5")
+
+
+def test_profiles_can_give_a_sweep_more_seeds() -> None:
+    full = r.sweep_plans(r.PROFILES["full"])
+    assert full["regularization"].grid["seed"] == [0, 1, 2, 3, 4]
+    assert full["mlp-sigmoid"].grid["seed"] == [0, 1, 2]
+    assert full["mlp-sigmoid-digits"].base["dataset"] == "digits"
+    assert r.sweep_plans(r.PROFILES["quick"])["regularization"].grid["seed"] == [0]
