@@ -80,32 +80,49 @@ def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-def _channel_sum(t: Tensor) -> Tensor:
-    """Σ over every dim but the channel dim.
+_ROW_BLOCK = 32  # rows per partial sum for (N, C) inputs on the compiled path
 
-    Compiled, summing the spatial dims first and then the batch lets inductor scan memory in
-    order (an (N, C) partial-sum kernel, then a small one) instead of one strided reduction
-    per channel: measured up to 2-3× faster for small images like (256, 128, 8, 8). Eagerly,
-    one aten reduction over all the dims is the faster one.
+
+def _channel_sum(fn: Callable[..., Tensor], *ts: Tensor) -> Tensor:
+    """Σ over every dim but the channel dim of the elementwise expression ``fn(pc, *ts)``,
+    where ``pc(v)`` shapes a (C,) vector to broadcast against the tensors fn is given.
+
+    Eagerly this is one aten reduction. Compiled, one reduction per channel would make
+    inductor stride through memory (for (N, C): 64 bytes out of every 4 KiB row), so the sum
+    goes in two levels whose first level reads memory in order: spatial dims first, then the
+    batch; for (N, C), blocks of rows first. Measured 2-3× faster than the flat reduction at
+    (256, 128, 8, 8) and (4096, 1024). The inputs, not fn's result, are cut into blocks:
+    inductor cannot view a computed buffer with a symbolic batch size.
     """
-    if t.dim() > 2 and torch.compiler.is_compiling():
-        return t.sum(list(range(2, t.dim()))).sum(0)
-    return t.sum(_reduce_dims(t))
+    x = ts[0]
+
+    def pc(v: Tensor) -> Tensor:
+        return _per_channel(v, x)  # for (N, C), (1, C) also broadcasts against row blocks
+
+    if not torch.compiler.is_compiling():
+        return fn(pc, *ts).sum(_reduce_dims(x))
+    if x.dim() > 2:
+        return fn(pc, *ts).sum(list(range(2, x.dim()))).sum(0)
+    n, c = x.shape
+    g = n // _ROW_BLOCK
+    blocks = [t[: g * _ROW_BLOCK].view(g, _ROW_BLOCK, c) for t in ts]
+    rest = [t[g * _ROW_BLOCK :] for t in ts]  # the rows left over (an empty sum is 0)
+    return fn(pc, *blocks).sum(1).sum(0) + fn(pc, *rest).sum(0)
 
 
-def _channel_sum_sq(t: Tensor) -> Tensor:
-    """Σ t² per channel; eagerly without a temporary where aten allows (vector_norm, which
-    is slow for (N, C) on CPU though)."""
-    if t.dim() > 2 and not torch.compiler.is_compiling():
+def _sum_sq_eager(t: Tensor) -> Tensor:
+    """Σ t² per channel without a temporary where aten allows (vector_norm; it is slow for
+    (N, C) on CPU though, where the square is materialized)."""
+    if t.dim() > 2:
         return torch.linalg.vector_norm(t, 2, _reduce_dims(t)).square()
-    return _channel_sum(t * t)
+    return t.square().sum(0)
 
 
-def _addcmul_into(buf: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+def _addcmul_into(buf: Tensor | None, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """a + b·c. Eagerly it is written into ``buf``, a temporary of ours that is no longer
     needed: a fresh large tensor costs page faults on CPU. Compiled, inductor plans memory
     itself (and dynamo rejects ``out=`` tensors that are channels_last)."""
-    if torch.compiler.is_compiling():
+    if buf is None or torch.compiler.is_compiling():
         return torch.addcmul(a, b, c)
     return torch.addcmul(a, b, c, out=buf)
 
@@ -117,20 +134,31 @@ def forward_train(
 
     Two passes for the statistics (mean, then mean of squared deviations): as accurate as
     Welford and much faster than ``torch.var_mean`` on CPU. Eagerly this is four passes over
-    x and one allocation (x − μ, overwritten by y); compiled, inductor fuses it into three.
+    x and one allocation (x − μ, overwritten by y); compiled, three passes (mean, variance,
+    output), like aten's own kernel.
     """
     acc = _acc_dtype(x.dtype)
     m = x.numel() // x.shape[1]
-    xf = x.to(acc)
-    mean = _channel_sum(xf) / m
-    xc = xf - _per_channel(mean, x)  # keeps x's memory format (channels_last stays so)
-    var = _channel_sum_sq(xc) / m
+
+    def pc(v: Tensor) -> Tensor:
+        return _per_channel(v, x)
+
+    mean = _channel_sum(lambda pc, v: v.to(acc), x) / m
+    if torch.compiler.is_compiling():  # inductor fuses each line into one pass over x
+        var = _channel_sum(lambda pc, v: (v.to(acc) - pc(mean)).square(), x) / m
+        xc = None
+    else:
+        xc = x.to(acc) - pc(mean)  # keeps x's memory format (channels_last stays so)
+        var = _sum_sq_eager(xc) / m
     invstd = torch.rsqrt(var + eps)
     scale = invstd if weight is None else invstd * weight.to(acc)
-    if bias is None:
-        y = xc.mul_(_per_channel(scale, x))  # xc is our own temporary: y goes into it
+    if xc is None:
+        shift = -mean * scale if bias is None else bias.to(acc) - mean * scale
+        y = torch.addcmul(pc(shift), x.to(acc), pc(scale))
+    elif bias is None:
+        y = xc.mul_(pc(scale))  # xc is our own temporary: y goes into it
     else:
-        y = _addcmul_into(xc, _per_channel(bias.to(acc), x), xc, _per_channel(scale, x))
+        y = _addcmul_into(xc, pc(bias.to(acc)), xc, pc(scale))
     return y.to(x.dtype), mean, var, invstd
 
 
@@ -180,9 +208,15 @@ def backward(
     if not training and not need_dparams:
         return (dyf * _per_channel(k, x)).to(x.dtype) if need_dx else None, None, None
 
-    sum_dy = _channel_sum(dyf)
-    tmp = xf - _per_channel(mean.to(acc), x)  # our temporary: x − μ, then (x − μ)·dy, then dx
-    sum_dy_xhat = _channel_sum(tmp.mul_(dyf)) * invstd
+    mean = mean.to(acc)
+    sum_dy = _channel_sum(lambda pc, d: d.to(acc), dy)
+    if torch.compiler.is_compiling():  # fused with the sum above into one pass over dy and x
+        tmp = None
+        sum_dy_xc = _channel_sum(lambda pc, d, v: d.to(acc) * (v.to(acc) - pc(mean)), dy, x)
+    else:  # our temporary: x − μ, then (x − μ)·dy, then dx
+        tmp = xf - _per_channel(mean, x)
+        sum_dy_xc = tmp.mul_(dyf).sum(_reduce_dims(x))
+    sum_dy_xhat = sum_dy_xc * invstd
     dx = None
     if need_dx and not training:
         dx = dyf * _per_channel(k, x)

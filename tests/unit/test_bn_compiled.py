@@ -67,7 +67,7 @@ def test_changing_batch_size_does_not_recompile() -> None:
     layer = BatchNorm1d(3, dtype=torch.float64)
     layer(torch.randn(10, 3, dtype=torch.float64, requires_grad=True)).sum().backward()
     compiled_frames = counters["frames"]["ok"]
-    for n in (7, 9, 2, 33):
+    for n in (7, 9, 2, 33, 64, 70):
         x = torch.randn(n, 3, dtype=torch.float64, requires_grad=True)
         y = layer(x)
         y.sum().backward()  # dy arrives expanded (stride 0): made contiguous, no new variant
