@@ -100,7 +100,7 @@ PROFILES = {
         (0,),
         {
             "mlp-sigmoid": 1500,
-            "mlp-sigmoid-digits": 1500,
+            "mlp-sigmoid-digits": 2000,  # the baseline leaves its plateau at ~1,700 steps
             "learning-rates": 1000,
             "deep-sigmoid": 800,
             "regularization": 800,
@@ -295,13 +295,17 @@ def effect_verdict(
     return UNSURE
 
 
-def verdict_faster_training(speedup: dict[str, Any], n_reached: int, n: int) -> Verdict:
+def verdict_faster_training(
+    speedup: dict[str, Any], n_reached: int, n: int, target: float | None = None
+) -> Verdict:
     """Claim 1 from the BN arm's speed-up (a Comparison arm's ``speedup`` dict).
+
+    A target near chance (the baseline never learned) makes the race meaningless: inconclusive.
 
     BN that never reaches the target is not faster. A censored BN arm (``bound == "upper"``:
     some seeds never reached it) can only fail or stay open: its speed-up is an upper bound.
     """
-    if n == 0:
+    if n == 0 or (target is not None and target <= CHANCE_ACC + NEAR_CHANCE_MARGIN):
         return UNSURE
     if n_reached == 0:
         return FAILS
@@ -397,8 +401,10 @@ def verdict_from_numbers(experiment: str, numbers: dict[str, Any]) -> Verdict:
     carries: what a reader, or a test, uses to check that no verdict was set by hand."""
     if numbers.get("failed_runs"):
         return UNSURE
-    if experiment == "faster-training":
-        return verdict_faster_training(numbers["speedup"], numbers["bn_n_reached"], numbers["bn_n"])
+    if experiment in ("faster-training", "faster-training-digits"):
+        return verdict_faster_training(
+            numbers["speedup"], numbers["bn_n_reached"], numbers["bn_n"], numbers["target"]
+        )
     if experiment == "stable-distributions":
         return verdict_stable_distributions(numbers["stability"])
     if experiment == "higher-learning-rates":
@@ -530,7 +536,9 @@ def _bn_arm_labels(comparison: dict[str, Any]) -> set[str]:
 FASTER_RULE = (
     f"holds if BN's speed-up is ≥ {MIN_SPEEDUP:g}× and its 95 % CI lies above 1×; does not "
     f"hold if BN never reaches the target, or the CI's upper end is below {MIN_SPEEDUP:g}×; "
-    "otherwise inconclusive. Target: the baseline's best test accuracy (the lowest over its "
+    "otherwise inconclusive; also inconclusive when the target is within "
+    f"{NEAR_CHANCE_MARGIN:g} of chance ({CHANCE_ACC:g}): a baseline that never learned sets no "
+    "accuracy to race to. Target: the baseline's best test accuracy (the lowest over its "
     "seeds), steps-to-target: the first evaluation at or above it."
 )
 
@@ -540,14 +548,16 @@ def analyse_faster_training(data: SweepData) -> Finding:
         return bad
     c = data.comparison
     base, bn = _arm(c, bn=False), _arm(c, bn=True)
-    verdict = verdict_faster_training(bn["speedup"], bn["n_reached"], bn["n"])
+    verdict = verdict_faster_training(bn["speedup"], bn["n_reached"], bn["n"], c["target"])
     speedup = _fmt_ci(bn["speedup"], 2, "×")
     measured = (
         f"target {c['target']:.3f}: baseline {base['steps_to_target']['mean']:.0f} steps, "
         f"BN {_fmt_ci(bn['steps_to_target'], 0)} steps; speed-up {speedup}"
     )
     reason = f"BN reached the target in {bn['n_reached']}/{bn['n']} seeds; speed-up {speedup}"
-    if bn["n_reached"] and bn["speedup"].get("bound") != "upper":
+    if c["target"] is not None and c["target"] <= CHANCE_ACC + NEAR_CHANCE_MARGIN:
+        reason += f"; but the target {c['target']:.3f} is near chance: the baseline never learned."
+    elif bn["n_reached"] and bn["speedup"].get("bound") != "upper":
         why = explain_effect(bn["speedup"], verdict, threshold=MIN_SPEEDUP, null=1.0, digits=3)
         reason += f": {why}."
     else:

@@ -56,6 +56,9 @@ def test_faster_training_branches() -> None:
     assert verdict_faster_training(stat(2.5, 0.8, 4.0), 3, 3) == UNSURE
     assert verdict_faster_training(stat(None), 0, 3) == FAILS  # BN never got there
     assert verdict_faster_training(stat(None), 0, 0) == UNSURE  # no BN runs at all
+    # The baseline never left chance: a race to 0.11 says nothing about training speed.
+    assert verdict_faster_training(stat(5.0, 3.0, 7.0), 3, 3, target=0.11) == UNSURE
+    assert verdict_faster_training(stat(5.0, 3.0, 7.0), 3, 3, target=0.31) == HOLDS
 
 
 def test_faster_training_censored_speedup_is_only_an_upper_bound() -> None:
