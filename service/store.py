@@ -390,10 +390,18 @@ def get_metrics(
     if after_step is not None:
         query = query.where(MetricPoint.step > after_step)
     query = query.order_by(MetricPoint.key, MetricPoint.step)
+    # Plain tuples through the Core connection: a long series is thousands of rows, and ORM
+    # row processing and per-row grouping calls were most of this function's time.
     series: dict[str, list[tuple[int, float | None]]] = {}
-    for key, group in itertools.groupby(session.execute(query), key=lambda row: row.key):
-        points = [(row.step, row.value) for row in group]
-        series[key] = points[:limit] if limit is not None else points
+    current: list[tuple[int, float | None]] = []
+    last_key = None
+    for key, step, value in session.connection().execute(query).all():
+        if key != last_key:
+            current = series.setdefault(key, [])
+            last_key = key
+        current.append((step, value))
+    if limit is not None:
+        series = {key: points[:limit] for key, points in series.items()}
     return series
 
 
