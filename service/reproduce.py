@@ -1,7 +1,7 @@
 """`bnlab reproduce`: the paper's claims checked through the public API, with a report.
 
-Ioffe & Szegedy (2015) make six claims bnlab can test on offline data (see /docs/reproduction.md
-for the latest report). Each claim is an :class:`Experiment` that analyses one sweep; several
+Ioffe & Szegedy (2015) make six claims bnlab can test on offline data (docs/reproduction.md is the
+latest report). Each claim is an :class:`Experiment` that analyses one sweep; several
 experiments may share a sweep (the Fig. 1 runs answer "faster", "stable distributions" and
 "inference statistics" at once), so each sweep is trained once.
 
@@ -47,13 +47,13 @@ Progress = Callable[[int, int, str], None]  # (runs finished, runs in the suite,
 # ------------------------------------------------------------------------------ thresholds
 # Named here, stated in the report, never applied by hand.
 
-CHANCE_ACC = 0.10  # ten balanced classes (mnist1d)
+CHANCE_ACC = 0.10  # ten classes (mnist1d, digits)
 NEAR_CHANCE_MARGIN = 0.05  # best accuracy ≤ chance + this: the network did not train
 TRAINS_MARGIN = 0.15  # best accuracy ≥ chance + this: the network trains
-MIN_SPEEDUP = 2.0  # claim 1: "far fewer steps" = at least twice as fast
-MIN_STABILITY_FACTOR = 2.0  # claim 2: the baseline's median drifts at least twice as much
-MIN_INFERENCE_GAIN = 0.005  # claim 6: fixed statistics beat batch statistics by ≥ 0.5 points
-MIN_GAP_REDUCTION = 0.02  # claim 5: BN shrinks the train-test gap by ≥ 2 points
+MIN_SPEEDUP = 2.0  # experiment 1: "far fewer steps" = at least twice as fast
+MIN_STABILITY_FACTOR = 2.0  # experiment 2: the baseline's median drifts at least twice as much
+MIN_INFERENCE_GAIN = 0.005  # experiment 5: fixed statistics beat batch statistics by ≥ 0.5 points
+MIN_GAP_REDUCTION = 0.02  # experiment 6: BN shrinks the train-test gap by ≥ 2 points
 REACH_FRACTION = 0.5  # an arm "reaches" the target when more than half its seeds do
 LR_MULTIPLIERS = (1, 5, 30)  # the paper's BN-Baseline, BN-x5, BN-x30
 FAILED_STATUSES = frozenset({"failed", "cancelled"})  # runs that measured nothing
@@ -298,7 +298,7 @@ def effect_verdict(
 def verdict_faster_training(
     speedup: dict[str, Any], n_reached: int, n: int, target: float | None = None
 ) -> Verdict:
-    """Claim 1 from the BN arm's speed-up (a Comparison arm's ``speedup`` dict).
+    """Experiment 1 from the BN arm's speed-up (a Comparison arm's ``speedup`` dict).
 
     A target near chance (the baseline never learned) makes the race meaningless: inconclusive.
 
@@ -316,7 +316,7 @@ def verdict_faster_training(
 
 
 def verdict_stable_distributions(stability: dict[str, Any]) -> Verdict:
-    """Claim 2 from the stability factor: baseline drift ÷ BN drift, with its CI."""
+    """Experiment 2 from the stability factor: baseline drift ÷ BN drift, with its CI."""
     return effect_verdict(
         stability.get("mean"),
         stability.get("ci_low"),
@@ -340,7 +340,7 @@ def arm_outcome(n_reached: int, n: int) -> ArmOutcome:
 def verdict_higher_learning_rates(
     baseline: dict[Any, ArmOutcome], bn: dict[Any, ArmOutcome]
 ) -> Verdict:
-    """Claim 3 from which learning rates reach the target, per arm (LR → outcome; the LR keys
+    """Experiment 3 from which learning rates reach the target, per arm (LR → outcome; the LR keys
     may be numbers or, read back from JSON, their text).
 
     holds: BN reaches it at some LR where the baseline fails, and at every LR where the
@@ -360,7 +360,7 @@ def verdict_higher_learning_rates(
 
 
 def verdict_saturating(baseline_best: float | None, bn_best: float | None) -> Verdict:
-    """Claim 4 from the mean best test accuracy of each arm (deep sigmoid network).
+    """Experiment 4 from the mean best test accuracy of each arm (deep sigmoid network).
 
     holds: the baseline stays near chance and BN trains; does not hold: the baseline trains
     too, or BN stays near chance; inconclusive in between."""
@@ -375,7 +375,7 @@ def verdict_saturating(baseline_best: float | None, bn_best: float | None) -> Ve
 
 
 def verdict_inference_statistics(gain: dict[str, Any]) -> Verdict:
-    """Claim 6 from population-statistics accuracy minus batch-statistics accuracy (CI)."""
+    """Experiment 5 from population-statistics accuracy minus batch-statistics accuracy (CI)."""
     return effect_verdict(
         gain.get("mean"),
         gain.get("ci_low"),
@@ -386,7 +386,7 @@ def verdict_inference_statistics(gain: dict[str, Any]) -> Verdict:
 
 
 def verdict_regularization(reduction: dict[str, Any]) -> Verdict:
-    """Claim 5 from baseline gap minus BN gap (train-test accuracy, equal steps; CI)."""
+    """Experiment 6 from baseline gap minus BN gap (train-test accuracy, equal steps; CI)."""
     return effect_verdict(
         reduction.get("mean"),
         reduction.get("ci_low"),
