@@ -162,23 +162,31 @@ def forward_train(
     return y.to(x.dtype), mean, var, invstd
 
 
-def forward_eval(
-    x: Tensor,
+def eval_coefficients(
     mean: Tensor,
     var: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
     eps: float,
-) -> tuple[Tensor, Tensor]:
-    """Fixed statistics: one affine map per channel, one pass. Returns (y, 1/√(Var + ε))."""
-    acc = _acc_dtype(x.dtype)
+    acc: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fixed statistics fold into one affine map per channel: y = scale·x + shift with
+    scale = γ/√(Var + ε), shift = β − E[x]·scale. Returns (1/√(Var + ε), scale, shift).
+
+    Computed eagerly (C values): inside a compiled kernel inductor would inline the rsqrt
+    into the per-element loop instead of computing it once per channel."""
     invstd = torch.rsqrt(var.to(acc) + eps)
     scale = invstd if weight is None else invstd * weight.to(acc)
     shift = -mean.to(acc) * scale
     if bias is not None:
         shift = shift + bias.to(acc)
-    y = torch.addcmul(_per_channel(shift, x), x.to(acc), _per_channel(scale, x))
-    return y.to(x.dtype), invstd
+    return invstd, scale, shift
+
+
+def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """y = scale·x + shift per channel, in one pass (the eval-mode layer)."""
+    y = torch.addcmul(_per_channel(shift, x), x.to(scale.dtype), _per_channel(scale, x))
+    return y.to(x.dtype)
 
 
 def backward(
@@ -297,7 +305,7 @@ def _use_compiled(backend: str | None, x: Tensor) -> bool:
 
 _EAGER: dict[str, Callable[..., Any]] = {
     "forward_train": forward_train,
-    "forward_eval": forward_eval,
+    "affine": affine,
     "backward": backward,
 }
 
@@ -382,9 +390,10 @@ class BatchNormFunction(torch.autograd.Function):
                 running_var.lerp_(unbiased.to(running_var.dtype), momentum)
         else:
             assert running_mean is not None and running_var is not None
-            y, invstd = _run(
-                "forward_eval", use_compiled, x, running_mean, running_var, weight, bias, eps
+            invstd, scale, shift = eval_coefficients(
+                running_mean, running_var, weight, bias, eps, _acc_dtype(x.dtype)
             )
+            y = _run("affine", use_compiled, x, scale, shift)
             mean = running_mean
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.training = training
