@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import problems, store
 from service.api import api_router, dashboard, health
+from service.api.cache import FinishedCache
 from service.api.runs import submit_run
 from service.db import make_engine
 from service.settings import Settings, get_settings
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, executor: Any = None) -> FastAP
     app.state.session_factory = sessionmaker(bind=engine, expire_on_commit=False)
     app.state.executor = executor  # None: made from the settings at startup
     app.state.metrics = RequestMetrics(app)
+    app.state.finished_cache = FinishedCache()
 
     problems.install(app)
     app.include_router(api_router)

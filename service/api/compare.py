@@ -6,17 +6,21 @@ module only loads runs and their metrics from the store into ``RunData``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from service import store
+from service.api.cache import MISSING, FinishedCache, finished_cache
 from service.api.deps import SessionDep
 from service.api.runs import PROBLEM
 from service.compare import Comparison, RunData, compare, to_csv
+from service.models import Run
 from service.schemas import MAX_SWEEP_RUNS
+from service.store import FINISHED
 
 router = APIRouter(prefix="/compare", tags=["compare"])
 
@@ -54,6 +58,10 @@ class CompareQuery:
 
 
 def load_runs(session: Session, query: CompareQuery) -> list[RunData]:
+    return [run_data(session, run) for run in load_rows(session, query)]
+
+
+def load_rows(session: Session, query: CompareQuery) -> list[Run]:
     if (query.runs is None) == (query.sweep is None):
         raise HTTPException(400, "pass exactly one of runs (comma-separated ids) and sweep")
     if query.runs is not None:
@@ -68,25 +76,53 @@ def load_runs(session: Session, query: CompareQuery) -> list[RunData]:
         rows = store.sweep_runs(session, query.sweep)
         if not rows:
             raise HTTPException(400, f"sweep {query.sweep} has no runs")
-    return [
-        RunData(
-            id=run.id,
-            name=run.name,
-            spec=run.spec,
-            status=run.status,
-            summary=run.summary or {},
-            torch_version=run.torch_version,
-            device=run.device,
-            wall_time=run.wall_time,
-            diverged_step=run.diverged_step,
-            metrics=store.get_metrics(session, run.id),
-        )
-        for run in rows
-    ]
+    return rows
 
 
-def run_comparison(session: Session, query: CompareQuery) -> Comparison:
-    runs = load_runs(session, query)
+def run_data(session: Session, run: Run) -> RunData:
+    return RunData(
+        id=run.id,
+        name=run.name,
+        spec=run.spec,
+        status=run.status,
+        summary=run.summary or {},
+        torch_version=run.torch_version,
+        device=run.device,
+        wall_time=run.wall_time,
+        diverged_step=run.diverged_step,
+        metrics=store.get_metrics(session, run.id),
+    )
+
+
+def run_comparison(
+    session: Session,
+    query: CompareQuery,
+    cache: FinishedCache | None = None,
+    render: Callable[[Comparison], Any] = lambda comparison: comparison,
+    form: str = "comparison",
+) -> Any:
+    """``render(comparison)``; over finished runs only, a repeat of the same query and
+    ``form`` (the rendered body: JSON, CSV, an image) comes from ``cache``."""
+    rows = load_rows(session, query)
+    key = None
+    if cache is not None and all(run.status in FINISHED for run in rows):
+        key = ("compare", form, tuple((run.id, run.last_step) for run in rows))
+        key += (query.baseline, query.target, query.metric, query.points)
+        cached = cache.get(key)
+        if cached is not MISSING:
+            return cached
+    rendered = render(_compare(session, rows, query))
+    if key is not None:
+        cache.put(key, rendered)
+    return rendered
+
+
+def _json(content: Any) -> bytes:
+    return JSONResponse(content).body  # the encoding JSONResponse itself would use
+
+
+def _compare(session: Session, rows: list[Run], query: CompareQuery) -> Comparison:
+    runs = [run_data(session, run) for run in rows]
     try:
         return compare(
             runs,
@@ -111,18 +147,20 @@ def run_comparison(session: Session, query: CompareQuery) -> Comparison:
     },
 )
 def get_comparison(
+    request: Request,
     session: SessionDep,
     query: Annotated[CompareQuery, Depends()],
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Response:
-    comparison = run_comparison(session, query)
+    cache = finished_cache(request)
     if format == "csv":
         return Response(
-            to_csv(comparison),
+            run_comparison(session, query, cache, to_csv, "csv"),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="comparison.csv"'},
         )
-    return JSONResponse(comparison.to_dict())
+    body = run_comparison(session, query, cache, lambda c: _json(c.to_dict()), "json")
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -133,13 +171,14 @@ def get_comparison(
     responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}, **ERRORS},
 )
 def plot_comparison(
+    request: Request,
     session: SessionDep,
     query: Annotated[CompareQuery, Depends()],
     format: Annotated[Literal["png", "svg"], Query()] = "png",
 ) -> Response:
     from service.plots import comparison_figure  # matplotlib loads only when a plot is asked
 
-    comparison = run_comparison(session, query)
-    image = comparison_figure(comparison, format)
+    render = lambda comparison: comparison_figure(comparison, format)  # noqa: E731
+    image = run_comparison(session, query, finished_cache(request), render, format)
     media_type = "image/png" if format == "png" else "image/svg+xml"
     return Response(image, media_type=media_type)

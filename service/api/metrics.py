@@ -6,13 +6,17 @@ import base64
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
+from sqlalchemy.orm import Session
 
 from service import store
+from service.api.cache import MISSING, finished_cache
 from service.api.deps import SessionDep, SettingsDep
 from service.api.runs import NOT_FOUND, PROBLEM, RunId
 from service.compare import downsample
 from service.schemas import KeyInfo, MetricsOut, SeriesOut
+from service.settings import Settings
+from service.store import FINISHED
 
 router = APIRouter(prefix="/runs", tags=["metrics"])
 
@@ -92,6 +96,7 @@ def parse_keys(keys: str | None) -> list[str] | None:
 )
 def get_metrics(
     run_id: RunId,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     keys: Annotated[
@@ -105,7 +110,34 @@ def get_metrics(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int | None, Query(ge=1, description="Points per key per page.")] = None,
 ) -> Any:
-    store.get_run(session, run_id)  # 404 before anything else
+    run = store.get_run(session, run_id)  # 404 before anything else
+    cache = finished_cache(request)
+    key = None
+    if run.status in FINISHED:  # its points no longer change: a repeat is served from memory
+        key = ("metrics", run_id, run.last_step, keys, step_min, step_max, max_points, cursor)
+        key += (limit, settings.max_metric_points)
+        cached = cache.get(key)
+        if cached is not MISSING:
+            return cached
+    response = _get_metrics(
+        run_id, session, settings, keys, step_min, step_max, max_points, cursor, limit
+    )
+    if key is not None:
+        cache.put(key, response)
+    return response
+
+
+def _get_metrics(
+    run_id: str,
+    session: Session,
+    settings: Settings,
+    keys: str | None,
+    step_min: int | None,
+    step_max: int | None,
+    max_points: int | None,
+    cursor: str | None,
+    limit: int | None,
+) -> MetricsOut:
     wanted = parse_keys(keys)
     if step_min is not None and step_max is not None and step_min > step_max:
         raise HTTPException(400, f"step_min ({step_min}) is greater than step_max ({step_max})")

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError
 
-from bncore.spec import MAX_PARAMETERS
+from bncore.spec import MAX_PARAMETERS, JobSpec
 from service import store
 from service.models import MetricPoint, Run, Sweep
 
@@ -348,3 +348,41 @@ def test_values_the_database_refuses_are_400(client, app, monkeypatch) -> None: 
     response = client.get(RUNS, params={"name": "a\x00b"})
     assert_refused(response, 400, "cannot be stored or compared", "NUL")
     assert "SELECT" not in response.text
+
+
+# ----------------------------------------------------------------------------- no stale answers
+
+
+def test_finished_runs_are_cached_but_never_stale(client, app, monkeypatch) -> None:  # noqa: ANN001
+    """Metrics and comparisons over finished runs are kept (service.api.cache); a point that
+    still lands after the finish (a reaped worker's last flush) is not hidden by the cache."""
+    ids = []
+    with app.state.session_factory() as session:
+        for norm in ("none", "batchnorm"):
+            run, _ = store.create_run(session, JobSpec(name=norm, model={"norm": norm}))
+            store.claim_run(session, run.id, "w")
+            points = [(k, s, 0.5) for s in range(0, 300, 10) for k in ("loss", "test_acc")]
+            store.add_metrics(session, run.id, points)
+            store.finish_run(session, run.id, store.RunStatus.failed, "worker lost")
+            ids.append(run.id)
+    reads = []
+    real = store.get_metrics
+    monkeypatch.setattr(store, "get_metrics", lambda *a, **k: reads.append(1) or real(*a, **k))
+    metrics = f"{RUNS}/{ids[0]}/metrics"
+    compare = f"/api/v1/compare?runs={','.join(ids)}&baseline={ids[0]}"
+
+    first = client.get(metrics, params={"max_points": 10}).json()
+    assert first["series"]["loss"]["total_points"] == 30
+    assert client.get(compare).json()["runs"][0]["budget"] == 3000
+    reads.clear()
+    assert client.get(metrics, params={"max_points": 10}).json() == first
+    client.get(compare)
+    assert reads == []  # both answered from the cache
+
+    with app.state.session_factory() as session:
+        store.add_metrics(session, ids[0], [("loss", 5000, 0.1), ("test_acc", 5000, 0.9)])
+    late = client.get(metrics, params={"max_points": 10}).json()
+    assert (
+        late["series"]["loss"]["total_points"] == 31 and late["series"]["loss"]["steps"][-1] == 5000
+    )
+    assert client.get(compare).json()["runs"][0]["budget"] == 5000

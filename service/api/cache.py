@@ -1,0 +1,48 @@
+"""Responses computed only from finished runs, kept for repeats.
+
+A finished run's metrics no longer change, so a repeated metrics query or comparison over
+finished runs is answered from here instead of re-reading (and re-downsampling) thousands of
+points: under load those reads were nearly all of the API's time. Keys include each run's
+``last_step``, so a point that still arrives late (a reaped worker's last flush) makes a new
+key rather than a stale answer; a deleted run's entries are unreachable (its 404 comes first)
+and age out. Bounded LRU, per app (``app.state.finished_cache``), thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+from fastapi import Request
+
+MISSING = object()
+
+
+class FinishedCache:
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            value = self._items.get(key, MISSING)
+            if value is not MISSING:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def finished_cache(request: Request) -> FinishedCache:
+    return request.app.state.finished_cache
