@@ -25,7 +25,9 @@ momentum=0.1, eps=1e-5, *, backend=None)``
 ``set_backend("auto" | "eager" | "compiled")`` / ``get_backend()``
     Which implementation of the math runs. ``"eager"`` is plain torch ops; ``"compiled"`` is the
     same math through :func:`torch.compile` (fused C++ loops on CPU, Triton on CUDA); ``"auto"``
-    (default) uses the compiled one where a compiler is available. The environment variable
+    (default) uses the compiled one where a compiler is available and the input is large enough
+    (``AUTO_COMPILE_MIN_NUMEL`` elements) for fused loops to pay back seconds of compiling; the
+    paper's small MLPs stay eager. The environment variable
     ``BNCORE_BACKEND`` sets the initial value. If compiling fails, a warning is logged once and
     the eager math is used from then on.
 ``BatchNormFunction``
@@ -250,6 +252,10 @@ if _backend not in BACKENDS:
     log.warning("BNCORE_BACKEND=%r is not one of %s; using 'auto'", _backend, BACKENDS)
     _backend = "auto"
 
+# Below this many elements a BN call costs microseconds of Python and kernel launches, which
+# fusing cannot save, while compiling a shape family costs seconds: "auto" stays eager there.
+AUTO_COMPILE_MIN_NUMEL = 1 << 18
+
 _compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _compile_broken = False  # set after the first compile failure: from then on, eager only
 _available: dict[str, bool] = {}
@@ -300,7 +306,7 @@ def _use_compiled(backend: str | None, x: Tensor) -> bool:
         return False
     if backend == "compiled":
         return True
-    return compiled_available(x.device.type)
+    return x.numel() >= AUTO_COMPILE_MIN_NUMEL and compiled_available(x.device.type)
 
 
 _EAGER: dict[str, Callable[..., Any]] = {

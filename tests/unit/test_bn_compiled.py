@@ -112,3 +112,12 @@ def test_per_module_backend_and_outer_torch_compile(monkeypatch: pytest.MonkeyPa
     y = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
     torch.testing.assert_close(y, ref(x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model[1].running_var, ref[1].running_var)
+
+
+def test_auto_backend_compiles_only_inputs_large_enough_to_pay_back() -> None:
+    small = torch.empty(60, 100)  # the paper's MLP layer: overhead-bound, compiling is waste
+    large = torch.empty(BF.AUTO_COMPILE_MIN_NUMEL // 64, 64)
+    assert not BF._use_compiled("auto", small)
+    assert BF._use_compiled("auto", large) == BF.compiled_available("cpu")
+    assert BF._use_compiled("compiled", small)
+    assert not BF._use_compiled("eager", large)
