@@ -3,7 +3,8 @@
 Each app owns its engine, session factory, executor and Prometheus registry (on ``app.state``),
 so tests can run several apps against different databases in one process. The lifespan
 migrates the database, starts the executor, and runs a
-maintenance loop (stale heartbeats → requeue or fail; runs the broker refused → resubmit).
+maintenance loop (stale heartbeats → requeue or fail; runs the broker refused or lost →
+resubmit).
 
 Middleware, outermost first: Prometheus request metrics, then the request-body limit. Errors
 are problem+json (service.problems).
@@ -135,8 +136,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def maintain(app: FastAPI) -> None:
-    """One maintenance pass: reap runs whose heartbeat went stale (requeue or fail them) and
-    resubmit requeued runs and those the broker refused earlier."""
+    """One maintenance pass: reap runs whose heartbeat went stale (requeue or fail them),
+    resubmit requeued runs and those the broker refused earlier, and resend queued runs whose
+    message the broker may have lost (executors with ``resubmit_due``: Celery)."""
     settings: Settings = app.state.settings
     executor = app.state.executor
     with app.state.session_factory() as session:
@@ -145,9 +147,17 @@ def maintain(app: FastAPI) -> None:
             log.warning("run %s lost its worker: now %s", run_id, status)
             if status == store.RunStatus.queued:
                 submit_run(session, executor, run_id)
-        for run_id in store.submit_failed_run_ids(session):
+        refused = store.submit_failed_run_ids(session)
+        for run_id in refused:
             if not submit_run(session, executor, run_id, retry=True):
-                break  # still down: one warning per pass, not one per waiting run
+                return  # still down: one warning per pass, not one per waiting run
+        resubmit_due = getattr(executor, "resubmit_due", None)
+        if resubmit_due is not None:
+            retried = set(refused)
+            waiting = [r for r in store.queued_run_ids(session) if r not in retried]
+            for run_id in resubmit_due(waiting):
+                if not submit_run(session, executor, run_id):
+                    break
 
 
 async def _maintenance_loop(app: FastAPI) -> None:

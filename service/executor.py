@@ -23,7 +23,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ log = logging.getLogger("bnlab.executor")
 TASK_NAME = "bnlab.run_training"
 _PR_SET_PDEATHSIG = 1
 CHILD_STOP_GRACE_S = 10.0  # embedded children get this long to stop their trainer and release
+RESUBMIT_MAX_S = 3600.0  # the longest wait between two resends of one queued run
 
 
 class Executor(Protocol):
@@ -113,7 +115,16 @@ def embedded_worker_name() -> str:
 
 
 class CeleryExecutor:
-    """Sends "bnlab.run_training" by name; never imports the task code."""
+    """Sends "bnlab.run_training" by name; never imports the task code.
+
+    A message can be lost after it was sent: a Redis without persistence forgets its queue on
+    restart (and the unacknowledged messages of running tasks). The database still says
+    ``queued``, so the API's maintenance pass asks ``resubmit_due`` which queued runs to send
+    again: all of them when the broker restarted (its Redis run id changed), and any run left
+    unclaimed ``settings.resubmit_after_s`` after it was last sent (doubling per resend, up to
+    RESUBMIT_MAX_S) as a safety net for other losses. A duplicate costs a worker one guarded
+    UPDATE that finds the run taken (see workers/execute.py), never a second execution.
+    """
 
     def __init__(self, settings: Settings) -> None:
         from celery import Celery  # only the Celery deployment needs it
@@ -134,6 +145,11 @@ class CeleryExecutor:
                 "max_retries": 1,
             },
         )
+        self._clock = time.monotonic
+        self._lock = threading.Lock()
+        self._sent: dict[str, tuple[float, int]] = {}  # run id → (last sent, resends so far)
+        self._epoch: str | None = None  # the broker's identity (Redis run id) when last seen
+        self._seen_down = False  # the broker was unreachable since we last knew its identity
 
     def submit(self, run_id: str) -> None:
         self._app.send_task(
@@ -143,10 +159,70 @@ class CeleryExecutor:
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5},
         )
+        with self._lock:
+            previous = self._sent.get(run_id)
+            self._sent[run_id] = (self._clock(), 0 if previous is None else previous[1] + 1)
         log.info("run %s sent to queue %s", run_id, self.settings.queue)
 
     def start(self) -> None:
-        """Nothing to start: Celery workers run elsewhere; the API reaps lost runs."""
+        """Nothing to start: Celery workers run elsewhere; the API reaps lost runs. Notes the
+        broker's identity, so that a restart from now on is noticed (see resubmit_due)."""
+        self._observe_epoch()
+
+    def resubmit_due(self, queued: Sequence[str]) -> list[str]:
+        """Which of these queued runs (not refused by the broker: those are retried anyway) to
+        send again now. Empty while the broker is down."""
+        restarted, up = self._observe_epoch()
+        if not up:
+            return []
+        now = self._clock()
+        due: list[str] = []
+        with self._lock:
+            waiting = set(queued)
+            for run_id in [r for r in self._sent if r not in waiting]:
+                del self._sent[run_id]  # claimed, cancelled or deleted: forget it
+            for run_id in queued:
+                sent = self._sent.get(run_id)
+                if sent is None:  # sent before we started, or by another API replica
+                    self._sent[run_id] = (now, 0)
+                    if restarted:
+                        due.append(run_id)
+                elif restarted or now - sent[0] >= self._resend_interval(sent[1]):
+                    due.append(run_id)
+        if due:
+            why = "the broker restarted" if restarted else "not claimed in time"
+            log.warning("resending %d queued run(s): %s", len(due), why)
+        return due
+
+    def _resend_interval(self, resends: int) -> float:
+        base = self.settings.resubmit_after_s
+        return min(base * 2.0 ** min(resends, 32), max(base, RESUBMIT_MAX_S))
+
+    def _observe_epoch(self) -> tuple[bool, bool]:
+        """(restarted since last seen, reachable now). A Redis broker is identified by its run
+        id, which changes on every restart; other brokers are not checked (always up here,
+        leaving failures to submit)."""
+        url = self.settings.broker_url or ""
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            return False, True
+        try:
+            import redis
+
+            client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+            try:
+                epoch = str(client.info("server")["run_id"])
+            finally:
+                client.close()
+        except Exception as exc:
+            if not self._seen_down:
+                log.warning("broker %s unreachable: %s", _redact(url), exc)
+            self._seen_down = True
+            return False, False
+        # Unknown before (we started while it was down) counts as a restart: its queue may
+        # have been lost meanwhile.
+        restarted = epoch != self._epoch and (self._epoch is not None or self._seen_down)
+        self._epoch, self._seen_down = epoch, False
+        return restarted, True
 
     def shutdown(self) -> None:
         self._app.close()

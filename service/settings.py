@@ -62,6 +62,15 @@ class Settings(BaseSettings):
         "claiming is guarded, but wasteful).",
     )
 
+    resubmit_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="Celery: a queued run still unclaimed this long after it was sent is sent "
+        "again (then after twice as long, up to an hour), in case the broker lost its message; "
+        "a broker restart (a new Redis run id) resends every queued run at once. Duplicates are "
+        "harmless: claiming a run is guarded.",
+    )
+
     @field_validator("api_key_hashes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
