@@ -485,6 +485,21 @@ def worker_seen(
         session.rollback()
 
 
+def worker_alive(session: Session, name: str, *, device: str) -> None:
+    """Refresh an (idle or busy) worker's heartbeat without touching ``current_run_id``, which
+    belongs to the process executing its run; insert the row if it is missing."""
+    now = utcnow()
+    updated = session.execute(
+        update(Worker).where(Worker.name == name).values(device=device, last_heartbeat=now)
+    )
+    if updated.rowcount == 0:
+        session.add(Worker(name=name, device=device, started_at=now, last_heartbeat=now))
+    try:
+        session.commit()
+    except IntegrityError:  # the run's own heartbeat inserted it meanwhile
+        session.rollback()
+
+
 def list_workers(session: Session) -> list[Worker]:
     return list(session.scalars(select(Worker).order_by(Worker.name)))
 

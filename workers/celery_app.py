@@ -12,12 +12,13 @@ The run's status lives in the database, so there is no result backend.
 from __future__ import annotations
 
 import logging
+import threading
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from service import db
-from service.executor import set_parent_death_signal
+from service import db, store
+from service.executor import open_session, set_parent_death_signal
 from service.settings import get_settings
 
 log = logging.getLogger("bnlab.worker")
@@ -61,3 +62,57 @@ def _after_fork(**_kwargs) -> None:  # noqa: ANN003
     # If the main worker process is killed, its pool child (and so the trainer, through its
     # own PDEATHSIG) goes too, instead of training on unsupervised.
     set_parent_death_signal()
+
+
+class WorkerHeartbeat(threading.Thread):
+    """In the worker's main process: keeps the worker's row in ``workers`` fresh whether or not
+    it runs anything, so GET /workers lists idle workers too (a run's own heartbeat, in the pool
+    child, sets ``current_run_id``; this one never touches it)."""
+
+    def __init__(self, name: str, device: str) -> None:
+        super().__init__(name="bnlab-worker-heartbeat", daemon=True)
+        self.worker, self.device = name, device
+        self.stopped = threading.Event()
+
+    def beat(self) -> bool:
+        try:
+            with open_session(settings) as session:
+                store.worker_alive(session, self.worker, device=self.device)
+            return True
+        except Exception as exc:  # a database outage must not take the worker down
+            log.warning("worker %s: heartbeat failed: %s", self.worker, str(exc)[:200])
+            return False
+
+    def run(self) -> None:
+        while not self.stopped.wait(settings.heartbeat_interval_s):
+            self.beat()
+
+
+_heartbeat: WorkerHeartbeat | None = None
+
+
+@worker_ready.connect
+def _register(sender=None, **_kwargs) -> None:  # noqa: ANN001, ANN003
+    """List the worker as soon as it can take work: a fresh row (a worker restarted under the
+    same name runs nothing yet), then a heartbeat every ``heartbeat_interval_s``."""
+    global _heartbeat
+    if _heartbeat is not None:  # ready again after a broker reconnect: already beating
+        return
+    from workers.execute import detect_device  # nvidia-smi, never torch
+
+    name = getattr(sender, "hostname", None) or "celery"
+    device = detect_device()
+    try:
+        with open_session(settings) as session:
+            store.worker_seen(session, name, device=device, current_run_id=None)
+        log.info("worker %s registered (%s)", name, device)
+    except Exception as exc:
+        log.warning("worker %s: could not register: %s", name, str(exc)[:200])
+    _heartbeat = WorkerHeartbeat(name, device)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_kwargs) -> None:  # noqa: ANN003
+    if _heartbeat is not None:
+        _heartbeat.stopped.set()
