@@ -39,6 +39,10 @@ app.conf.update(
     worker_max_tasks_per_child=50,
     worker_send_task_events=False,
     broker_connection_retry_on_startup=True,
+    # A broker restart must not cancel the training in progress (Celery 6 will default to
+    # cancelling it): the run's state is in the database, the worker reconnects, and a
+    # redelivered message finds the run taken.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     # Redis redelivers an unacknowledged task after this long: it must exceed the longest job.
     broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     task_serializer="json",
