@@ -5,11 +5,13 @@ A uvicorn subprocess serves the app on loopback, on a throwaway PostgreSQL datab
 ``--sqlite``, on a SQLite file. The database is seeded through service.store with a finished
 sweep (``--runs`` runs of ``--steps`` steps; train metrics every step, evaluation and
 pre-activation percentiles every 100) and ``--live`` runs left ``running``. During the test a
-writer thread appends points to the live runs through ``store.add_metrics`` in batches, as
+writer process appends points to the live runs through ``store.add_metrics`` in batches, as
 workers do, and heartbeats them.
 
 Requests are sent open-loop at ``--rps`` (each at its scheduled time, whether or not earlier
-ones have returned, by a pool of client threads), for ``--duration`` seconds:
+ones have returned, over at most ``--connections`` keep-alive connections driven by one asyncio
+loop with a minimal HTTP/1.1 client, cheap enough not to be the bottleneck), for ``--duration``
+seconds:
 
     30%  GET /api/v1/runs?limit=50              list, newest first
     10%  GET /api/v1/runs?status=running        list, filtered
@@ -33,9 +35,11 @@ machine: on a small or busy machine the figures include that contention.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import shutil
@@ -43,14 +47,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -159,52 +162,81 @@ def store_session(engine):  # noqa: ANN001, ANN201
         yield session
 
 
-class Writer(threading.Thread):
+class Writer:
     """Appends points to the live runs through store.add_metrics, as a worker's batched flush
-    does (every ``interval`` s, ``steps_per_flush`` steps per run), and heartbeats them."""
+    does (every ``interval`` s, ``steps_per_flush`` steps per run), and heartbeats them. It runs
+    in its own process, as workers do, so it does not hold the load generator's GIL."""
 
     def __init__(self, url: str, run_ids: list[str], interval: float = 0.5, steps_per_flush=50):
-        super().__init__(name="load-writer", daemon=True)
-        self.engine = make_engine(url)
+        self.url = url
         self.run_ids = run_ids
         self.interval = interval
         self.steps_per_flush = steps_per_flush
-        self.stop = threading.Event()
+        context = multiprocessing.get_context("spawn")
+        self.stop = context.Event()
+        self.results = context.Queue()
+        self.process = context.Process(
+            target=_write,
+            args=(url, run_ids, interval, steps_per_flush, self.stop, self.results),
+            name="load-writer",
+            daemon=True,
+        )
         self.points = 0
         self.flushes = 0
         self.errors = 0
         self.flush_times: list[float] = []
 
-    def run(self) -> None:
-        rng = random.Random(1)
-        step = 0
-        while not self.stop.wait(self.interval):
-            first, step = step + 1, step + self.steps_per_flush
-            for run_id in self.run_ids:
-                batch = [p for s in range(first, step + 1) for p in points_for(s, rng)]
-                start = time.perf_counter()
-                try:
-                    with store_session(self.engine) as session:
-                        store.add_metrics(session, run_id, batch)
-                        store.heartbeat(session, run_id, "load-writer")
-                except Exception as exc:  # report, keep writing
-                    self.errors += 1
-                    print(f"writer: {exc}", file=sys.stderr)
-                    continue
-                self.flush_times.append(time.perf_counter() - start)
-                self.points += len(batch)
-                self.flushes += 1
+    def start(self) -> None:
+        self.process.start()
 
     def finish(self) -> None:
         self.stop.set()
-        self.join(timeout=30)
-        with store_session(self.engine) as session:
+        with contextlib.suppress(Exception):
+            stats = self.results.get(timeout=60)
+            self.points, self.flushes, self.errors, self.flush_times = stats
+        self.process.join(timeout=30)
+        engine = make_engine(self.url)
+        with store_session(engine) as session:
             for run_id in self.run_ids:
                 store.finish_run(session, run_id, RunStatus.succeeded, "load test over")
-        self.engine.dispose()
+        engine.dispose()
+
+
+def _write(url, run_ids, interval, steps_per_flush, stop, results) -> None:  # noqa: ANN001
+    engine = make_engine(url)
+    rng = random.Random(1)
+    step = points = flushes = errors = 0
+    flush_times: list[float] = []
+    while not stop.wait(interval):
+        first, step = step + 1, step + steps_per_flush
+        for run_id in run_ids:
+            batch = [p for s in range(first, step + 1) for p in points_for(s, rng)]
+            start = time.perf_counter()
+            try:
+                with store_session(engine) as session:
+                    store.add_metrics(session, run_id, batch)
+                    store.heartbeat(session, run_id, "load-writer")
+            except Exception as exc:  # report, keep writing
+                errors += 1
+                print(f"writer: {exc}", file=sys.stderr)
+                continue
+            flush_times.append(time.perf_counter() - start)
+            points += len(batch)
+            flushes += 1
+    engine.dispose()
+    results.put((points, flushes, errors, flush_times))
 
 
 # ----------------------------------------------------------------------------- server
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def free_port() -> int:
@@ -251,7 +283,7 @@ def server(url: str, port: int, log_path: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("server not ready after 60 s")
             time.sleep(0.2)
-        yield base
+        yield base, process.pid
     finally:
         process.terminate()
         try:
@@ -298,50 +330,145 @@ class Mix:
         return "compare", "/api/v1/compare", {"sweep": s.sweep_id, "points": 200}
 
 
-def drive(base: str, mix: Mix, rps: float, duration: float, timeout: float, threads: int):
-    """Open loop: request i is due at start + i / rps; a pool thread sends it then."""
-    total = int(rps * duration)
-    plan = [mix.next() for _ in range(total)]
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a request line out, a status, headers and a
+    Content-Length (or chunked) body back. A client this small costs a few tens of µs per
+    request, so the load generator, sharing the machine with the server, stays out of the
+    figures (a thread pool of httpx clients took most of a core at 200 requests/s)."""
+
+    IDLE_S = 4.0  # uvicorn closes keep-alive connections idle for 5 s: never reuse one that old
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.used = False  # has answered a request (a failure on reuse may be a server close)
+        self.idle_since = time.monotonic()
+
+    async def get(self, target: str, host: str) -> tuple[int, bytes, bool]:
+        """(status, body, keep-alive)."""
+        self.writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunks.append(await self.reader.readexactly(size + 2))
+                if size == 0:
+                    break
+            body = b"".join(c[:-2] for c in chunks)
+        else:
+            body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return status, body, headers.get("connection", "").lower() != "close"
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _drive(base: str, plan: list, rps: float, duration: float, timeout: float, conns: int):
+    """Open loop: request i is due at start + i / rps; it is sent then on an idle connection
+    (at most ``conns`` open; a request waits for one when all are busy)."""
+    hostport = base.split("://", 1)[1]
+    host, port = hostport.rsplit(":", 1)
+    idle: list[Connection] = []
+    opened = 0
+    freed = asyncio.Condition()
     results: list[Result] = []
-    lock = threading.Lock()
-    limits = httpx.Limits(max_connections=threads, max_keepalive_connections=threads)
-    with httpx.Client(base_url=base, timeout=timeout, limits=limits) as client:
-        start = time.perf_counter() + 0.5
-        cutoff = start + duration + timeout  # nothing is sent after this: the run is bounded
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter() + 0.5
+    cutoff = start + duration + timeout  # nothing is sent after this: the run is bounded
 
-        def send(i: int) -> None:
-            route, path, params = plan[i]
-            due = start + i / rps
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            sent = time.perf_counter()
-            status, error = None, None
-            if sent > cutoff:  # saturated: far behind schedule; count it, do not send it
-                with lock:
+    async def connection() -> Connection:
+        nonlocal opened
+        async with freed:
+            while not idle and opened >= conns:
+                await freed.wait()
+            while idle:
+                conn = idle.pop()
+                if time.monotonic() - conn.idle_since < Connection.IDLE_S:
+                    return conn
+                conn.close()
+                opened -= 1
+            opened += 1
+        try:
+            return Connection(*await asyncio.open_connection(host, int(port)))
+        except BaseException:
+            async with freed:
+                opened -= 1
+                freed.notify()
+            raise
+
+    async def release(conn: Connection | None, keep: bool) -> None:
+        nonlocal opened
+        async with freed:
+            if conn is not None and keep:
+                conn.used, conn.idle_since = True, time.monotonic()
+                idle.append(conn)
+            else:
+                if conn is not None:
+                    conn.close()
+                opened -= 1
+            freed.notify()
+
+    async def send(i: int, due: float) -> None:
+        route, path, params = plan[i]
+        target = path + ("?" + urlencode(params) if params else "")
+        status, error, sent = None, None, time.perf_counter()
+        conn, keep = None, False
+        try:
+            async with asyncio.timeout(max(0.001, due + timeout - sent)):
+                conn = await connection()
+                sent = time.perf_counter()
+                if sent > cutoff:  # saturated: far behind schedule; count it, do not send it
+                    await release(conn, True)
                     results.append(Result(route, sent - due, 0.0, None, "not sent: overloaded"))
-                return
-            try:
-                response = client.get(path, params=params)
-                response.read()
-                status = response.status_code
+                    return
+                try:
+                    status, body, keep = await conn.get(target, hostport)
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    if not conn.used or getattr(exc, "partial", b""):
+                        raise
+                    # A reused connection the server closed meanwhile: once more on a new one
+                    # (what any HTTP client does).
+                    await release(conn, False)
+                    conn = None
+                    conn = await connection()
+                    status, body, keep = await conn.get(target, hostport)
                 if status != 200:
-                    error = f"HTTP {status}: {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            done = time.perf_counter()
-            with lock:
-                results.append(Result(route, done - due, done - sent, status, error))
+                    error = f"HTTP {status}: {body[:200].decode(errors='replace')}"
+        except TimeoutError:
+            error = f"timeout after {timeout} s"
+            keep = False
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            keep = False
+        done = time.perf_counter()
+        if conn is not None:
+            await release(conn, keep)
+        results.append(Result(route, done - due, done - sent, status, error))
 
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="load") as pool:
-            # Submitted in order; a thread picks request i up before it is due and waits.
-            for i in range(total):
-                lead = start + i / rps - time.perf_counter()
-                if lead > 0.05:
-                    time.sleep(lead - 0.05)
-                pool.submit(send, i)
-        elapsed = time.perf_counter() - start
+    tasks = []
+    for i in range(len(plan)):
+        due = start + i / rps
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(send(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for conn in idle:
+        conn.close()
     return results, elapsed
+
+
+def drive(base: str, mix: Mix, rps: float, duration: float, timeout: float, conns: int):
+    plan = [mix.next() for _ in range(int(rps * duration))]
+    return asyncio.run(_drive(base, plan, rps, duration, timeout, conns))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -418,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=8, help="finished runs in the sweep")
     parser.add_argument("--steps", type=int, default=3000, help="steps per seeded run")
     parser.add_argument("--live", type=int, default=4, help="running runs being written")
-    parser.add_argument("--threads", type=int, default=32, help="client threads")
+    parser.add_argument(
+        "--connections", "--threads", type=int, default=32, help="client connections (at most)"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -435,16 +564,24 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         log_path = Path(tmp) / "server.log"
-        with server(url, free_port(), log_path) as base:
+        with server(url, free_port(), log_path) as (base, pid):
+            print(f"server pid {pid} at {base}", flush=True)
             writer = Writer(url, seeded.live)
             writer.start()
+            cpu = cpu_seconds(pid), time.process_time()
             try:
                 results, elapsed = drive(
-                    base, Mix(seeded), args.rps, args.duration, args.timeout, args.threads
+                    base, Mix(seeded), args.rps, args.duration, args.timeout, args.connections
                 )
             finally:
+                cpu = cpu_seconds(pid) - cpu[0], time.process_time() - cpu[1]
                 writer.finish()
         summary = report(results, elapsed, args, writer)
+        summary["cpu_s"] = {"server": round(cpu[0], 1), "client": round(cpu[1], 1)}
+        print(
+            f"CPU over the {elapsed:.0f} s: server {cpu[0]:.1f} s, client {cpu[1]:.1f} s "
+            f"({os.cpu_count()} cores)"
+        )
         server_log = log_path.read_text(errors="replace").strip()
         if server_log:
             print("server log (tail):\n" + "\n".join(server_log.splitlines()[-10:]))
