@@ -6,13 +6,18 @@ points: under load those reads were nearly all of the API's time. Keys include e
 ``last_step``, so a point that still arrives late (a reaped worker's last flush) makes a new
 key rather than a stale answer; a deleted run's entries are unreachable (its 404 comes first)
 and age out. Bounded LRU, per app (``app.state.finished_cache``), thread-safe.
+
+``get_or_compute`` computes each missing key once: concurrent requests for a key being
+computed wait for that result instead of each recomputing it (a comparison missed by twenty
+requests at once was twenty 0.5 s computations fighting for the GIL, and seconds of latency
+for every other request meanwhile).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from fastapi import Request
@@ -25,6 +30,7 @@ class FinishedCache:
         self.size = size
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._computing: dict[Hashable, threading.Lock] = {}
 
     def get(self, key: Hashable) -> Any:
         with self._lock:
@@ -39,6 +45,27 @@ class FinishedCache:
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The cached value, else ``compute()`` stored under ``key``; one computation per key
+        at a time (the others wait for it, then read it). If it raises, nothing is stored and
+        each waiter computes for itself, so an error is never served from here."""
+        value = self.get(key)
+        if value is not MISSING:
+            return value
+        with self._lock:
+            gate = self._computing.setdefault(key, threading.Lock())
+        try:
+            with gate:
+                value = self.get(key)
+                if value is MISSING:
+                    value = compute()
+                    self.put(key, value)
+                return value
+        finally:
+            with self._lock:
+                if self._computing.get(key) is gate and not gate.locked():
+                    del self._computing[key]
 
     def __len__(self) -> int:
         return len(self._items)

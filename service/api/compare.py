@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from service import store
-from service.api.cache import MISSING, FinishedCache, finished_cache
+from service.api.cache import FinishedCache, finished_cache
 from service.api.deps import SessionDep
 from service.api.runs import PROBLEM
 from service.compare import Comparison, RunData, compare, to_csv
@@ -104,17 +104,15 @@ def run_comparison(
     """``render(comparison)``; over finished runs only, a repeat of the same query and
     ``form`` (the rendered body: JSON, CSV, an image) comes from ``cache``."""
     rows = load_rows(session, query)
-    key = None
-    if cache is not None and all(run.status in FINISHED for run in rows):
-        key = ("compare", form, tuple((run.id, run.last_step) for run in rows))
-        key += (query.baseline, query.target, query.metric, query.points)
-        cached = cache.get(key)
-        if cached is not MISSING:
-            return cached
-    rendered = render(_compare(session, rows, query))
-    if key is not None:
-        cache.put(key, rendered)
-    return rendered
+
+    def compute() -> Any:
+        return render(_compare(session, rows, query))
+
+    if cache is None or not all(run.status in FINISHED for run in rows):
+        return compute()
+    key = ("compare", form, tuple((run.id, run.last_step) for run in rows))
+    key += (query.baseline, query.target, query.metric, query.points)
+    return cache.get_or_compute(key, compute)
 
 
 def _json(content: Any) -> bytes:

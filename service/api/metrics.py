@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
 from service import store
-from service.api.cache import MISSING, finished_cache
+from service.api.cache import finished_cache
 from service.api.deps import SessionDep, SettingsDep
 from service.api.runs import NOT_FOUND, PROBLEM, RunId
 from service.compare import downsample
@@ -111,20 +111,18 @@ def get_metrics(
     limit: Annotated[int | None, Query(ge=1, description="Points per key per page.")] = None,
 ) -> Any:
     run = store.get_run(session, run_id)  # 404 before anything else
-    cache = finished_cache(request)
-    key = None
-    if run.status in FINISHED:  # its points no longer change: a repeat is served from memory
-        key = ("metrics", run_id, run.last_step, keys, step_min, step_max, max_points, cursor)
-        key += (limit, settings.max_metric_points)
-        cached = cache.get(key)
-        if cached is not MISSING:
-            return cached
-    response = _get_metrics(
-        run_id, session, settings, keys, step_min, step_max, max_points, cursor, limit
-    )
-    if key is not None:
-        cache.put(key, response)
-    return response
+
+    def compute() -> MetricsOut:
+        return _get_metrics(
+            run_id, session, settings, keys, step_min, step_max, max_points, cursor, limit
+        )
+
+    if run.status not in FINISHED:
+        return compute()
+    # Its points no longer change: a repeat is served from memory.
+    key = ("metrics", run_id, run.last_step, keys, step_min, step_max, max_points, cursor)
+    key += (limit, settings.max_metric_points)
+    return finished_cache(request).get_or_compute(key, compute)
 
 
 def _get_metrics(
