@@ -142,15 +142,24 @@ def app_client(settings: Any):  # noqa: ANN201
 # ----------------------------------------------------------------------------- Redis
 
 
+@pytest.mark.parametrize("appendonly", [False, True], ids=["no-persistence", "aof"])
 def test_redis_restart_loses_no_queued_run_and_runs_none_twice(
-    private_redis, fault_db: str, processes: list[Proc], logs: Path, tmp_path: Path
+    appendonly: bool,
+    caplog: pytest.LogCaptureFixture,
+    private_redis,  # noqa: ANN001
+    fault_db: str,
+    processes: list[Proc],
+    logs: Path,
+    tmp_path: Path,
 ) -> None:
-    """A Redis without persistence restarted while one run is running and two wait in its
-    queue: the queue is gone, yet every run (and one submitted during the outage) runs, each
-    exactly once; /readyz says the broker is down meanwhile."""
+    """Redis restarted while one run is running and two wait in its queue. Without
+    persistence the queue is gone, yet every run (and one submitted during the outage) runs;
+    with an append-only file the messages survive and the API's resends after the restart
+    are duplicates. Either way each run executes exactly once; /readyz says the broker is
+    down meanwhile."""
     import redis as redis_py
 
-    broker = private_redis(appendonly=False)
+    broker = private_redis(appendonly=appendonly)
     # resubmit_after_s is long: what brings the lost runs back is noticing the restart.
     settings = fault_settings(fault_db, broker.url(), tmp_path, resubmit_after_s=3600)
     worker = start_celery_worker(settings, "redis", logs, processes)
@@ -167,7 +176,7 @@ def test_redis_restart_loses_no_queued_run_and_runs_none_twice(
         assert queue.llen(settings.queue) == 2  # their messages are only in Redis...
         queue.close()
 
-        broker.stop()  # ...which forgets them: no RDB, no AOF
+        broker.stop()  # ...which forgets them unless it has an append-only file
         ready = api.get("/readyz")
         assert ready.status_code == 503, ready.text
         assert ready.headers["content-type"].startswith("application/problem+json")
@@ -176,12 +185,21 @@ def test_redis_restart_loses_no_queued_run_and_runs_none_twice(
         assert api.run(during)["status_reason"] == store.SUBMIT_FAILED
         time.sleep(1)
 
-        broker.start()  # same port, empty
+        broker.start()  # same port; a new run id
+        wait_until(  # before the worker can take them: the resends are then deterministic
+            lambda: "resending 2 queued run(s): the broker restarted" in caplog.text,
+            30,
+            "the API to resend the waiting runs",
+        )
         os.kill(trainer, signal.SIGCONT)
         wait_until(lambda: api.get("/readyz").status_code == 200, 30, "/readyz to recover")
         outcomes = {run_id: api.finished(run_id) for run_id in [running, *waiting, during]}
 
     assert "Connection to broker lost" in worker.log()  # the worker did see it go
+    # The API resent the waiting runs when it saw the new Redis: with the AOF each of them
+    # got there twice, and the second delivery found the run taken.
+    duplicates = sum(f"run {r} not executed" in worker.log() for r in waiting)
+    assert duplicates == (2 if appendonly else 0), worker.log()[-3000:]
     for run_id, run in outcomes.items():
         assert run["status"] == "succeeded" and run["attempt"] == 1, run
         assert claims(run_id, worker) == 1, worker.log()[-3000:]
