@@ -243,6 +243,9 @@ def test_postgres_restart_mid_run_loses_no_point_and_the_api_answers_503(
                 problem = response.json()
                 assert problem["status"] == 503 and "Traceback" not in response.text
                 assert response.headers.get("retry-after")
+            refused = api.post("/api/v1/runs", json=TINY | {"name": "pg-down"})
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"].startswith("application/problem+json")
             ready = api.get("/readyz")
             assert ready.status_code == 503 and "database" in ready.json()["detail"]
             wait_until(
@@ -258,6 +261,8 @@ def test_postgres_restart_mid_run_loses_no_point_and_the_api_answers_503(
     assert run["last_step"] == steps
     assert claims(run_id, worker) == 1
     assert_complete(settings, run_id, steps)
+    with open_session(settings) as session:  # the refused POST left nothing behind
+        assert store.list_runs(session, name="pg-down")[0] == []
 
 
 # ----------------------------------------------------------------------------- API restart
