@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -734,11 +735,13 @@ def validate_sweep(base: Mapping[str, Any], grid: Mapping[str, list[Any]]) -> in
 
 
 def follow_sweep(client: BnlabClient, sweep_id: str, poll_interval: float = 2.0) -> int:
-    """A progress bar of finished runs until the whole sweep is done; the exit code."""
-    import time
+    """A progress bar of finished runs until the whole sweep is done; the exit code.
 
+    Follows the sweep's event stream (status events) through ``BnlabClient.watch_sweep``, which
+    falls back to polling every ``poll_interval`` seconds on a server without one."""
     sweep = client.get_sweep(sweep_id)
-    total = len(sweep.get("runs") or []) or sum((sweep.get("counts") or {}).values())
+    statuses = {run["id"]: run.get("status") for run in sweep.get("runs") or []}
+    total = len(statuses) or sum((sweep.get("counts") or {}).values())
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -749,17 +752,32 @@ def follow_sweep(client: BnlabClient, sweep_id: str, poll_interval: float = 2.0)
         console=console,
     ) as progress:
         task = progress.add_task(escape(str(sweep.get("name"))), total=total, counts="")
-        while True:
-            counts = sweep.get("counts") or {}
+
+        def show() -> None:
+            counts = Counter(statuses.values())
             done = sum(n for status, n in counts.items() if status in FINISHED_STATUSES)
             shown = "  ".join(f"{status} {n}" for status, n in sorted(counts.items()) if n)
             progress.update(task, completed=done, counts=shown)
-            if done >= total:
-                break
-            time.sleep(poll_interval)
-            sweep = client.get_sweep(sweep_id)
+
+        def on_event(event: RunEvent) -> None:
+            if event.kind == "status" and "id" in event.data:
+                statuses[event.data["id"]] = event.data.get("status")
+                show()
+            elif event.kind == "deleted":
+                statuses.pop(event.data.get("run_id"), None)
+                show()
+
+        show()
+        try:
+            final = client.watch_sweep(sweep_id, on_event=on_event, poll_interval=poll_interval)
+        except KeyboardInterrupt:
+            progress.stop()
+            err_console.print(f"stopped watching; sweep {sweep_id} goes on")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        statuses = {run["id"]: run.get("status") for run in final.get("runs") or []}
+        show()
     console.print(f"compare with: bnlab compare --sweep {sweep_id}")
-    failed = counts.get("failed", 0)
+    failed = Counter(statuses.values()).get("failed", 0)
     if failed:
         err_console.print(f"[bold red]✘[/bold red] {failed} run(s) of the sweep failed")
         return EXIT_FAILED

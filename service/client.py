@@ -10,6 +10,7 @@ reached gives ``BnlabError("cannot reach bnlab at URL: ...")``.
     with BnlabClient("http://127.0.0.1:8000") as bn:
         run = bn.submit({"name": "bn", "dataset": "digits", "steps": 500})
         final = bn.wait(run["id"], on_event=print)      # follows the SSE stream
+        # bn.watch_sweep(sweep_id, on_event=print): the same for every run of a sweep
         series = bn.metrics(run["id"], keys=["test_acc"])  # {"test_acc": {"steps", "values"}}
 
 Tests pass their own ``httpx.Client`` (e.g. FastAPI's ``TestClient``, which is one) instead of
@@ -86,11 +87,12 @@ class BnlabError(Exception):
 
 @dataclass
 class RunEvent:
-    """One event of a run as :meth:`BnlabClient.wait` sees it.
+    """One event as :meth:`BnlabClient.wait` (or :meth:`BnlabClient.watch_sweep`) sees it.
 
     ``kind`` is ``"status"`` (``data`` is a RunOut), ``"metrics"`` (``data`` is
-    ``{"step", "values"}``) or ``"end"``. ``via`` says whether it came from the event stream or
-    from polling (polling only produces status events).
+    ``{"step", "values"}``, plus ``"run_id"`` on a sweep's stream) or ``"end"``; a sweep's
+    stream may also send ``"deleted"`` (``{"run_id"}``). ``via`` says whether it came from the
+    event stream or from polling (polling only produces status events).
     """
 
     kind: str
@@ -104,6 +106,22 @@ EventCallback = Callable[[RunEvent], None]
 
 class _StreamUnavailable(Exception):
     """The server has no usable event stream for this run: fall back to polling."""
+
+
+@dataclass
+class _Followed:
+    """What :meth:`BnlabClient._follow` waits for: a run or a sweep."""
+
+    noun: str  # "run" or "sweep", as the server's 404 detail names it
+    id: str
+    events_path: str
+    fetch: Callable[[], dict[str, Any]]  # GET it (RunOut or SweepOut)
+    finished: Callable[[dict[str, Any]], bool]
+    poll_events: Callable[[dict[str, Any]], list[RunEvent]]  # what a poll reports
+
+    @property
+    def label(self) -> str:
+        return f"{self.noun} {self.id}"
 
 
 class BnlabClient:
@@ -356,43 +374,101 @@ class BnlabClient:
         (``max_reconnects`` times in a row), it falls back to polling ``GET /runs/{id}``.
         ``timeout`` (seconds) raises BnlabError when the run is still going by then.
         """
+        target = _Followed(
+            noun="run",
+            id=run_id,
+            events_path=f"{API}/runs/{run_id}/events",
+            fetch=lambda: self.get_run(run_id),
+            finished=lambda run: run.get("status") in FINISHED_STATUSES,
+            poll_events=lambda run: [RunEvent("status", run, via="poll")],
+        )
+        return self._follow(target, on_event, timeout, poll_interval, max_reconnects)
+
+    def watch_sweep(
+        self,
+        sweep_id: str,
+        on_event: EventCallback | None = None,
+        timeout: float | None = None,
+        *,
+        poll_interval: float = 2.0,
+        max_reconnects: int = 5,
+    ) -> dict[str, Any]:
+        """Block until every run of the sweep has finished; return the final SweepOut.
+
+        :meth:`wait` for a whole sweep: follows ``GET /sweeps/{id}/events`` (``status`` events
+        carry a RunOut, ``metrics`` events ``{run_id, step, values}``), resuming a dropped
+        stream with ``Last-Event-ID`` so each point is seen once, and falls back to polling
+        ``GET /sweeps/{id}`` (a ``status`` event per run whose status changed).
+        """
+        seen: dict[str, str | None] = {}
+
+        def changed_runs(sweep: dict[str, Any]) -> list[RunEvent]:
+            events = []
+            for run in sweep.get("runs") or []:
+                if seen.get(run.get("id")) != run.get("status"):
+                    seen[run.get("id")] = run.get("status")
+                    events.append(RunEvent("status", run, via="poll"))
+            return events
+
+        target = _Followed(
+            noun="sweep",
+            id=sweep_id,
+            events_path=f"{API}/sweeps/{sweep_id}/events",
+            fetch=lambda: self.get_sweep(sweep_id),
+            finished=lambda sweep: all(
+                run.get("status") in FINISHED_STATUSES for run in sweep.get("runs") or []
+            ),
+            poll_events=changed_runs,
+        )
+        return self._follow(target, on_event, timeout, poll_interval, max_reconnects)
+
+    def _follow(
+        self,
+        target: _Followed,
+        on_event: EventCallback | None,
+        timeout: float | None,
+        poll_interval: float,
+        max_reconnects: int,
+    ) -> dict[str, Any]:
+        """The stream-reconnect-poll loop behind :meth:`wait` and :meth:`watch_sweep`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         callback = on_event or (lambda _event: None)
         last_event_id: str | None = None
         failures = 0
         while True:
             try:
-                for event in self._stream_events(run_id, last_event_id, deadline):
+                for event in self._stream_events(target, last_event_id, deadline):
                     failures = 0  # progress: the connection is healthy again
                     if event.id is not None:
                         last_event_id = event.id
                     callback(event)
                     if event.kind == "end":
-                        return self.get_run(run_id)
+                        return target.fetch()
             except _StreamUnavailable:
                 break
             except (httpx.TransportError, httpx.StreamError):
                 pass  # refused (a restarting server) or dropped mid-stream: retry below
-            # The stream ended without "end", or dropped: is the run over anyway?
+            # The stream ended without "end", or dropped: is it over anyway?
             try:
-                run = self.get_run(run_id)
+                current = target.fetch()
             except BnlabError as exc:
                 if exc.status is not None:  # the server answered, e.g. 404: run deleted
                     raise
             else:
-                if run.get("status") in FINISHED_STATUSES:
-                    callback(RunEvent("status", run, via="poll"))
-                    return run
-            _check_deadline(deadline, run_id)
+                if target.finished(current):
+                    for event in target.poll_events(current):
+                        callback(event)
+                    return current
+            _check_deadline(deadline, target.label)
             failures += 1
             if failures > max_reconnects:
                 break
             time.sleep(min(0.5 * 2 ** (failures - 1), 5.0))
         # No usable stream: poll (which also reports an unreachable server clearly).
-        return self._poll(run_id, callback, deadline, poll_interval)
+        return self._poll(target, callback, deadline, poll_interval)
 
     def _stream_events(
-        self, run_id: str, last_event_id: str | None, deadline: float | None
+        self, target: _Followed, last_event_id: str | None, deadline: float | None
     ) -> Iterator[RunEvent]:
         headers = self._headers({"Accept": "text/event-stream", "Cache-Control": "no-cache"})
         if last_event_id is not None:
@@ -409,10 +485,10 @@ class BnlabClient:
         )
         try:
             with self._http.stream(
-                "GET", f"{API}/runs/{run_id}/events", params=params, headers=headers, **timeout
+                "GET", target.events_path, params=params, headers=headers, **timeout
             ) as response:
                 if response.status_code in (404, 405, 406, 501) and _is_missing_route(
-                    response, run_id
+                    response, target
                 ):
                     raise _StreamUnavailable
                 if response.status_code >= 400:
@@ -424,24 +500,25 @@ class BnlabClient:
                     yield RunEvent(
                         message.event, _parse_data(message.data), id=message.id, via="stream"
                     )
-                    _check_deadline(deadline, run_id)
+                    _check_deadline(deadline, target.label)
         except httpx.ReadTimeout:
-            _check_deadline(deadline, run_id)
+            _check_deadline(deadline, target.label)
             raise
 
     def _poll(
         self,
-        run_id: str,
+        target: _Followed,
         callback: EventCallback,
         deadline: float | None,
         poll_interval: float,
     ) -> dict[str, Any]:
         while True:
-            run = self.get_run(run_id)
-            callback(RunEvent("status", run, via="poll"))
-            if run.get("status") in FINISHED_STATUSES:
-                return run
-            _check_deadline(deadline, run_id)
+            current = target.fetch()
+            for event in target.poll_events(current):
+                callback(event)
+            if target.finished(current):
+                return current
+            _check_deadline(deadline, target.label)
             time.sleep(poll_interval)
 
     # ------------------------------------------------------------------------- sweeps
@@ -555,8 +632,8 @@ def _parse_data(data: str) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
-def _is_missing_route(response: httpx.Response, run_id: str) -> bool:
-    """404 can mean "no such run" (a real error) or "no events endpoint" (fall back)."""
+def _is_missing_route(response: httpx.Response, target: _Followed) -> bool:
+    """404 can mean "no such run/sweep" (a real error) or "no events endpoint" (fall back)."""
     if response.status_code != 404:
         return True
     response.read()
@@ -564,12 +641,12 @@ def _is_missing_route(response: httpx.Response, run_id: str) -> bool:
         detail = str(response.json().get("detail", ""))
     except ValueError:
         return True
-    return run_id not in detail and "run" not in detail.lower()
+    return target.id not in detail and target.noun not in detail.lower()
 
 
-def _check_deadline(deadline: float | None, run_id: str) -> None:
+def _check_deadline(deadline: float | None, what: str) -> None:
     if deadline is not None and time.monotonic() > deadline:
-        raise BnlabError(f"timed out waiting for run {run_id} to finish")
+        raise BnlabError(f"timed out waiting for {what} to finish")
 
 
 def _compare_params(

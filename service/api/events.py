@@ -1,48 +1,76 @@
-"""/api/v1/runs/{id}/events: a run's progress as Server-Sent Events.
+"""Live progress as Server-Sent Events: one run (/api/v1/runs/{id}/events) or a whole sweep
+(/api/v1/sweeps/{id}/events).
 
-The stream polls the database (the workers write there; there is no broker round trip to
+The streams poll the database (the workers write there; there is no broker round trip to
 wait on). Events:
 
-* ``event: status`` (no id) with a RunOut, whenever the status, reason or cancel flag changes;
-* ``event: metrics``, ``id: <step>``, data ``{"step", "values": {key: value}}``, one per step
-  in step order;
-* ``event: end`` once the run has finished and every point was sent; the stream then closes.
+* ``event: status`` (no id) with a RunOut, whenever a run's status, reason or cancel flag
+  changes (and once per run when the stream opens);
+* ``event: metrics``, data ``{"step", "values": {key: value}}`` (plus ``"run_id"`` on a sweep's
+  stream), one per run and step, each run's steps in step order;
+* ``event: deleted`` (a sweep's stream; data ``{"run_id"}``) when one of its runs is deleted;
+* ``event: end`` once every run has finished and every point was sent; the stream then closes.
 
-Exactly once across reconnects: a reconnecting EventSource sends ``Last-Event-ID`` (the last
-step it got) and the stream resumes after it. While a run is live the newest step is held back
-until a later step exists, because its values can arrive in more than one write (training
-metrics, then the evaluation at the same step); once the run has finished nothing more can
-arrive and every step is sent.
+Exactly once across reconnects: a reconnecting EventSource sends ``Last-Event-ID`` (the id of
+the last event it got) and the stream resumes after it. On a run's stream the id is the step;
+on a sweep's it is a cursor holding the last step sent for every run of the sweep (see
+:func:`encode_sweep_cursor`). While a run is live its newest step is held back until a later
+step exists, because its values can arrive in more than one write (training metrics, then the
+evaluation at the same step); once the run has finished nothing more can arrive and every step
+is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+import zlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from itertools import groupby
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service import store
 from service.api.metrics import MAX_STEP, page_series
 from service.api.runs import NOT_FOUND, PROBLEM, RunId
-from service.schemas import RunOut
+from service.api.sweeps import SweepId
+from service.models import Run
+from service.schemas import MAX_SWEEP_RUNS, RunOut
 from service.store import FINISHED
 
 router = APIRouter(prefix="/runs", tags=["metrics"])
+sweep_router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
 POLL_INTERVAL_S = 0.5
 KEEPALIVE_S = 15.0
-BATCH_STEPS = 2000  # points per key loaded per poll: a long backlog streams in slices
+BATCH_STEPS = 2000  # steps loaded per poll: a long backlog streams in slices
 RETRY_MS = 2000
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_CONTENT = {200: {"content": {"text/event-stream": {}}, "description": "The event stream."}}
+TIMEOUT_DOC = "Close the stream after this many seconds."
 
-def _sse(event: str, data: Any, event_id: int | None = None) -> str:
+State = Literal["more", "wait", "done"]  # after a poll: poll again at once, later, or stop
+
+
+class Feed(Protocol):
+    """What a stream polls: ``poll()`` reads the database (in a worker thread) and returns the
+    SSE chunks to send and what to do next. It must not change its own state unless every
+    read succeeded, so a database error (retried) loses and repeats nothing."""
+
+    def poll(self) -> tuple[list[str], State]: ...
+
+
+def _sse(event: str, data: Any, event_id: int | str | None = None) -> str:
     lines = [f"event: {event}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
@@ -50,24 +78,118 @@ def _sse(event: str, data: Any, event_id: int | None = None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _poll(factory: Any, run_id: str, after: int | None) -> tuple[RunOut | None, dict, bool]:
-    """(run, {step: {key: value}} after ``after``, more points pending beyond this slice).
+def _status_key(run: Any) -> tuple:
+    """What makes a new ``status`` event (RunOut or a row with the same fields)."""
+    return (run.status, run.status_reason, run.cancel_requested, run.attempt)
 
-    The run is read before its points: if it had finished by then, every point was already
-    written (workers store metrics before finishing), so the points read next are complete.
-    """
-    with factory() as session:
-        try:
-            run = RunOut.model_validate(store.get_run(session, run_id))
-        except store.NotFound:
-            return None, {}, False
-        series = store.get_metrics(session, run_id, after_step=after, limit=BATCH_STEPS + 1)
-    page, boundary = page_series(series, BATCH_STEPS)
+
+def _read_steps(
+    session: Session, run_id: str, after: int | None, limit: int = BATCH_STEPS
+) -> tuple[dict[int, dict[str, float | None]], bool]:
+    """({step: {key: value}} after ``after`` in step order, more points beyond this slice).
+
+    Read the run *before* its points: if it had finished by then, every point was already
+    written (workers store metrics before finishing), so the points read are complete."""
+    series = store.get_metrics(session, run_id, after_step=after, limit=limit + 1)
+    page, boundary = page_series(series, limit)
     by_step: dict[int, dict[str, float | None]] = {}
     for key, points in page.items():
         for step, value in points:
             by_step.setdefault(step, {})[key] = value
-    return run, dict(sorted(by_step.items())), boundary is not None
+    return dict(sorted(by_step.items())), boundary is not None
+
+
+def _sendable(steps: Mapping[int, Any], finished: bool, more: bool) -> list[int]:
+    """The steps that may go out now: all of them, except a live run's newest step (it may
+    still get values) when it is the newest one stored."""
+    ordered = list(steps)
+    if not finished and not more and ordered:
+        ordered.pop()
+    return ordered
+
+
+async def _pump(request: Request, feed: Feed, timeout: float | None) -> AsyncIterator[str]:
+    """The polling loop shared by the streams: retry hint, database outages, keep-alives,
+    ``?timeout=`` and client disconnects."""
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    last_sent = time.monotonic()
+    yield f"retry: {RETRY_MS}\n\n"
+    while True:
+        try:
+            chunks, state = await run_in_threadpool(feed.poll)
+        except DBAPIError:
+            # The response has started: no 503 now. Keep the stream and retry; a comment
+            # line is invisible to EventSource but tells a human reader what is going on.
+            yield ": database unavailable; retrying\n\n"
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(POLL_INTERVAL_S * 4)
+            continue
+        for chunk in chunks:
+            yield chunk
+        if chunks:
+            last_sent = time.monotonic()
+        if state == "done":
+            return
+        if state == "more":
+            continue  # a backlog: next slice at once
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        if await request.is_disconnected():
+            return
+        if time.monotonic() - last_sent >= KEEPALIVE_S:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def _event_response(request: Request, feed: Feed, timeout: float | None) -> StreamingResponse:
+    return StreamingResponse(
+        _pump(request, feed, timeout), media_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+def _resume_from(last_event_id: str | None, after: Any) -> Any:
+    """Last-Event-ID (a reconnecting EventSource) wins over ``?after=``; blank means unset."""
+    if last_event_id is not None and last_event_id.strip():
+        return last_event_id.strip()
+    return after
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+class RunFeed:
+    def __init__(self, factory: Any, run_id: str, after: int | None) -> None:
+        self.factory, self.run_id, self.after = factory, run_id, after
+        self.last_status: tuple | None = None
+
+    def poll(self) -> tuple[list[str], State]:
+        with self.factory() as session:
+            try:
+                run = RunOut.model_validate(store.get_run(session, self.run_id))
+            except store.NotFound:
+                run = None
+            else:
+                steps, more = _read_steps(session, self.run_id, self.after)
+        if run is None:  # deleted while we watched
+            end = {"run_id": self.run_id, "status": "deleted", "last_step": self.after}
+            return [_sse("end", end)], "done"
+        chunks = []
+        if _status_key(run) != self.last_status:
+            self.last_status = _status_key(run)
+            chunks.append(_sse("status", run.model_dump(mode="json")))
+        finished = run.status in FINISHED
+        for step in _sendable(steps, finished, more):
+            chunks.append(_sse("metrics", {"step": step, "values": steps[step]}, event_id=step))
+            self.after = step
+        if more:
+            return chunks, "more"
+        if finished:
+            end = {"run_id": self.run_id, "status": run.status, "last_step": self.after}
+            chunks.append(_sse("end", end))
+            return chunks, "done"
+        return chunks, "wait"
 
 
 @router.get(
@@ -79,7 +201,7 @@ def _poll(factory: Any, run_id: str, after: int | None) -> tuple[RunOut | None, 
     "`?after=STEP` to resume after that step: each point is delivered once.",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
+        **SSE_CONTENT,
         **NOT_FOUND,
         400: {**PROBLEM, "description": "Last-Event-ID is not a step."},
     },
@@ -92,80 +214,238 @@ async def run_events(
         int | None,
         Query(ge=-1, le=MAX_STEP, description="Resume after this step (as Last-Event-ID)."),
     ] = None,
-    timeout: Annotated[
-        float | None,
-        Query(gt=0, le=86400, description="Close the stream after this many seconds."),
-    ] = None,
+    timeout: Annotated[float | None, Query(gt=0, le=86400, description=TIMEOUT_DOC)] = None,
 ) -> StreamingResponse:
     factory = request.app.state.session_factory
-    if last_event_id is not None and last_event_id.strip():
+    resume = _resume_from(last_event_id, after)
+    if isinstance(resume, str):
         try:
-            after = int(last_event_id.strip())
-            if not -1 <= after <= MAX_STEP:
+            resume = int(resume)
+            if not -1 <= resume <= MAX_STEP:
                 raise ValueError
         except ValueError as exc:
             raise HTTPException(400, "Last-Event-ID: expected the step of the last event") from exc
-    if await run_in_threadpool(_load_run, factory, run_id) is None:
+    if not await run_in_threadpool(_run_exists, factory, run_id):
         raise HTTPException(404, f"run {run_id} not found")
-    return StreamingResponse(
-        _stream(request, factory, run_id, after, timeout),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return _event_response(request, RunFeed(factory, run_id, resume), timeout)
 
 
-def _load_run(factory: Any, run_id: str) -> RunOut | None:
+def _run_exists(factory: Any, run_id: str) -> bool:
+    with factory() as session:
+        return session.get(Run, run_id) is not None
+
+
+# ----------------------------------------------------------------------------- a sweep
+
+# A sweep's event id: "<fingerprint>.<entries>". The fingerprint (8 hex digits, CRC-32 of
+# the run ids in the sweep's stable order: creation time, then id) ties the cursor to that
+# list of runs; the entries give, run by run in that order, the last step sent plus one
+# (0: nothing sent yet) in base 36, and "V*N" (N in base 36) stands for N runs in a row at V.
+# E.g. "1c9a02f3.0*8": 8 runs, nothing sent; "1c9a02f3.6y*3,0*5": steps 0..249 of the first
+# three runs sent. Runs that move in step compress well; at worst (1000 runs, all at different
+# steps) an id is ~7 kB.
+_FINGERPRINT = re.compile(r"[0-9a-f]{8}")
+_ENTRY = re.compile(r"([0-9a-z]{1,7})(?:\*([0-9a-z]{1,4}))?")
+MAX_CURSOR_CHARS = 9 + 8 * MAX_SWEEP_RUNS  # "fp." + up to MAX_SWEEP_RUNS "vvvvvv," entries
+
+
+class CursorMismatch(ValueError):
+    """A well-formed cursor for another list of runs (another sweep, or a run was deleted)."""
+
+
+def _b36(n: int) -> str:
+    digits = ""
+    while True:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+        if n == 0:
+            return digits
+
+
+def _fingerprint(run_ids: Sequence[str]) -> str:
+    return f"{zlib.crc32(','.join(run_ids).encode()):08x}"
+
+
+def _rle(values: Iterable[int]) -> str:
+    """Base-36 entries, runs of equal values as "V*N"."""
+    parts = []
+    for value, group in groupby(values):
+        n = sum(1 for _ in group)
+        token = _b36(value)
+        parts.append(token if n == 1 else f"{token}*{_b36(n)}")
+    return ",".join(parts)
+
+
+def encode_sweep_cursor(run_ids: Sequence[str], sent: Mapping[str, int]) -> str:
+    """The id of a sweep's event: the last step sent per run (absent or -1: none)."""
+    return f"{_fingerprint(run_ids)}." + _rle(sent.get(r, -1) + 1 for r in run_ids)
+
+
+def decode_sweep_cursor(cursor: str, run_ids: Sequence[str]) -> dict[str, int]:
+    """{run_id: last step sent (-1: none)}. ValueError for anything we did not make;
+    CursorMismatch for a cursor made for another list of runs."""
+    fingerprint, dot, body = cursor.partition(".")
+    if not dot or not _FINGERPRINT.fullmatch(fingerprint) or len(cursor) > MAX_CURSOR_CHARS:
+        raise ValueError("not a sweep event id")
+    values: list[int] = []
+    for entry in body.split(",") if body else []:
+        match = _ENTRY.fullmatch(entry)
+        if match is None:
+            raise ValueError("not a sweep event id")
+        value, count = int(match[1], 36), int(match[2] or "1", 36)
+        if value > MAX_STEP + 1 or count < 1 or len(values) + count > MAX_SWEEP_RUNS:
+            raise ValueError("not a sweep event id")
+        values.extend([value] * count)
+    if fingerprint != _fingerprint(run_ids):
+        raise CursorMismatch("made for another list of runs")
+    if len(values) != len(run_ids):
+        raise ValueError("not a sweep event id")
+    return {run_id: value - 1 for run_id, value in zip(run_ids, values, strict=True)}
+
+
+_ROW = (Run.id, Run.status, Run.status_reason, Run.cancel_requested, Run.attempt, Run.last_step)
+
+
+def _sweep_rows(session: Session, sweep_id: str) -> list[Any]:
+    """The sweep's runs in their stable order, only the columns a poll needs."""
+    query = select(*_ROW).where(Run.sweep_id == sweep_id).order_by(Run.created_at, Run.id)
+    return list(session.execute(query).all())
+
+
+class SweepFeed:
+    def __init__(self, factory: Any, sweep_id: str, run_ids: list[str], sent: dict) -> None:
+        self.factory, self.sweep_id = factory, sweep_id
+        self.run_ids = run_ids  # the order the cursor follows
+        self.sent = sent  # run id → last step sent (-1: none)
+        self.last_status: dict[str, tuple] = {}
+
+    def poll(self) -> tuple[list[str], State]:
+        # Read everything first (runs before their points), change state only afterwards.
+        budget, more = BATCH_STEPS, False
+        pending: dict[str, tuple[dict, bool]] = {}
+        with self.factory() as session:
+            rows = _sweep_rows(session, self.sweep_id)
+            changed = [r.id for r in rows if _status_key(r) != self.last_status.get(r.id)]
+            full = {}
+            if changed:
+                query = select(Run).where(Run.id.in_(changed))
+                full = {r.id: RunOut.model_validate(r) for r in session.scalars(query)}
+            for row in rows:
+                after = self.sent.get(row.id, -1)
+                if row.last_step is None or row.last_step <= after:
+                    continue
+                if budget <= 0:
+                    more = True  # the rest next slice
+                    break
+                steps, run_more = _read_steps(session, row.id, after, min(budget, BATCH_STEPS))
+                pending[row.id] = steps, run_more
+                budget -= len(steps)
+                more = more or run_more
+        chunks = []
+        current = [row.id for row in rows]
+        if current != self.run_ids:  # a run was deleted (finished runs may be)
+            kept = set(current)
+            gone = [run_id for run_id in self.run_ids if run_id not in kept]
+            self.run_ids = current
+            self.sent = {run_id: self.sent.get(run_id, -1) for run_id in current}
+            for run_id in gone:
+                self.last_status.pop(run_id, None)
+                cursor = encode_sweep_cursor(self.run_ids, self.sent)
+                chunks.append(_sse("deleted", {"run_id": run_id}, event_id=cursor))
+        for run_id in changed:
+            if run_id in full:
+                self.last_status[run_id] = _status_key(full[run_id])
+                chunks.append(_sse("status", full[run_id].model_dump(mode="json")))
+        statuses = {row.id: row.status for row in rows}
+        for index, run_id in enumerate(self.run_ids):
+            if run_id not in pending:
+                continue
+            steps, run_more = pending[run_id]
+            # Only this run's entry changes while its steps go out: encode the rest once.
+            before = _rle(self.sent[r] + 1 for r in self.run_ids[:index])
+            behind = _rle(self.sent[r] + 1 for r in self.run_ids[index + 1 :])
+            head = f"{_fingerprint(self.run_ids)}." + (before + "," if before else "")
+            tail = "," + behind if behind else ""
+            for step in _sendable(steps, statuses[run_id] in FINISHED, run_more):
+                data = {"run_id": run_id, "step": step, "values": steps[step]}
+                chunks.append(_sse("metrics", data, event_id=head + _b36(step + 1) + tail))
+                self.sent[run_id] = step
+        if more:
+            return chunks, "more"
+        # Every run finished before its points were read, and no slice is left: all sent.
+        if all(row.status in FINISHED for row in rows):
+            end = {
+                "sweep_id": self.sweep_id,
+                "counts": dict(Counter(row.status for row in rows)),
+                "last_steps": {run_id: self.sent[run_id] for run_id in self.run_ids},
+            }
+            chunks.append(_sse("end", end))
+            return chunks, "done"
+        return chunks, "wait"
+
+
+@sweep_router.get(
+    "/{sweep_id}/events",
+    summary="Follow a sweep live (Server-Sent Events)",
+    description="Every run of the sweep in one stream: `event: status` (a RunOut) once per "
+    "run on connect and on each status change, `event: metrics` (`{run_id, step, values}`) "
+    "per run and step, `event: deleted` (`{run_id}`) if a run is deleted meanwhile, and "
+    "`event: end` (`{sweep_id, counts, last_steps}`) once every run has finished and all "
+    "points were sent. The `id` of a metrics (or deleted) event is a cursor of the last "
+    "step sent for each run (in the sweep's stable run order): reconnect with "
+    "`Last-Event-ID` (browsers do it for you) or `?after=ID` to resume after it, and each "
+    "point is delivered exactly once.",
+    response_class=StreamingResponse,
+    responses={
+        **SSE_CONTENT,
+        404: {**PROBLEM, "description": "No sweep with this id."},
+        400: {**PROBLEM, "description": "Last-Event-ID is not an event id of a sweep."},
+        409: {
+            **PROBLEM,
+            "description": "Last-Event-ID belongs to another sweep, or a run of this one was "
+            "deleted since: reconnect without it.",
+        },
+    },
+)
+async def sweep_events(
+    sweep_id: SweepId,
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_CURSOR_CHARS,
+            description="Resume after this event id (as Last-Event-ID).",
+        ),
+    ] = None,
+    timeout: Annotated[float | None, Query(gt=0, le=86400, description=TIMEOUT_DOC)] = None,
+) -> StreamingResponse:
+    factory = request.app.state.session_factory
+    run_ids = await run_in_threadpool(_sweep_run_ids, factory, sweep_id)
+    if run_ids is None:
+        raise HTTPException(404, f"sweep {sweep_id} not found")
+    resume = _resume_from(last_event_id, after)
+    sent = {run_id: -1 for run_id in run_ids}
+    if resume is not None:
+        try:
+            sent = decode_sweep_cursor(resume, run_ids)
+        except CursorMismatch as exc:
+            raise HTTPException(
+                409,
+                "Last-Event-ID: an event id of another sweep, or a run of this sweep was "
+                "deleted since; reconnect without it",
+            ) from exc
+        except ValueError as exc:
+            raise HTTPException(
+                400, "Last-Event-ID: expected the id of an event of this sweep's stream"
+            ) from exc
+    return _event_response(request, SweepFeed(factory, sweep_id, run_ids, sent), timeout)
+
+
+def _sweep_run_ids(factory: Any, sweep_id: str) -> list[str] | None:
     with factory() as session:
         try:
-            return RunOut.model_validate(store.get_run(session, run_id))
+            store.get_sweep(session, sweep_id)
         except store.NotFound:
             return None
-
-
-async def _stream(
-    request: Request, factory: Any, run_id: str, after: int | None, timeout: float | None
-) -> AsyncIterator[str]:
-    deadline = time.monotonic() + timeout if timeout is not None else None
-    last_sent = time.monotonic()
-    last_status: tuple | None = None
-    yield f"retry: {RETRY_MS}\n\n"
-    while True:
-        try:
-            run, steps, more = await run_in_threadpool(_poll, factory, run_id, after)
-        except DBAPIError:
-            # The response has started: no 503 now. Keep the stream and retry; a comment
-            # line is invisible to EventSource but tells a human reader what is going on.
-            yield ": database unavailable; retrying\n\n"
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-            await asyncio.sleep(POLL_INTERVAL_S * 4)
-            continue
-        if run is None:  # deleted while we watched
-            yield _sse("end", {"run_id": run_id, "status": "deleted", "last_step": after})
-            return
-        status_key = (run.status, run.status_reason, run.cancel_requested, run.attempt)
-        if status_key != last_status:
-            last_status = status_key
-            yield _sse("status", run.model_dump(mode="json"))
-            last_sent = time.monotonic()
-        finished = run.status in FINISHED
-        ordered = list(steps)
-        if not finished and not more and ordered:
-            ordered = ordered[:-1]  # the newest step may still be incomplete
-        for step in ordered:
-            yield _sse("metrics", {"step": step, "values": steps[step]}, event_id=step)
-            after = step
-            last_sent = time.monotonic()
-        if more:
-            continue  # a backlog: next slice at once
-        if finished:
-            yield _sse("end", {"run_id": run_id, "status": run.status, "last_step": after})
-            return
-        if deadline is not None and time.monotonic() >= deadline:
-            return
-        if await request.is_disconnected():
-            return
-        if time.monotonic() - last_sent >= KEEPALIVE_S:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await asyncio.sleep(POLL_INTERVAL_S)
+        return [row.id for row in _sweep_rows(session, sweep_id)]

@@ -107,6 +107,7 @@ def test_openapi_documents_routes_and_examples(client) -> None:  # noqa: ANN001
         "/api/v1/runs/{run_id}/events",
         "/api/v1/sweeps",
         "/api/v1/sweeps/{sweep_id}",
+        "/api/v1/sweeps/{sweep_id}/events",
         "/api/v1/compare",
         "/api/v1/compare/plot",
         "/api/v1/workers",

@@ -88,6 +88,7 @@ SEMANTIC_REJECTIONS = {
     ("GET", "/api/v1/runs"): [400],
     ("GET", "/api/v1/runs/{run_id}/metrics"): [400],
     ("GET", "/api/v1/runs/{run_id}/events"): [400],
+    ("GET", "/api/v1/sweeps/{sweep_id}/events"): [400],
     ("GET", "/api/v1/compare"): [400],
     ("GET", "/api/v1/compare/plot"): [400],
     ("POST", "/api/v1/runs"): [422],
