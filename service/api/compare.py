@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.api.cache import FinishedCache, finished_cache
-from service.api.deps import SessionDep
+from service.api.deps import SessionDep, in_session
 from service.api.runs import PROBLEM
 from service.compare import Comparison, RunData, compare, to_csv
 from service.models import Run
@@ -144,20 +144,25 @@ def _compare(session: Session, rows: list[Run], query: CompareQuery) -> Comparis
         **ERRORS,
     },
 )
-def get_comparison(
+async def get_comparison(
     request: Request,
-    session: SessionDep,
     query: Annotated[CompareQuery, Depends()],
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Response:
     cache = finished_cache(request)
     if format == "csv":
+        csv = await in_session(
+            request, lambda session: run_comparison(session, query, cache, to_csv, "csv")
+        )
         return Response(
-            run_comparison(session, query, cache, to_csv, "csv"),
+            csv,
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="comparison.csv"'},
         )
-    body = run_comparison(session, query, cache, lambda c: _json(c.to_dict()), "json")
+    body = await in_session(
+        request,
+        lambda session: run_comparison(session, query, cache, lambda c: _json(c.to_dict()), "json"),
+    )
     return Response(body, media_type="application/json")
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.api.cache import finished_cache
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import SettingsDep, in_session, json_body, json_response
 from service.api.runs import NOT_FOUND, PROBLEM, RunId
 from service.compare import downsample
 from service.schemas import KeyInfo, MetricsOut, SeriesOut
@@ -96,10 +96,9 @@ def parse_keys(keys: str | None) -> list[str] | None:
     "points; `total_points` is the count before downsampling.",
     responses={**NOT_FOUND, 400: {**PROBLEM, "description": "Invalid cursor or key list."}},
 )
-def get_metrics(
+async def get_metrics(
     run_id: RunId,
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     keys: Annotated[
         str | None, Query(max_length=4000, description="Comma-separated keys; default all.")
@@ -112,19 +111,23 @@ def get_metrics(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int | None, Query(ge=1, description="Points per key per page.")] = None,
 ) -> Any:
-    run = store.get_run(session, run_id)  # 404 before anything else
+    def work(session: Session) -> bytes:
+        run = store.get_run(session, run_id)  # 404 before anything else
 
-    def compute() -> MetricsOut:
-        return _get_metrics(
-            run_id, session, settings, keys, step_min, step_max, max_points, cursor, limit
-        )
+        def compute() -> bytes:
+            response = _get_metrics(
+                run_id, session, settings, keys, step_min, step_max, max_points, cursor, limit
+            )
+            return json_body(MetricsOut, response)
 
-    if run.status not in FINISHED:
-        return compute()
-    # Its points no longer change: a repeat is served from memory.
-    key = ("metrics", run_id, run.last_step, keys, step_min, step_max, max_points, cursor)
-    key += (limit, settings.max_metric_points)
-    return finished_cache(request).get_or_compute(key, compute)
+        if run.status not in FINISHED:
+            return compute()
+        # Its points no longer change: a repeat is served from memory, already encoded.
+        key = ("metrics", run_id, run.last_step, keys, step_min, step_max, max_points, cursor)
+        key += (limit, settings.max_metric_points)
+        return finished_cache(request).get_or_compute(key, compute)
+
+    return json_response(await in_session(request, work))
 
 
 def _get_metrics(

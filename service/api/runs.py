@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service import store
-from service.api.deps import ExecutorDep, SessionDep
+from service.api.deps import ExecutorDep, SessionDep, in_session, json_body, json_response
 from service.schemas import Problem, RunOut, RunPage
 from service.store import FINISHED, RunStatus
 
@@ -96,26 +96,33 @@ def create_run(
     "it is null on the last page.",
     responses={400: {**PROBLEM, "description": "Invalid cursor."}},
 )
-def list_runs(
-    session: SessionDep,
+async def list_runs(
+    request: Request,
     status_: Annotated[RunStatus | None, Query(alias="status")] = None,
     sweep_id: Annotated[str | None, Query(max_length=64)] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Any:
-    try:
-        runs, next_cursor = store.list_runs(
-            session, status=status_, sweep_id=sweep_id, name=name, limit=limit, cursor=cursor
-        )
-    except ValueError as exc:
-        raise HTTPException(400, f"cursor: {exc}; pass the next_cursor of a previous page") from exc
-    return RunPage(items=runs, next_cursor=next_cursor)
+    def work(session: Session) -> bytes:
+        try:
+            runs, next_cursor = store.list_runs(
+                session, status=status_, sweep_id=sweep_id, name=name, limit=limit, cursor=cursor
+            )
+        except ValueError as exc:
+            detail = f"cursor: {exc}; pass the next_cursor of a previous page"
+            raise HTTPException(400, detail) from exc
+        return json_body(RunPage, RunPage(items=runs, next_cursor=next_cursor))
+
+    return json_response(await in_session(request, work))
 
 
 @router.get("/{run_id}", response_model=RunOut, summary="Get a run", responses=NOT_FOUND)
-def get_run(run_id: RunId, session: SessionDep) -> Any:
-    return store.get_run(session, run_id)
+async def get_run(run_id: RunId, request: Request) -> Any:
+    def work(session: Session) -> bytes:
+        return json_body(RunOut, store.get_run(session, run_id))
+
+    return json_response(await in_session(request, work))
 
 
 @router.post(
