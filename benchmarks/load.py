@@ -303,6 +303,7 @@ class Result:
     service: float  # from the actual send
     status: int | None
     error: str | None = None
+    at: float = 0.0  # scheduled time, seconds into the test
 
 
 @dataclass
@@ -426,7 +427,9 @@ async def _drive(base: str, plan: list, rps: float, duration: float, timeout: fl
                 sent = time.perf_counter()
                 if sent > cutoff:  # saturated: far behind schedule; count it, do not send it
                     await release(conn, True)
-                    results.append(Result(route, sent - due, 0.0, None, "not sent: overloaded"))
+                    results.append(
+                        Result(route, sent - due, 0.0, None, "not sent: overloaded", due - start)
+                    )
                     return
                 try:
                     status, body, keep = await conn.get(target, hostport)
@@ -450,7 +453,7 @@ async def _drive(base: str, plan: list, rps: float, duration: float, timeout: fl
         done = time.perf_counter()
         if conn is not None:
             await release(conn, keep)
-        results.append(Result(route, done - due, done - sent, status, error))
+        results.append(Result(route, done - due, done - sent, status, error, due - start))
 
     tasks = []
     for i in range(len(plan)):
@@ -500,6 +503,7 @@ def report(results: list[Result], elapsed: float, args, writer: Writer) -> dict:
         "writer_errors": writer.errors,
         "writer_flush_p99_ms": round(pct(writer.flush_times, 99) * 1000, 1),
         "routes": {},
+        "timeline": {},
     }
     by_route: dict[str, list[Result]] = defaultdict(list)
     for r in results:
@@ -524,6 +528,19 @@ def report(results: list[Result], elapsed: float, args, writer: Writer) -> dict:
     print(f"{'route':<22}{'n':>7}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}")
     for route, row in summary["routes"].items():
         print(f"{route:<22}{row['n']:>7}{row['errors']:>8}{row['p50_ms']:>9}{row['p99_ms']:>9}")
+    # Where in the run the slow requests were (a warm-up, a stall, or all along).
+    by_window: dict[int, list[float]] = defaultdict(list)
+    for r in results:
+        by_window[int(r.at // 10) * 10].append(r.latency)
+    for start_s, lat in sorted(by_window.items()):
+        summary["timeline"][start_s] = {
+            "p50_ms": round(pct(lat, 50) * 1000, 1),
+            "p99_ms": round(pct(lat, 99) * 1000, 1),
+        }
+    print(
+        "p99 ms per 10 s: "
+        + ", ".join(f"{t}s {row['p99_ms']:.0f}" for t, row in summary["timeline"].items())
+    )
     print(
         f"writer: {writer.points} points in {writer.flushes} flushes "
         f"(flush p99 {summary['writer_flush_p99_ms']} ms), {writer.errors} errors"
