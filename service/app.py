@@ -17,6 +17,7 @@ import contextlib
 import importlib.metadata
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import problems, store
 from service.api import api_router, dashboard, health
-from service.api.cache import FinishedCache
+from service.api.cache import HEAVY_SLOTS, FinishedCache
 from service.api.runs import submit_run
 from service.db import make_engine
 from service.settings import Settings, get_settings
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None, executor: Any = None) -> FastAP
     app.state.executor = executor  # None: made from the settings at startup
     app.state.metrics = RequestMetrics(app)
     app.state.finished_cache = FinishedCache()
+    app.state.live_cache = FinishedCache(size=64)
+    app.state.heavy_slots = threading.BoundedSemaphore(HEAVY_SLOTS)
 
     problems.install(app)
     app.include_router(api_router)

@@ -179,10 +179,21 @@ def downsample(points: Sequence[Point], n: int) -> Series:
     pts = list(points)
     if len(pts) <= n:
         return pts
-    x, y = _xy(pts)
-    extremes = {int(np.argmin(y)), int(np.argmax(y))} - {0, len(pts) - 1}
-    keep = set(_lttb(x, y, n - len(extremes))) | extremes
-    return [pts[i] for i in sorted(keep)]
+    return [pts[i] for i in _downsample(*_xy(pts), n)]
+
+
+def downsample_indices(steps: Sequence[float], values: Sequence[float], n: int) -> list[int]:
+    """``downsample`` on a series given as its steps and values: the indices kept, ascending."""
+    if n < 4:
+        raise ValueError(f"downsample needs n >= 4 (first, last, min, max), got {n}")
+    if len(steps) <= n:
+        return list(range(len(steps)))
+    return _downsample(np.array(steps, dtype=float), np.array(values, dtype=float), n)
+
+
+def _downsample(x: np.ndarray, y: np.ndarray, n: int) -> list[int]:
+    extremes = {int(np.argmin(y)), int(np.argmax(y))} - {0, len(x) - 1}
+    return sorted(set(_lttb(x, y, n - len(extremes))) | extremes)
 
 
 # --------------------------------------------------------------------------------------------

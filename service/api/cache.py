@@ -1,4 +1,4 @@
-"""Responses computed only from finished runs, kept for repeats.
+"""Responses kept for repeats: over finished runs, and over live runs until their next write.
 
 A finished run's metrics no longer change, so a repeated metrics query or comparison over
 finished runs is answered from here instead of re-reading (and re-downsampling) thousands of
@@ -11,13 +11,22 @@ and age out. Bounded LRU, per app (``app.state.finished_cache``), thread-safe.
 computed wait for that result instead of each recomputing it (a comparison missed by twenty
 requests at once was twenty 0.5 s computations fighting for the GIL, and seconds of latency
 for every other request meanwhile).
+
+A live run's metrics are kept separately (``app.state.live_cache``, smaller: its entries go
+stale at every write), keyed by the run's per-key point counts: points are only ever added,
+never changed or removed while a run is live, so equal counts mean the same points.
+
+``heavy_slot`` bounds how many requests compute (read and downsample thousands of points, run a
+comparison) at once: beyond a couple, more threads computing under the GIL only make every
+request slower, the cheap ones (a list, a cached answer) most of all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from fastapi import Request
@@ -73,3 +82,18 @@ class FinishedCache:
 
 def finished_cache(request: Request) -> FinishedCache:
     return request.app.state.finished_cache
+
+
+def live_cache(request: Request) -> FinishedCache:
+    return request.app.state.live_cache
+
+
+HEAVY_SLOTS = 2
+
+
+@contextlib.contextmanager
+def heavy_slot(request: Request) -> Iterator[None]:
+    """Hold one of the app's ``HEAVY_SLOTS`` for a computation (waiting, without the GIL,
+    while they are all taken)."""
+    with request.app.state.heavy_slots:
+        yield

@@ -6,7 +6,10 @@ module only loads runs and their metrics from the store into ``RunData``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -14,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from service import store
-from service.api.cache import FinishedCache, finished_cache
+from service.api.cache import FinishedCache, finished_cache, heavy_slot
 from service.api.deps import SessionDep, in_session
 from service.api.runs import PROBLEM
 from service.compare import Comparison, RunData, compare, to_csv
@@ -100,13 +103,16 @@ def run_comparison(
     cache: FinishedCache | None = None,
     render: Callable[[Comparison], Any] = lambda comparison: comparison,
     form: str = "comparison",
+    slot: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> Any:
     """``render(comparison)``; over finished runs only, a repeat of the same query and
-    ``form`` (the rendered body: JSON, CSV, an image) comes from ``cache``."""
+    ``form`` (the rendered body: JSON, CSV, an image) comes from ``cache``. The computation
+    runs inside ``slot()`` (the API bounds how many run at once)."""
     rows = load_rows(session, query)
 
     def compute() -> Any:
-        return render(_compare(session, rows, query))
+        with slot():
+            return render(_compare(session, rows, query))
 
     if cache is None or not all(run.status in FINISHED for run in rows):
         return compute()
@@ -150,18 +156,22 @@ async def get_comparison(
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Response:
     cache = finished_cache(request)
+    slot = functools.partial(heavy_slot, request)
     if format == "csv":
         csv = await in_session(
-            request, lambda session: run_comparison(session, query, cache, to_csv, "csv")
+            request, lambda session: run_comparison(session, query, cache, to_csv, "csv", slot)
         )
         return Response(
             csv,
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="comparison.csv"'},
         )
+
+    def to_json(comparison: Comparison) -> bytes:
+        return _json(comparison.to_dict())
+
     body = await in_session(
-        request,
-        lambda session: run_comparison(session, query, cache, lambda c: _json(c.to_dict()), "json"),
+        request, lambda session: run_comparison(session, query, cache, to_json, "json", slot)
     )
     return Response(body, media_type="application/json")
 
@@ -182,6 +192,7 @@ def plot_comparison(
     from service.plots import comparison_figure  # matplotlib loads only when a plot is asked
 
     render = lambda comparison: comparison_figure(comparison, format)  # noqa: E731
-    image = run_comparison(session, query, finished_cache(request), render, format)
+    slot = functools.partial(heavy_slot, request)
+    image = run_comparison(session, query, finished_cache(request), render, format, slot)
     media_type = "image/png" if format == "png" else "image/svg+xml"
     return Response(image, media_type=media_type)

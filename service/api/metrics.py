@@ -10,10 +10,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
 from service import store
-from service.api.cache import finished_cache
+from service.api.cache import finished_cache, heavy_slot, live_cache
 from service.api.deps import SettingsDep, in_session, json_body, json_response
 from service.api.runs import NOT_FOUND, PROBLEM, RunId
-from service.compare import downsample
+from service.compare import downsample, downsample_indices
 from service.schemas import KeyInfo, MetricsOut, SeriesOut
 from service.settings import Settings
 from service.store import FINISHED
@@ -21,6 +21,7 @@ from service.store import FINISHED
 router = APIRouter(prefix="/runs", tags=["metrics"])
 
 Points = list[tuple[int, float | None]]
+Summary = dict[str, dict[str, int]]
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # Steps are 32-bit integer columns: a larger bound overflows the database driver (SQLite:
 # OverflowError, PostgreSQL: "integer out of range"), a 500 before these limits existed.
@@ -74,6 +75,26 @@ def downsample_points(points: Points, n: int) -> Points:
     return sorted(kept + markers, key=lambda p: p[0])
 
 
+def downsample_series(steps: list[int], values: list[float | None], n: int) -> list[int]:
+    """``downsample_points`` on a series given as its steps and values (in step order): the
+    indices kept, in step order."""
+    if len(values) <= n:
+        return list(range(len(values)))
+    if None not in values:  # the usual case: nothing to set aside
+        return downsample_indices(steps, values, n)
+    finite = [i for i, v in enumerate(values) if v is not None]
+    nulls = [i for i, v in enumerate(values) if v is None]
+    markers = (nulls[:1] + nulls[-1:])[: max(0, min(2, n - 4))]
+    markers = list(dict.fromkeys(markers))
+    kept = []
+    if finite:
+        chosen = downsample_indices(
+            [steps[i] for i in finite], [values[i] for i in finite], n - len(markers)
+        )
+        kept = [finite[j] for j in chosen]
+    return sorted(kept + markers, key=lambda i: steps[i])
+
+
 def parse_keys(keys: str | None) -> list[str] | None:
     if keys is None or not keys.strip():
         return None
@@ -113,19 +134,36 @@ async def get_metrics(
 ) -> Any:
     def work(session: Session) -> bytes:
         run = store.get_run(session, run_id)  # 404 before anything else
-
-        def compute() -> bytes:
-            response = _get_metrics(
-                run_id, session, settings, keys, step_min, step_max, max_points, cursor, limit
+        query = (keys, step_min, step_max, max_points, cursor, limit, settings.max_metric_points)
+        if run.status in FINISHED:
+            # Its points no longer change: a repeat is served from memory, already encoded.
+            key = ("metrics", run_id, run.last_step, *query)
+            return finished_cache(request).get_or_compute(
+                key, lambda: compute(session, store.metric_summary(session, run_id))
             )
-            return json_body(MetricsOut, response)
+        # A live run: points are only ever added (never changed, never removed while it
+        # runs), so the per-key counts identify its points exactly; until the next write
+        # lands, repeats are served from memory too.
+        summary = store.metric_summary(session, run_id)
+        fingerprint = tuple((k, v["count"]) for k, v in summary.items())
+        key = ("live-metrics", run_id, fingerprint, *query)
+        return live_cache(request).get_or_compute(key, lambda: compute(session, summary))
 
-        if run.status not in FINISHED:
-            return compute()
-        # Its points no longer change: a repeat is served from memory, already encoded.
-        key = ("metrics", run_id, run.last_step, keys, step_min, step_max, max_points, cursor)
-        key += (limit, settings.max_metric_points)
-        return finished_cache(request).get_or_compute(key, compute)
+    def compute(session: Session, summary: Summary) -> bytes:
+        with heavy_slot(request):
+            response = _get_metrics(
+                run_id,
+                session,
+                settings,
+                summary,
+                keys,
+                step_min,
+                step_max,
+                max_points,
+                cursor,
+                limit,
+            )
+        return json_body(MetricsOut, response)
 
     return json_response(await in_session(request, work))
 
@@ -134,6 +172,7 @@ def _get_metrics(
     run_id: str,
     session: Session,
     settings: Settings,
+    summary: Summary,
     keys: str | None,
     step_min: int | None,
     step_max: int | None,
@@ -145,19 +184,25 @@ def _get_metrics(
     if step_min is not None and step_max is not None and step_min > step_max:
         raise HTTPException(400, f"step_min ({step_min}) is greater than step_max ({step_max})")
     cap = settings.max_metric_points
-    summary = store.metric_summary(session, run_id)
     key_info = {k: KeyInfo(**v) for k, v in summary.items()}
 
     if max_points is not None:
         if cursor is not None:
             raise HTTPException(400, "cursor: not used with max_points (nothing is paged)")
         n = min(max_points, cap)
-        full = store.get_metrics(session, run_id, keys=wanted, step_min=step_min, step_max=step_max)
+        full = store.get_metric_arrays(
+            session, run_id, keys=wanted, step_min=step_min, step_max=step_max
+        )
         series = {}
         for key in _ordered_keys(wanted, full):
-            points = full.get(key, [])
-            kept = downsample_points(points, n)
-            series[key] = _series_out(kept, len(points), downsampled=len(kept) < len(points))
+            steps, values = full.get(key, ([], []))
+            kept = downsample_series(steps, values, n)
+            series[key] = SeriesOut(
+                steps=[steps[i] for i in kept],
+                values=[values[i] for i in kept],
+                total_points=len(steps),
+                downsampled=len(kept) < len(steps),
+            )
         return MetricsOut(run_id=run_id, keys=key_info, series=series, next_cursor=None)
 
     after = None

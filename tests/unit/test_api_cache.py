@@ -60,3 +60,32 @@ def test_distinct_keys_do_not_wait_for_each_other() -> None:
         assert cache.get_or_compute("b", lambda: "fast") == "fast"
         release.set()
         assert pending.result() == "slow"
+
+
+def test_live_runs_are_cached_until_their_next_write(client, app, monkeypatch) -> None:  # noqa: ANN001
+    """A live run's metrics are kept until points are added, even a point at a step already
+    seen (an evaluation written after the training metrics of its step): last_step alone
+    would not notice that one."""
+    from bncore.spec import JobSpec
+    from service import store
+
+    with app.state.session_factory() as session:
+        run, _ = store.create_run(session, JobSpec(name="live"))
+        store.claim_run(session, run.id, "w")
+        store.add_metrics(session, run.id, [("loss", s, 1.0 / s) for s in range(1, 301)])
+    reads = []
+    real = store.get_metric_arrays
+    monkeypatch.setattr(
+        store, "get_metric_arrays", lambda *a, **k: reads.append(1) or real(*a, **k)
+    )
+    url = f"/api/v1/runs/{run.id}/metrics"
+    first = client.get(url, params={"max_points": 10}).json()
+    assert client.get(url, params={"max_points": 10}).json() == first
+    assert len(reads) == 1  # the repeat came from memory
+
+    with app.state.session_factory() as session:  # same last_step, a new key
+        store.add_metrics(session, run.id, [("test_acc", 300, 0.9)])
+    later = client.get(url, params={"max_points": 10}).json()
+    assert later["series"]["test_acc"]["values"] == [0.9]
+    assert later["keys"]["test_acc"] == {"count": 1, "first_step": 300, "last_step": 300}
+    assert len(reads) == 2

@@ -366,8 +366,10 @@ def test_finished_runs_are_cached_but_never_stale(client, app, monkeypatch) -> N
             store.finish_run(session, run.id, store.RunStatus.failed, "worker lost")
             ids.append(run.id)
     reads = []
-    real = store.get_metrics
-    monkeypatch.setattr(store, "get_metrics", lambda *a, **k: reads.append(1) or real(*a, **k))
+    real = store.get_metric_arrays  # what every metrics read goes through
+    monkeypatch.setattr(
+        store, "get_metric_arrays", lambda *a, **k: reads.append(1) or real(*a, **k)
+    )
     metrics = f"{RUNS}/{ids[0]}/metrics"
     compare = f"/api/v1/compare?runs={','.join(ids)}&baseline={ids[0]}"
 
