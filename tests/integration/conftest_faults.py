@@ -364,11 +364,14 @@ def start_server(settings: Settings, logs: Path, started: list[Proc], label: str
         if bnlab.exists()
         else [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
     )
+    env = settings_env(settings)
+    # This checkout's code, whatever checkout the bnlab entry point was installed from.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
             cwd=REPO,
-            env=settings_env(settings),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
