@@ -1203,6 +1203,7 @@ def embedded_client(
             broker_url=None,
             api_key_hashes=[],
             embedded_concurrency=workers,
+            log_level="WARNING",  # the suite's progress bar, not every claim, on the terminal
         )
         http = stack.enter_context(TestClient(create_app(settings)))
         yield BnlabClient(http=http, timeout=120.0)

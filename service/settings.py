@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         10_000, ge=10, description="Server cap on points per key in one metrics response."
     )
     python: str | None = Field(None, description="Interpreter for trainer subprocesses.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of worker processes (embedded and Celery)."
+    )
     auto_migrate: bool = Field(
         True, description="Upgrade the database schema (Alembic) when the API starts."
     )

@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", default=None, help="default: embedded@<hostname>")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
