@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bncore import events
-from bncore import functional as bnf
 from bncore.data import load_data
 from bncore.models import build_model, norm_layers, parameter_count
 from bncore.probes import PROBE_SIZE, grad_norm, unit_percentiles
@@ -148,27 +147,6 @@ def _finite(values: dict[str, float]) -> dict[str, float | None]:
     return {k: (v if v is not None and math.isfinite(v) else None) for k, v in values.items()}
 
 
-def choose_bn_backend(
-    model: nn.Module, spec: JobSpec, example_shape: tuple[int, ...], device: torch.device
-) -> None:
-    """Resolve bncore's "auto" backend once per run, by the size of a TRAINING step's BN input,
-    and pin it on the model's bncore BN layers (the process-wide setting is left alone).
-
-    Per call, "auto" would compile the evaluation batches (4096 examples) of a run whose
-    training batches are far too small to gain from compiled kernels: measured on the paper's
-    MLP, 69 s instead of 12 s for 3000 steps, all of it compiling. So a run compiles either
-    everything or nothing.
-    """
-    if bnf.get_backend() != "auto":
-        return
-    spatial = math.prod(example_shape[1:]) if spec.model.arch == "cnn" else 1
-    per_call = spec.batch_size * max(spec.model.hidden) * spatial
-    worth_it = per_call >= bnf.AUTO_COMPILE_MIN_NUMEL and bnf.compiled_available(device.type)
-    for layer in norm_layers(model):
-        if hasattr(layer, "backend"):  # bncore's layers; torch's have no backend choice
-            layer.backend = "compiled" if worth_it else "eager"
-
-
 def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[str, Any]]:
     """Run one job; yield a start event, metrics events and one end event."""
     wall_start = time.perf_counter()
@@ -187,7 +165,6 @@ def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[st
     shuffle = torch.Generator().manual_seed(spec.seed)
     batches = batch_indices(len(y_train), spec.batch_size, shuffle, device)
     has_bn = bool(norm_layers(model))
-    choose_bn_backend(model, spec, data.example_shape, device)
 
     yield events.start_event(device.type, torch.__version__, n_params, spec.model_dump(mode="json"))
 

@@ -114,10 +114,14 @@ def test_per_module_backend_and_outer_torch_compile(monkeypatch: pytest.MonkeyPa
     torch.testing.assert_close(model[1].running_var, ref[1].running_var)
 
 
-def test_auto_backend_compiles_only_inputs_large_enough_to_pay_back() -> None:
+def test_auto_backend_compiles_only_training_inputs_large_enough_to_pay_back() -> None:
     small = torch.empty(60, 100)  # the paper's MLP layer: overhead-bound, compiling is waste
     large = torch.empty(BF.AUTO_COMPILE_MIN_NUMEL // 64, 64)
-    assert not BF._use_compiled("auto", small)
-    assert BF._use_compiled("auto", large) == BF.compiled_available("cpu")
-    assert BF._use_compiled("compiled", small)
-    assert not BF._use_compiled("eager", large)
+    assert not BF._use_compiled("auto", small, training=True)
+    assert BF._use_compiled("auto", large, training=True) == BF.compiled_available("cpu")
+    # Eval is one pass that eager already makes at native speed: an evaluation batch of 4096
+    # examples must not cost a run seconds of compiling.
+    assert not BF._use_compiled("auto", large, training=False)
+    assert BF._use_compiled("compiled", small, training=True)
+    assert BF._use_compiled("compiled", large, training=False)
+    assert not BF._use_compiled("eager", large, training=True)

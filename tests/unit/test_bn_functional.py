@@ -103,6 +103,32 @@ def test_channels_last_matches_and_keeps_format(shape: tuple[int, ...], training
     assert ours[1].is_contiguous(memory_format=fmt)  # dx too
 
 
+@pytest.mark.parametrize(
+    ("shape", "channels_last"),
+    [((7, 5), False), ((3, 4, 2, 2), False), ((3, 4, 5, 6), False), ((3, 4, 5, 6), True),
+     ((2, 3, 17), False), ((2, 3, 2, 3, 4), True)],
+)  # fmt: skip
+def test_inference_matches_torch_without_an_autograd_node(
+    shape: tuple[int, ...], channels_last: bool
+) -> None:
+    """Eval with nothing to differentiate skips the autograd Function; spatial planes of 16+
+    positions take the expanded-coefficient path, smaller ones the broadcast one."""
+    x, w, b, rm, rv = _inputs(shape)
+    if channels_last:
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x = x.contiguous(memory_format=fmt)
+    for affine in (True, False):
+        wb = (w, b) if affine else (None, None)
+        ref = F.batch_norm(x, rm, rv, *wb, False, 0.1, 1e-5)
+        with torch.no_grad():
+            y = BF.batch_norm(x, rm, rv, *wb, False, 0.1, 1e-5)
+        torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-10)
+        assert y.grad_fn is None
+        assert y.stride() == ref.stride()  # same memory format as torch's output
+        # Grad mode on, but no input requires a gradient: the same path.
+        assert BF.batch_norm(x, rm, rv, *wb, False, 0.1, 1e-5).grad_fn is None
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(64, 10), (8, 6, 5, 7)])
 def test_float32(shape: tuple[int, ...], training: bool) -> None:

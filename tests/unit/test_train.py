@@ -311,27 +311,3 @@ def test_bn_reaches_the_baselines_best_accuracy_in_far_fewer_steps():
     base_steps, bn_steps = _steps_to(base, target), _steps_to(bn, target)
     assert bn_steps is not None and bn_steps * 3 <= base_steps, (target, base_steps, bn_steps)
     assert bn[-1]["summary"]["best_test_acc"] > target + 0.1
-
-
-def test_auto_backend_is_resolved_once_per_run_by_the_training_batch() -> None:
-    """The paper's MLP trains on (60, 100) inputs: eager throughout, even though its
-    4096-example evaluation batches are large enough for 'auto' to compile per call."""
-    from bncore.models import norm_layers
-    from bncore.train import choose_bn_backend
-
-    before = bnf.get_backend()
-    bnf.set_backend("auto")
-    try:
-        small = JobSpec(model={"hidden": [100, 100], "norm": "batchnorm"}, batch_size=60)
-        model = build_model(small.model, (1, 40), 10)
-        choose_bn_backend(model, small, (1, 40), torch.device("cpu"))
-        assert [layer.backend for layer in norm_layers(model)] == ["eager", "eager"]
-
-        big = JobSpec(model={"hidden": [4096], "norm": "batchnorm"}, batch_size=4096)
-        model = build_model(big.model, (1, 40), 10)
-        choose_bn_backend(model, big, (1, 40), torch.device("cpu"))
-        expected = "compiled" if bnf.compiled_available("cpu") else "eager"
-        assert norm_layers(model)[0].backend == expected
-        assert bnf.get_backend() == "auto"  # the process-wide choice is untouched
-    finally:
-        bnf.set_backend(before)
