@@ -85,7 +85,10 @@ def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-_ROW_BLOCK = 32  # rows per partial sum for (N, C) inputs on the compiled path
+# Rows per partial sum for (N, C) inputs on the compiled path. At (4096, 1024) float32, train
+# fwd+bwd measured 0.93-1.14x native with 8 or 16 rows and 1.45-1.6x with 32 (AMD EPYC, one
+# thread): a block of 16 rows of 4 KiB (64 KiB) is still summed from cache.
+_ROW_BLOCK = 16
 
 
 def _channel_sum(fn: Callable[..., Tensor], *ts: Tensor) -> Tensor:

@@ -39,7 +39,11 @@ def _train_step(
 
 @pytest.mark.parametrize(
     ("shape", "dtype", "channels_last"),
-    [((6, 3), torch.float64, False), ((3, 4, 3, 5), torch.float32, True)],
+    [
+        ((6, 3), torch.float64, False),
+        ((2 * BF._ROW_BLOCK + 5, 3), torch.float64, False),  # row blocks and a remainder
+        ((3, 4, 3, 5), torch.float32, True),
+    ],
 )
 def test_compiled_matches_eager(
     shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool
