@@ -358,9 +358,13 @@ def speedup_ci(baseline: Sequence[float], arm: Sequence[float], bound: str | Non
     """Speed-up of an arm = mean(baseline steps) ÷ mean(arm steps), bootstrap CI of that ratio."""
     if not baseline or not arm:
         return {"mean": None, "ci_low": None, "ci_high": None, "bound": None}
-    lo, hi = bootstrap_ci([baseline, arm], lambda b, a: b.mean(axis=1) / a.mean(axis=1))
+    # An arm that is at the target at step 0 (a target at chance) has a mean, or resamples,
+    # of 0 steps: the ratio is inf (or nan for 0/0), which the JSON output reports as null.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo, hi = bootstrap_ci([baseline, arm], lambda b, a: b.mean(axis=1) / a.mean(axis=1))
+        mean = np.mean(baseline) / np.mean(arm)
     return {
-        "mean": float(np.mean(baseline) / np.mean(arm)),
+        "mean": float(mean),
         "ci_low": lo,
         "ci_high": hi,
         "bound": bound,

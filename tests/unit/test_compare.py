@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -275,6 +276,20 @@ def test_censored_on_both_sides_gives_no_speedup():
     c = compare(plain + bn, target=0.9)
     assert c.arms[1].speedup["mean"] is None
     assert c.arms[1].p_value is not None and 0 < c.arms[1].p_value <= 1
+
+
+def test_target_reached_at_step_zero_has_no_finite_speedup():
+    """An arm at the target from its first evaluation took 0 steps: its speed-up is
+    unbounded, and the JSON says null rather than a number (or an error)."""
+    plain = [run(f"p{s}", 800, seed=s) for s in range(2)]
+    bn = [run(f"b{s}", 0, norm="batchnorm", seed=s) for s in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warnings either
+        c = compare(plain + bn, target=0.9)
+        arm = c.to_dict()["arms"][1]
+    assert arm["steps_to_target"]["mean"] == 0
+    assert arm["speedup"]["mean"] is None and arm["speedup"]["ci_high"] is None
+    json.dumps(c.to_dict(), allow_nan=False)
 
 
 def test_all_censored_test_is_none():
