@@ -8,6 +8,8 @@ if [ -x /usr/bin/chromium ]; then
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq chromium >/dev/null
+# Wait for another apt/dpkg (an unattended upgrade, a parallel run) instead of failing at once.
+lock=(-o DPkg::Lock::Timeout=300)
+apt-get "${lock[@]}" update -qq
+apt-get "${lock[@]}" install -y -qq chromium >/dev/null
 /usr/bin/chromium --version
