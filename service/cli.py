@@ -562,12 +562,14 @@ def runs(
         console.print("no runs")
         return
     table = Table(title=f"{len(items)} run(s)", title_justify="left")
-    table.add_column("id", no_wrap=True)
-    table.add_column("name")
-    table.add_column("status", no_wrap=True)
+    # Full ids (folded on a narrow terminal, never cut: they are what users copy); every
+    # other column keeps a readable minimum instead of collapsing to nothing at 80 columns.
+    table.add_column("id", overflow="fold", min_width=12)
+    table.add_column("name", min_width=8)
+    table.add_column("status", no_wrap=True, min_width=9)
     table.add_column("step", justify="right", no_wrap=True)
-    table.add_column("best test acc", justify="right")
-    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("best test acc", justify="right", min_width=6)
+    table.add_column("created (UTC)", min_width=10)
     for run in items:
         spec_steps = (run.get("spec") or {}).get("steps")
         summary = run.get("summary") or {}
