@@ -27,7 +27,7 @@ from service.compare import Comparison, RunData, RunResult, compare, downsample
 
 Format = Literal["png", "svg"]
 
-# A colour per arm, in arm order; cycles past ten arms.
+# A colour per arm, the baseline's first; cycles past ten arms.
 COLORS = [
     "#1f77b4",
     "#d62728",
@@ -44,6 +44,13 @@ MAX_PERCENTILE_PANELS = 6  # beyond this the panels get too small to read
 RUN_FIGURE_POINTS = 500
 
 
+def arm_colors(c: Comparison) -> dict[str, str]:
+    """Arm label → colour. The baseline always gets the first colour and the other arms follow
+    in order, so a comparison reads the same whichever run was listed first."""
+    in_order = sorted(c.arms, key=lambda a: not a.is_baseline)  # stable: arm order kept
+    return {a.label: COLORS[i % len(COLORS)] for i, a in enumerate(in_order)}
+
+
 def comparison_figure(
     comparison_or_runs: Comparison | Sequence[RunData], fmt: Format = "png"
 ) -> bytes:
@@ -51,7 +58,7 @@ def comparison_figure(
     c = comparison_or_runs
     if not isinstance(c, Comparison):
         c = compare(list(c))
-    color = {a.label: COLORS[i % len(COLORS)] for i, a in enumerate(c.arms)}
+    color = arm_colors(c)
 
     fig = Figure(figsize=(13, 9), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.25, 1])

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from service.compare import RunData, compare
-from service.plots import comparison_figure, run_figure
+from service.plots import COLORS, arm_colors, comparison_figure, run_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -89,3 +89,13 @@ def test_run_figure_png_and_svg():
 def test_unknown_format_rejected():
     with pytest.raises(ValueError):
         run_figure(make_run("a"), fmt="gif")  # type: ignore[arg-type]
+
+
+def test_baseline_arm_has_the_first_colour_whatever_the_order() -> None:
+    runs = [make_run("bn", norm="batchnorm"), make_run("plain"), make_run("bn2", lr=2.0)]
+    for ordered in (runs, runs[::-1]):
+        c = compare(ordered)
+        colors = arm_colors(c)
+        baseline = next(a.label for a in c.arms if a.is_baseline)
+        assert colors[baseline] == COLORS[0]
+        assert len(set(colors.values())) == 3
