@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from procs import celery_worker_command, spawn
 
 from service import migrate
 from service.executor import settings_env
@@ -27,7 +27,6 @@ from service.settings import Settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/15"
-REPO = Path(__file__).resolve().parents[2]
 SESSION = uuid.uuid4().hex[:10]
 
 
@@ -149,36 +148,8 @@ def start_worker(
         settings = int_settings.model_copy(update={"queue": queue or int_settings.queue})
         name = f"{label}-{SESSION}@%h"
         log_path = logs / f"{label}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "--concurrency",
-            "1",
-            "--pool",
-            "prefork",
-            "-Q",
-            settings.queue,
-            "-n",
-            name,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel",
-            "INFO",
-        ]
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=REPO,
-                env=settings_env(settings),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        cmd = celery_worker_command(settings.queue, name)
+        proc = spawn(cmd, settings_env(settings), log_path)
         worker = CeleryWorker(name.replace("%h", os.uname().nodename), proc, log_path)
         started.append(worker)
         deadline = time.monotonic() + 90

@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from procs import REPO, celery_worker_command, spawn
 
 from service import migrate
 from service.executor import settings_env
 from service.settings import Settings
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def in_ci() -> bool:
@@ -309,36 +308,7 @@ def start_celery_worker(
     """A real ``celery worker`` (prefork, one process) on ``settings``; waits until ready."""
     name = f"{label}-{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
     log_path = logs / f"celery-{label}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--concurrency",
-        "1",
-        "--pool",
-        "prefork",
-        "-Q",
-        settings.queue,
-        "-n",
-        name,
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel",
-        "INFO",
-    ]
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=settings_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn(celery_worker_command(settings.queue, name), settings_env(settings), log_path)
     worker = Proc(name, proc, log_path)
     started.append(worker)
     if wait:
@@ -367,15 +337,7 @@ def start_server(settings: Settings, logs: Path, started: list[Proc], label: str
     env = settings_env(settings)
     # This checkout's code, whatever checkout the bnlab entry point was installed from.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn(cmd, env, log_path)
     server = Proc(label, proc, log_path, {"base": f"http://127.0.0.1:{port}"})
     started.append(server)
 
@@ -389,34 +351,3 @@ def start_server(settings: Settings, logs: Path, started: list[Proc], label: str
 
     wait_until(healthy, 60, "bnlab serve to answer /healthz", step=0.2)
     return server
-
-
-def descendants(pid: int) -> dict[int, bytes]:
-    """pid → command line of every live descendant of ``pid``."""
-    parents: dict[int, int] = {}
-    cmdlines: dict[int, bytes] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: dict[int, bytes] = {}
-    frontier = [pid]
-    while frontier:
-        current = frontier.pop()
-        for child, parent in parents.items():
-            if parent == current and child not in found:
-                found[child] = cmdlines.get(child, b"")
-                frontier.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import alive, descendants
 from sqlalchemy import func, select
 
 from bncore.spec import JobSpec
@@ -40,37 +40,6 @@ def wait_for(client, run_id: str, done, timeout: float = 90.0) -> dict:  # noqa:
             return run
         assert time.monotonic() < deadline, f"run {run_id} stuck: {run}"
         time.sleep(0.25)
-
-
-def descendants(pid: int) -> dict[int, bytes]:
-    """pid → command line of every live descendant of ``pid``."""
-    parents: dict[int, int] = {}
-    cmdlines: dict[int, bytes] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: dict[int, bytes] = {}
-    frontier = [pid]
-    while frontier:
-        current = frontier.pop()
-        for child, parent in parents.items():
-            if parent == current and child not in found:
-                found[child] = cmdlines.get(child, b"")
-                frontier.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_bn_and_plain_runs_succeed_and_metrics_land_in_postgres(api, worker, pg_session) -> None:  # noqa: ANN001

@@ -36,13 +36,12 @@ pytest.register_assert_rewrite("conftest_faults")
 from conftest_faults import (  # noqa: E402
     PrivatePostgres,
     Proc,
-    alive,
-    descendants,
     fault_settings,
     start_celery_worker,
     start_server,
     wait_until,
 )
+from procs import alive, descendants  # noqa: E402
 
 pytest_plugins = ["conftest_faults"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -1,0 +1,76 @@
+"""Process helpers shared by the integration tests (a plain module: pytest puts this folder on
+sys.path): starting real ``celery worker`` and ``bnlab serve`` subprocesses, and walking /proc
+to check that a killed worker took its trainer with it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def celery_worker_command(queue: str, name: str) -> list[str]:
+    """A real ``celery worker`` as deployed: prefork with one process, so one run at a time."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "-Q",
+        queue,
+        "-n",
+        name,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in the repository, output to ``log_path``, in a session of its own (so a
+    test can kill its whole process group)."""
+    with log_path.open("wb") as out:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def descendants(pid: int) -> dict[int, bytes]:
+    """pid → command line of every live descendant of ``pid``."""
+    parents: dict[int, int] = {}
+    cmdlines: dict[int, bytes] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: dict[int, bytes] = {}
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in found:
+                found[child] = cmdlines.get(child, b"")
+                frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
