@@ -332,8 +332,8 @@ def _use_compiled(backend: str | None, x: Tensor, training: bool) -> bool:
         return False
     if backend == "compiled":
         return True
-    big = x.numel() >= AUTO_COMPILE_MIN_NUMEL
-    return training and big and compiled_available(x.device.type)
+    # Eval is one pass, as fast eagerly; training's reductions and backward gain from fusing.
+    return training and x.numel() >= AUTO_COMPILE_MIN_NUMEL and compiled_available(x.device.type)
 
 
 _EAGER: dict[str, Callable[..., Any]] = {
@@ -522,7 +522,7 @@ def batch_norm(
     if not training and not (
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
     ):
-        # Inference: nothing to differentiate, so no autograd node (its bookkeeping cost as
+        # Inference: nothing to differentiate, so no autograd node (its bookkeeping costs as
         # much as the layer's math on small inputs).
         assert running_mean is not None and running_var is not None
         return _forward_eval(x, running_mean, running_var, weight, bias, eps, use_compiled)[0]
