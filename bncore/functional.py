@@ -208,9 +208,9 @@ def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     extra copies would cost more than they save.)"""
     scale, shift = _per_channel(scale, x), _per_channel(shift, x)
     if (
-        math.prod(x.shape[2:]) >= _MIN_PLANE
+        not torch.compiler.is_compiling()
+        and math.prod(x.shape[2:]) >= _MIN_PLANE
         and x.is_contiguous()
-        and not torch.compiler.is_compiling()
     ):
         plane = (1, *x.shape[1:])
         scale, shift = scale.expand(plane).contiguous(), shift.expand(plane).contiguous()

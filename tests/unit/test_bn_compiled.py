@@ -118,6 +118,23 @@ def test_per_module_backend_and_outer_torch_compile(monkeypatch: pytest.MonkeyPa
     torch.testing.assert_close(model[1].running_var, ref[1].running_var)
 
 
+def test_eval_mode_inside_an_outer_torch_compile() -> None:
+    """Eval mode, traced by a user's torch.compile, with and without an autograd node."""
+    from bncore.nn import BatchNorm2d
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNorm2d(8))
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 10, 10)
+    for m in (model, ref):
+        m(x)  # one training step of running statistics, then eval
+        m.eval()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), ref(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled(x), ref(x), atol=1e-5, rtol=1e-5)  # params need grad
+
+
 def test_auto_backend_compiles_only_training_inputs_large_enough_to_pay_back() -> None:
     small = torch.empty(60, 100)  # the paper's MLP layer: overhead-bound, compiling is waste
     large = torch.empty(BF.AUTO_COMPILE_MIN_NUMEL // 64, 64)
