@@ -5,35 +5,18 @@ to check that a killed worker took its trainer with it."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+
+from service.cli import worker_command
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def celery_worker_command(queue: str, name: str) -> list[str]:
-    """A real ``celery worker`` as deployed: prefork with one process, so one run at a time."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--concurrency",
-        "1",
-        "--pool",
-        "prefork",
-        "-Q",
-        queue,
-        "-n",
-        name,
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel",
-        "INFO",
-    ]
+    """The command ``bnlab worker`` runs (prefork, one process: one run at a time, as
+    deployed), named, and without the cluster chatter a test does not need."""
+    command = worker_command(concurrency=1, queues=[queue], loglevel="INFO")
+    return [*command, "-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat"]
 
 
 def spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
