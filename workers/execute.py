@@ -584,10 +584,10 @@ def main(argv: list[str] | None = None) -> int:
         level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:  # execute_run logs the outcome itself, whichever it is
+    # execute_run logs the outcome itself, whichever it is. Interrupted before the claim, there
+    # is nothing to put back.
+    with contextlib.suppress(Interrupted):
         execute_run(args.run_id, args.worker or embedded_worker_name())
-    except Interrupted:
-        return 0  # interrupted before the claim: nothing to put back
     return 0
 
 

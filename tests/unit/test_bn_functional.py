@@ -34,6 +34,10 @@ def _inputs(
     return x, w, b, rm, rv
 
 
+def _channels_last(dim: int) -> torch.memory_format:
+    return torch.channels_last if dim == 4 else torch.channels_last_3d
+
+
 def _run_both(
     shape: tuple[int, ...],
     training: bool,
@@ -48,8 +52,7 @@ def _run_both(
     for fn in (BF.batch_norm, F.batch_norm):
         x, w, b, rm, rv = _inputs(shape, dtype, seed)
         if channels_last:
-            fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-            x = x.contiguous(memory_format=fmt)
+            x = x.contiguous(memory_format=_channels_last(x.dim()))
         x.requires_grad_(True)
         w, b = (w.requires_grad_(True), b.requires_grad_(True)) if affine else (None, None)
         rm_, rv_ = (rm, rv) if running else (None, None)
@@ -98,7 +101,7 @@ def test_matches_torch_float64(
 def test_channels_last_matches_and_keeps_format(shape: tuple[int, ...], training: bool) -> None:
     ours, ref = _run_both(shape, training, channels_last=True)
     _assert_close(ours, ref, 1e-10)
-    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    fmt = _channels_last(len(shape))
     assert ours[0].is_contiguous(memory_format=fmt)
     assert ours[1].is_contiguous(memory_format=fmt)  # dx too
 
@@ -115,8 +118,7 @@ def test_inference_matches_torch_without_an_autograd_node(
     positions take the expanded-coefficient path, smaller ones the broadcast one."""
     x, w, b, rm, rv = _inputs(shape)
     if channels_last:
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        x = x.contiguous(memory_format=fmt)
+        x = x.contiguous(memory_format=_channels_last(x.dim()))
     for affine in (True, False):
         wb = (w, b) if affine else (None, None)
         ref = F.batch_norm(x, rm, rv, *wb, False, 0.1, 1e-5)
