@@ -1,0 +1,66 @@
+"""The words and limits that the server, the client, the CLI and the dashboard share.
+
+One home for them so a status or a bound is spelled once. No dependencies (not even
+pydantic): the client and the CLI import it without pulling in the server, and the dashboard
+reads the same values from ``GET /api/v1/vocab`` instead of restating them in JavaScript.
+
+Run lifecycle (the state machine itself lives in ``service.store``)::
+
+    queued ──claim──▶ running ──finish──▶ succeeded | failed | diverged | cancelled
+      │                  │
+      └──cancel──▶ cancelled          └──heartbeat lost──▶ queued (retry) | failed
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    diverged = "diverged"
+    cancelled = "cancelled"
+
+
+ACTIVE_STATUSES: tuple[RunStatus, ...] = (RunStatus.queued, RunStatus.running)
+FINISHED_STATUSES: tuple[RunStatus, ...] = (
+    RunStatus.succeeded,
+    RunStatus.failed,
+    RunStatus.diverged,
+    RunStatus.cancelled,
+)
+ALL_STATUSES: tuple[RunStatus, ...] = ACTIVE_STATUSES + FINISHED_STATUSES
+
+# status_reason texts that code (not only people) reads back.
+SUBMIT_FAILED = "broker unavailable; will retry"
+WAITING = "waiting for a worker"
+
+# The Celery task the executor sends by name (the service never imports workers).
+TASK_NAME = "bnlab.run_training"
+
+# Limits of the API that clients need to know.
+MAX_SWEEP_RUNS = 1000  # runs one sweep (the product of its grid's list lengths) may create
+MAX_PAGE_SIZE = 200  # the cap on GET /runs?limit= (and every other cursor page)
+DEFAULT_PAGE_SIZE = 50
+SHORT_ID_LENGTH = 8  # how many characters of a UUID the CLI and dashboard show
+
+
+def short_id(run_id: str) -> str:
+    """The first characters of an id: what people read and type (unique prefixes are accepted)."""
+    return run_id[:SHORT_ID_LENGTH]
+
+
+def as_dict() -> dict[str, object]:
+    """Everything above as JSON, for the dashboard."""
+    return {
+        "statuses": [s.value for s in ALL_STATUSES],
+        "active_statuses": [s.value for s in ACTIVE_STATUSES],
+        "finished_statuses": [s.value for s in FINISHED_STATUSES],
+        "max_sweep_runs": MAX_SWEEP_RUNS,
+        "max_page_size": MAX_PAGE_SIZE,
+        "default_page_size": DEFAULT_PAGE_SIZE,
+        "short_id_length": SHORT_ID_LENGTH,
+    }
