@@ -76,6 +76,38 @@ def test_analyse_faster_training_reads_the_bn_arm() -> None:
     assert "6.00×" in finding.measured
 
 
+def faster_comparison(target, bn_speedup, bn_reached=3) -> dict:
+    return {
+        "target": target,
+        "baseline_arm": "norm=none",
+        "arms": [
+            arm("norm=none", "none", steps=stat(1800.0), speedup=stat(1.0)),
+            arm("norm=batchnorm", "batchnorm", reached=bn_reached, speedup=bn_speedup),
+        ],
+        "runs": [],
+    }
+
+
+def test_analyse_faster_training_with_a_baseline_that_never_learned() -> None:
+    # A 6× speed-up to 0.12, when chance is 0.10, says nothing about training speed.
+    finding = r.analyse_faster_training(sweep_data(faster_comparison(0.12, stat(6.0, 4.5, 8.0))))
+    assert finding.verdict == UNSURE
+    assert finding.reason.endswith(
+        "but the target 0.120 is near chance: the baseline never learned."
+    )
+
+
+def test_analyse_faster_training_censored_bn_arm() -> None:
+    # 2 of 3 BN seeds reached the target: the speed-up ≤ 1.5× can only say "not 2× faster".
+    comparison = faster_comparison(0.31, stat(1.5, 1.0, 2.0, "upper"), bn_reached=2)
+    finding = r.analyse_faster_training(sweep_data(comparison))
+    assert finding.verdict == FAILS
+    assert "speed-up ≤ 1.50× [1.00, 2.00]" in finding.measured
+    assert finding.reason.endswith("(censored: at most this).")
+    never = r.analyse_faster_training(sweep_data(faster_comparison(0.31, stat(None), 0)))
+    assert never.verdict == FAILS  # BN never reached the baseline's accuracy
+
+
 def test_failed_runs_make_any_experiment_inconclusive() -> None:
     runs = [{"name": "x", "status": "failed", "spec": {}}, {"name": "y", "status": "succeeded"}]
     finding = r.analyse_faster_training(sweep_data({}, runs))
@@ -185,6 +217,18 @@ def test_analyse_regularization_gap_reduction() -> None:
     assert finding.verdict == FAILS
     assert r.verdict_from_numbers("regularization", finding.numbers) == FAILS
 
+    # Baseline gaps 0.10, 0.12, 0.08 (mean 0.10) against BN gaps 0.04, 0.05, 0.03 (mean 0.04):
+    # a resampled difference of means lies in [0.08 − 0.05, 0.12 − 0.03] = [0.03, 0.09]: the CI
+    # excludes 0 and the mean 0.06 is ≥ 0.02.
+    runs = [run("none", s, 1.0, 1.0 - gap) for s, gap in enumerate([0.10, 0.12, 0.08])]
+    runs += [run("batchnorm", s, 0.98, 0.98 - gap) for s, gap in enumerate([0.04, 0.05, 0.03])]
+    finding = r.analyse_regularization(sweep_data({}, runs, "regularization"))
+    assert finding.numbers["reduction"]["mean"] == pytest.approx(0.06)
+    assert 0.03 - 1e-9 <= finding.numbers["reduction"]["ci_low"] <= 0.06
+    assert finding.verdict == HOLDS
+    assert finding.bars["no BN"] == {"train acc": 1.0, "test acc": pytest.approx(0.90)}
+    assert finding.bars["BN"] == {"train acc": 0.98, "test acc": pytest.approx(0.94)}
+
 
 def test_analyse_saturating_reads_mean_best_accuracies() -> None:
     comparison = {
@@ -197,5 +241,13 @@ def test_analyse_saturating_reads_mean_best_accuracies() -> None:
     }
     finding = r.analyse_saturating(sweep_data(comparison, key="deep-sigmoid"))
     assert finding.verdict == HOLDS
+    trains_too = dict(
+        comparison,
+        arms=[
+            arm("norm=none", "none", best=stat(0.30)),
+            arm("norm=batchnorm", "batchnorm", best=stat(0.45)),
+        ],
+    )
+    assert r.analyse_saturating(sweep_data(trains_too, key="deep-sigmoid")).verdict == FAILS
     assert finding.numbers["depth"] == 10
     assert r.verdict_from_numbers("saturating-nonlinearities", finding.numbers) == HOLDS
