@@ -19,9 +19,20 @@ The modules, each importing only those above it (no cycles):
 - ``runner``: submitting, waiting and analysing through :class:`service.client.BnlabClient`;
 - ``embedded``: an in-process server, the package's only door to ``service.app``.
 
-A new experiment is an entry in ``experiments.EXPERIMENTS`` (with its analysis in
-``analyses`` and its rule in ``verdicts``), and a new sweep an entry in ``plan.SWEEPS``; the
-runner and the report need no change.
+Extending the suite: a new sweep is one entry in ``plan.SWEEPS`` and a new experiment one
+entry in ``experiments.EXPERIMENTS``; the runner submits whatever sweeps the selected
+experiments name and the report shows whatever findings come back. For example, the paper's
+MLP protocol on Fashion-MNIST, reusing the faster-training analysis and rule::
+
+    SweepDesign("fashion-mlp", steps={"full": 3000, "quick": 1000, "tiny": 60},
+                changes={"dataset": "fashion_mnist"})                       # plan.SWEEPS
+    Experiment("faster-training-fashion", "1c. Faster training (Fashion-MNIST)", claim,
+               "Fig. 1a", "fashion-mlp", analyse_faster_training,
+               _recheck_faster)                                             # EXPERIMENTS
+
+A claim that needs new numbers adds an ``analyse_*`` in ``analyses`` (reading arms with
+``SweepData.arm(bn=..., where={"model.dropout": 0.5})``), its rule, wording and thresholds in
+``verdicts`` (``THRESHOLDS`` puts them in the report), and its ``recheck`` in the entry.
 
 This module re-exports the names other code uses. ``embedded_client`` is looked up on first
 use, so importing the suite (for ``--server`` runs, or its plan) does not load the server app.

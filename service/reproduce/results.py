@@ -46,6 +46,17 @@ def summary_values(runs: Sequence[dict[str, Any]], key: str) -> list[float]:
     return [float(v) for v in values if v is not None]
 
 
+def _same(text: str | None, value: Any) -> bool:
+    """Whether an arm's factor (the comparison gives its value as text) is ``value``; numbers
+    compare as numbers ("15.0" is 15), and a factor the arm does not name matches anything."""
+    if text is None:
+        return True
+    try:
+        return abs(float(text) - float(value)) <= 1e-9
+    except (TypeError, ValueError):
+        return str(text) == str(value)
+
+
 # -------------------------------------------------------------------------------------------- input
 
 
@@ -62,17 +73,21 @@ class SweepData:
         """Runs that failed or were cancelled: they measured nothing."""
         return [r for r in self.runs if r.get("status") in UNUSABLE_STATUSES]
 
-    def arm(self, *, bn: bool, lr: float | None = None) -> dict[str, Any]:
-        """The comparison arm with (or without) BN, at learning rate ``lr`` where given. Every
-        sweep here varies ``model.norm``, so each arm names its norm among its factors."""
+    def arm(
+        self, *, bn: bool, lr: float | None = None, where: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The comparison arm with (or without) BN, at learning rate ``lr`` and with the other
+        factor values in ``where`` (dotted spec paths, e.g. ``{"model.dropout": 0.5}``) where
+        given. Every sweep here varies ``model.norm``, so each arm names its norm among its
+        factors; a factor an arm does not name does not vary in the sweep, so it matches."""
+        wanted = dict(where or {}) | ({"optimizer.lr": lr} if lr is not None else {})
         for arm in self.comparison["arms"]:
             factors = arm["factors"]
             if (factors.get("model.norm") != "none") != bn:
                 continue
-            if lr is not None and abs(float(factors.get("optimizer.lr", "nan")) - lr) > 1e-9:
-                continue
-            return arm
-        raise LookupError(f"no {'BN' if bn else 'baseline'} arm at lr={lr} in the comparison")
+            if all(_same(factors.get(path), value) for path, value in wanted.items()):
+                return arm
+        raise LookupError(f"no {'BN' if bn else 'baseline'} arm with {wanted} in the comparison")
 
     def bn_arm_labels(self) -> set[str]:
         arms = self.comparison["arms"]

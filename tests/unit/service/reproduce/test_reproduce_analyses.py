@@ -251,3 +251,22 @@ def test_analyse_saturating_reads_mean_best_accuracies() -> None:
     assert r.analyse_saturating(sweep_data(trains_too, key="deep-sigmoid")).verdict == FAILS
     assert finding.numbers["depth"] == 10
     assert r.verdict_from_numbers("saturating-nonlinearities", finding.numbers) == HOLDS
+
+
+def test_arms_are_found_by_norm_and_any_other_factor() -> None:
+    """Dropout arms (a regularization experiment): the factors arrive as text."""
+    arms = [
+        arm(f"norm={norm}, dropout={p}", norm)
+        | {"factors": {"model.norm": norm, "model.dropout": p}}
+        for norm in ("none", "batchnorm")
+        for p in ("0.0", "0.5")
+    ]
+    data = sweep_data({"arms": arms})
+    assert data.arm(bn=True, where={"model.dropout": 0.5})["label"] == "norm=batchnorm, dropout=0.5"
+    assert data.arm(bn=False, where={"model.dropout": 0})["label"] == "norm=none, dropout=0.0"
+    assert data.arm(bn=False)["label"] == "norm=none, dropout=0.0"  # the first baseline arm
+    # A factor that does not vary is not among the arms' factors: any value matches it.
+    assert data.arm(bn=True, lr=0.5, where={"model.dropout": "0.5"})["label"].endswith("0.5")
+    with pytest.raises(LookupError, match="no BN arm with {'model.dropout': 0.2}"):
+        data.arm(bn=True, where={"model.dropout": 0.2})
+    assert data.bn_arm_labels() == {"norm=batchnorm, dropout=0.0", "norm=batchnorm, dropout=0.5"}
