@@ -8,14 +8,13 @@ One sweep (2 runs) serves three experiments, which keeps this under two minutes 
 
 from __future__ import annotations
 
-import json
 import re
 from statistics import mean
 
 import pytest
 
 from service import reproduce as r
-from service.report import VERDICT_MARK
+from service.reproduce import VERDICT_MARK, load_numbers
 
 ONLY = ["faster-training", "stable-distributions", "inference-statistics"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,7 +76,7 @@ def test_report_structure(suite) -> None:
 @pytest.mark.slow
 def test_every_verdict_is_derived_from_the_reported_numbers(suite) -> None:
     result, _, _, _ = suite
-    data = json.loads((result.out_dir / "reproduction.json").read_text())
+    data = load_numbers(result.out_dir)
     assert [e["name"] for e in data["experiments"]] == ONLY
     for experiment in data["experiments"]:
         finding = experiment["finding"]

@@ -1,19 +1,22 @@
-"""The reproduction report: Markdown (``reproduction.md``) and its numbers (``reproduction.json``).
+"""The reproduction report: Markdown (``reproduction.md``), its numbers (``reproduction.json``,
+written by ``results.py``) and the summary bar figures.
 
-Everything written here comes from a :class:`service.reproduce.SuiteResult`: the verdicts,
-the numbers behind them and the thresholds are the suite's, never typed in by hand.
+Everything written here comes from a :class:`~service.reproduce.results.SuiteResult`: the
+verdicts, the numbers behind them and the thresholds (``verdicts.THRESHOLDS``) are the suite's,
+never typed in by hand. The runner calls :func:`write_report` once the experiments are analysed;
+this module knows nothing of the server, the plan or the runner.
 """
 
 from __future__ import annotations
 
-import json
+import io
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # only for annotations: reproduce imports this module at run time
-    from service.reproduce import ExperimentResult, SuiteResult
+from service.compare import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from service.reproduce.results import ExperimentResult, SuiteResult, save_numbers
+from service.reproduce.verdicts import THRESHOLDS
 
 VERDICT_MARK = {
     "holds": "✅ holds",
@@ -21,7 +24,6 @@ VERDICT_MARK = {
     "inconclusive": "❔ inconclusive",
 }
 REPORT_NAME = "reproduction.md"
-NUMBERS_NAME = "reproduction.json"
 
 
 def headline_table(results: Sequence[ExperimentResult]) -> str:
@@ -77,8 +79,6 @@ def section(result: ExperimentResult) -> str:
 
 
 def render(suite: SuiteResult, server: str, generated: datetime) -> str:
-    from service import reproduce as r  # the thresholds, for the method section
-
     env = suite.environment
     intro = [
         "# Reproducing Ioffe & Szegedy (2015) with bnlab",
@@ -88,53 +88,54 @@ def render(suite: SuiteResult, server: str, generated: datetime) -> str:
         f"{suite.runs} training runs, {suite.wall_time / 60:.1f} min wall time "
         f"({env.get('train_seconds', 0) / 60:.1f} min of training summed over runs), "
         f"torch {', '.join(env.get('torch') or ['?'])} on {', '.join(env.get('device') or ['?'])}. "
-        "Every number and verdict below is computed from the runs by `service/reproduce.py`; "
+        "Every number and verdict below is computed from the runs by `service/reproduce/`; "
         "none is written by hand. Regenerate with the same command.",
         headline_table(suite.results),
         "## How verdicts are decided",
         "Each claim gets *holds*, *does not hold* or *inconclusive* from its measured numbers "
-        "and the thresholds below (named constants in `service/reproduce.py`). Effects over "
-        "seeds carry a 95 % percentile-bootstrap confidence interval (the comparison layer's, "
-        "2,000 resamples): a claim holds when the effect reaches its threshold and the interval "
-        "excludes *no effect*; it does not hold when even the interval's upper end stays below "
-        "the threshold.",
-        markdown_table(
-            ["constant", "value", "used for"],
-            [
-                ["MIN_SPEEDUP", f"{r.MIN_SPEEDUP:g}×", "1. faster training"],
-                ["MIN_STABILITY_FACTOR", f"{r.MIN_STABILITY_FACTOR:g}×", "2. stable inputs"],
-                ["REACH_FRACTION", f"> {r.REACH_FRACTION:.0%} of seeds", "3. learning rates"],
-                ["CHANCE_ACC", f"{r.CHANCE_ACC:g}", "3, 4 (10 classes)"],
-                ["NEAR_CHANCE_MARGIN", f"+{r.NEAR_CHANCE_MARGIN:g}", "3, 4: did not train"],
-                ["TRAINS_MARGIN", f"+{r.TRAINS_MARGIN:g}", "4: trains"],
-                ["MIN_INFERENCE_GAIN", f"{r.MIN_INFERENCE_GAIN:g}", "5. inference statistics"],
-                ["MIN_GAP_REDUCTION", f"{r.MIN_GAP_REDUCTION:g}", "6. regularization"],
-            ],
-        ),
+        "and the thresholds below (named constants in `service/reproduce/verdicts.py`). Effects "
+        f"over seeds carry a {CONFIDENCE * 100:g} % percentile-bootstrap confidence interval "
+        f"(the comparison layer's, {BOOTSTRAP_RESAMPLES:,} resamples): a claim holds when the "
+        "effect reaches its threshold and the interval excludes *no effect*; it does not hold "
+        "when even the interval's upper end stays below the threshold.",
+        markdown_table(["constant", "value", "used for"], THRESHOLDS),
     ]
     body = [section(result) for result in suite.results]
     return "\n\n".join(intro + body) + "\n"
 
 
-def numbers(suite: SuiteResult, server: str, generated: datetime) -> dict[str, Any]:
-    """The report's data, JSON-ready: enough to re-derive every verdict."""
-    return {
-        "profile": suite.profile,
-        "server": server,
-        "generated": generated.isoformat(),
-        "wall_time": suite.wall_time,
-        "runs": suite.runs,
-        "environment": suite.environment,
-        "experiments": [
-            {k: v for k, v in asdict(result).items() if k != "finding"}
-            | {"finding": asdict(result.finding)}
-            for result in suite.results
-        ],
-    }
-
-
 def write_report(suite: SuiteResult, server: str, generated: datetime | None = None) -> None:
+    """``suite.report`` (Markdown) and ``reproduction.json`` beside it, stamped ``generated``."""
     when = generated or datetime.now(UTC)
     suite.report.write_text(render(suite, server, when))
-    data = numbers(suite, server, when)
-    (suite.out_dir / NUMBERS_NAME).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    save_numbers(suite, server, when)
+
+
+def bar_figure(title: str, groups: dict[str, dict[str, float | None]]) -> bytes:
+    """Grouped bars (one group per key, one bar per series), values written on the bars. The
+    y axis is zoomed to the values: the differences here are a few points of accuracy."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in any thread
+
+    series = list(dict.fromkeys(name for bars in groups.values() for name in bars))
+    values = [v for bars in groups.values() for v in bars.values() if v is not None]
+    fig = Figure(figsize=(2.2 + 1.3 * len(groups) * max(1, len(series)) / 2, 3.6))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(series))
+    for i, name in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ys = [bars.get(name) or 0.0 for bars in groups.values()]
+        bars = ax.bar(xs, ys, width, label=name, color=f"C{i}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(groups)), list(groups))
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.02, (high - low) * 0.25)
+        ax.set_ylim(max(0.0, low - pad), min(1.05, high + pad))
+    ax.set_ylabel("accuracy (y axis zoomed)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside, not over
+    ax.grid(axis="y", alpha=0.3)
+    fig.set_layout_engine("constrained")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()

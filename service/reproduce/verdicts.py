@@ -1,0 +1,252 @@
+"""How a claim's verdict is decided: the thresholds, the decision rules and their wording.
+
+Every verdict of the suite comes out of a ``verdict_*`` function here, applied to measured
+numbers and the named thresholds below; nothing else decides one. Each rule also has its text
+(``*_RULE``), which the report prints next to the verdict, and :data:`THRESHOLDS` lists every
+constant for the report's method section, so a reader sees exactly what was applied.
+
+Verdicts are "holds", "does not hold" or "inconclusive". Effects measured over seeds use the
+comparison layer's bootstrap (95 % percentile CI): a claim *holds* when the effect reaches its
+threshold and its CI excludes "no effect"; it *does not hold* when the CI's upper end stays below
+the threshold; anything between is inconclusive. With one seed (``--quick``) the CI collapses to
+the single value, which the report says.
+
+Pure functions on numbers: no I/O, no imports from the rest of the package.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+Verdict = Literal["holds", "does not hold", "inconclusive"]
+HOLDS: Verdict = "holds"
+FAILS: Verdict = "does not hold"
+UNSURE: Verdict = "inconclusive"
+
+# --------------------------------------------------------------------------------------- thresholds
+# Named here, stated in the report, never applied by hand.
+
+CHANCE_ACC = 0.10  # ten classes (mnist1d, digits)
+NEAR_CHANCE_MARGIN = 0.05  # best accuracy ≤ chance + this: the network did not train
+TRAINS_MARGIN = 0.15  # best accuracy ≥ chance + this: the network trains
+MIN_SPEEDUP = 2.0  # experiment 1: "far fewer steps" = at least twice as fast
+MIN_STABILITY_FACTOR = 2.0  # experiment 2: the baseline's median drifts at least twice as much
+MIN_INFERENCE_GAIN = 0.005  # experiment 5: fixed statistics beat batch statistics by ≥ 0.5 points
+MIN_GAP_REDUCTION = 0.02  # experiment 6: BN shrinks the train-test gap by ≥ 2 points
+REACH_FRACTION = 0.5  # an arm "reaches" the target when more than half its seeds do
+
+# The report's table of constants: (name, value as shown, what uses it). A new threshold is
+# added here once and appears in every report.
+THRESHOLDS: list[tuple[str, str, str]] = [
+    ("MIN_SPEEDUP", f"{MIN_SPEEDUP:g}×", "1. faster training"),
+    ("MIN_STABILITY_FACTOR", f"{MIN_STABILITY_FACTOR:g}×", "2. stable inputs"),
+    ("REACH_FRACTION", f"> {REACH_FRACTION:.0%} of seeds", "3. learning rates"),
+    ("CHANCE_ACC", f"{CHANCE_ACC:g}", "3, 4 (10 classes)"),
+    ("NEAR_CHANCE_MARGIN", f"+{NEAR_CHANCE_MARGIN:g}", "3, 4: did not train"),
+    ("TRAINS_MARGIN", f"+{TRAINS_MARGIN:g}", "4: trains"),
+    ("MIN_INFERENCE_GAIN", f"{MIN_INFERENCE_GAIN:g}", "5. inference statistics"),
+    ("MIN_GAP_REDUCTION", f"{MIN_GAP_REDUCTION:g}", "6. regularization"),
+]
+
+
+def near_chance(accuracy: float) -> bool:
+    """At or below chance + NEAR_CHANCE_MARGIN: the network did not train."""
+    return accuracy <= CHANCE_ACC + NEAR_CHANCE_MARGIN
+
+
+# --------------------------------------------------------------------------------- the generic rule
+
+
+def effect_verdict(
+    estimate: float | None,
+    ci_low: float | None,
+    ci_high: float | None,
+    *,
+    threshold: float,
+    null: float,
+) -> Verdict:
+    """holds: the estimate reaches ``threshold`` and the CI excludes ``null`` (no effect);
+    does not hold: even the CI's upper end is below ``threshold``; inconclusive otherwise."""
+    if estimate is None or ci_low is None or ci_high is None:
+        return UNSURE
+    if estimate >= threshold and ci_low > null:
+        return HOLDS
+    if ci_high < threshold:
+        return FAILS
+    return UNSURE
+
+
+def explain_effect(
+    stat: dict[str, Any], verdict: Verdict, *, threshold: float, null: float, digits: int
+) -> str:
+    """The comparison that decided an effect verdict, with enough digits to see it (a CI end
+    of 0.0199 against a threshold of 0.02 must not read "0.020 < 0.02")."""
+    est, low, high = stat.get("mean"), stat.get("ci_low"), stat.get("ci_high")
+    if est is None or low is None or high is None:
+        return "no estimate"
+
+    def f(x: float) -> str:
+        return f"{x:.{digits}f}"
+
+    if verdict == HOLDS:
+        return f"estimate {f(est)} ≥ {threshold:g} and CI lower end {f(low)} > {null:g}"
+    if verdict == FAILS:
+        return f"CI upper end {f(high)} < {threshold:g}"
+    if est < threshold:
+        return f"estimate {f(est)} < {threshold:g}, but CI upper end {f(high)} ≥ {threshold:g}"
+    return f"estimate {f(est)} ≥ {threshold:g}, but CI lower end {f(low)} ≤ {null:g}"
+
+
+def _effect(stat: dict[str, Any], *, threshold: float, null: float) -> Verdict:
+    """effect_verdict on a {"mean", "ci_low", "ci_high"} dict (the comparison layer's shape)."""
+    return effect_verdict(
+        stat.get("mean"), stat.get("ci_low"), stat.get("ci_high"), threshold=threshold, null=null
+    )
+
+
+# ---------------------------------------------------------------------------------------- 1. faster
+
+FASTER_RULE = (
+    f"holds if BN's speed-up is ≥ {MIN_SPEEDUP:g}× and its 95 % CI lies above 1×; does not "
+    f"hold if BN never reaches the target, or the CI's upper end is below {MIN_SPEEDUP:g}×; "
+    "otherwise inconclusive; also inconclusive when the target is within "
+    f"{NEAR_CHANCE_MARGIN:g} of chance ({CHANCE_ACC:g}): a baseline that never learned sets no "
+    "accuracy to race to. Target: the baseline's best test accuracy (the lowest over its "
+    "seeds), steps-to-target: the first evaluation at or above it."
+)
+
+
+def verdict_faster_training(
+    speedup: dict[str, Any], n_reached: int, n: int, target: float | None = None
+) -> Verdict:
+    """Experiment 1 from the BN arm's speed-up (a Comparison arm's ``speedup`` dict).
+
+    A target near chance (the baseline never learned) makes the race meaningless: inconclusive.
+
+    BN that never reaches the target is not faster. A censored BN arm (``bound == "upper"``:
+    some seeds never reached it) can only fail or stay open: its speed-up is an upper bound.
+    """
+    if n == 0 or (target is not None and near_chance(target)):
+        return UNSURE
+    if n_reached == 0:
+        return FAILS
+    if speedup.get("bound") == "upper":
+        estimate = speedup.get("mean")
+        return FAILS if estimate is not None and estimate < MIN_SPEEDUP else UNSURE
+    return _effect(speedup, threshold=MIN_SPEEDUP, null=1.0)
+
+
+# ---------------------------------------------------------------------------------------- 2. stable
+
+STABLE_RULE = (
+    "Drift of a run = (max − min of the probed unit's median pre-activation over all "
+    "evaluations, step 0 included) ÷ (its mean 15th–85th percentile spread). Stability factor "
+    f"= mean baseline drift ÷ mean BN drift. Holds if the factor is ≥ {MIN_STABILITY_FACTOR:g} "
+    f"and its 95 % CI lies above 1; does not hold if the CI's upper end is below "
+    f"{MIN_STABILITY_FACTOR:g}; otherwise inconclusive."
+)
+
+
+def verdict_stable_distributions(stability: dict[str, Any]) -> Verdict:
+    """Experiment 2 from the stability factor: baseline drift ÷ BN drift, with its CI."""
+    return _effect(stability, threshold=MIN_STABILITY_FACTOR, null=1.0)
+
+
+# -------------------------------------------------------------------------------- 3. learning rates
+
+LR_RULE = (
+    "Target: the best test accuracy of the baseline at its own learning rate (the lowest over "
+    f"its seeds). An arm reaches it when more than {REACH_FRACTION:.0%} of its seeds do and "
+    "fails when none does. Holds if BN reaches the target at some learning rate where the "
+    "baseline fails and at every rate where the baseline reaches it; does not hold if there is "
+    "no rate where BN reaches it and the baseline fails; otherwise inconclusive."
+)
+
+ArmOutcome = Literal["reaches", "fails", "mixed"]
+
+
+def arm_outcome(n_reached: int, n: int) -> ArmOutcome:
+    """An arm reaches the target when more than REACH_FRACTION of its seeds do, fails when none
+    does; in between its outcome is mixed."""
+    if n and n_reached / n > REACH_FRACTION:
+        return "reaches"
+    return "fails" if n_reached == 0 else "mixed"
+
+
+def verdict_higher_learning_rates(
+    baseline: dict[Any, ArmOutcome], bn: dict[Any, ArmOutcome]
+) -> Verdict:
+    """Experiment 3 from which learning rates reach the target, per arm (LR → outcome; the LR keys
+    may be numbers or, read back from JSON, their text).
+
+    holds: BN reaches it at some LR where the baseline fails, and at every LR where the
+    baseline reaches it; does not hold: there is no LR where BN reaches it and the baseline
+    fails; inconclusive otherwise (an arm in between decides it)."""
+    lrs = sorted(set(baseline) & set(bn))
+    if not lrs:
+        return UNSURE
+    gained = [lr for lr in lrs if bn[lr] == "reaches" and baseline[lr] == "fails"]
+    lost = [lr for lr in lrs if baseline[lr] == "reaches" and bn[lr] != "reaches"]
+    undecided = [lr for lr in lrs if "mixed" in (bn[lr], baseline[lr])]
+    if gained and not lost:
+        return HOLDS
+    if not gained and not undecided:
+        return FAILS
+    return UNSURE
+
+
+# ------------------------------------------------------------------------------------ 4. saturating
+
+SATURATING_RULE = (
+    f"Chance = {CHANCE_ACC:.2f}. Holds if the baseline's mean best test accuracy is ≤ "
+    f"{CHANCE_ACC + NEAR_CHANCE_MARGIN:.2f} (near chance) and BN's is ≥ "
+    f"{CHANCE_ACC + TRAINS_MARGIN:.2f} (it trains); does not hold if the baseline reaches "
+    f"{CHANCE_ACC + TRAINS_MARGIN:.2f} too or BN stays ≤ {CHANCE_ACC + NEAR_CHANCE_MARGIN:.2f}; "
+    "otherwise inconclusive."
+)
+
+
+def verdict_saturating(baseline_best: float | None, bn_best: float | None) -> Verdict:
+    """Experiment 4 from the mean best test accuracy of each arm (deep sigmoid network).
+
+    holds: the baseline stays near chance and BN trains; does not hold: the baseline trains
+    too, or BN stays near chance; inconclusive in between."""
+    if baseline_best is None or bn_best is None:
+        return UNSURE
+    trains = CHANCE_ACC + TRAINS_MARGIN
+    if near_chance(baseline_best) and bn_best >= trains:
+        return HOLDS
+    if baseline_best >= trains or near_chance(bn_best):
+        return FAILS
+    return UNSURE
+
+
+# ------------------------------------------------------------------------------------- 5. inference
+
+INFERENCE_RULE = (
+    "Per BN run, from the trainer's summary: test accuracy with each test batch normalized by "
+    "its own statistics (batch size as in training), with the running averages, and with the "
+    "paper's population statistics (Algorithm 2). Gain = population − batch statistics. Holds "
+    f"if the mean gain is ≥ {MIN_INFERENCE_GAIN:g} and its 95 % CI lies above 0; does not hold "
+    f"if the CI's upper end is below {MIN_INFERENCE_GAIN:g}; otherwise inconclusive."
+)
+
+
+def verdict_inference_statistics(gain: dict[str, Any]) -> Verdict:
+    """Experiment 5 from population-statistics accuracy minus batch-statistics accuracy (CI)."""
+    return _effect(gain, threshold=MIN_INFERENCE_GAIN, null=0.0)
+
+
+# -------------------------------------------------------------------------------- 6. regularization
+
+REGULARIZATION_RULE = (
+    "Gap of a run = training accuracy − test accuracy of the final model (eval mode, equal "
+    "steps for both arms). Reduction = mean baseline gap − mean BN gap. Holds if the reduction "
+    f"is ≥ {MIN_GAP_REDUCTION:g} and its 95 % CI lies above 0; does not hold if the CI's upper "
+    f"end is below {MIN_GAP_REDUCTION:g}; otherwise inconclusive."
+)
+
+
+def verdict_regularization(reduction: dict[str, Any]) -> Verdict:
+    """Experiment 6 from baseline gap minus BN gap (train-test accuracy, equal steps; CI)."""
+    return _effect(reduction, threshold=MIN_GAP_REDUCTION, null=0.0)

@@ -1,0 +1,46 @@
+"""`bnlab reproduce`'s glue to the package: the names the CLI reaches through
+``service.reproduce`` (re-exported by its ``__init__``) and what it does with them."""
+
+from __future__ import annotations
+
+from service import reproduce as r
+from service.reproduce import HOLDS
+
+
+def test_cli_rejects_an_unknown_experiment() -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    result = CliRunner().invoke(app, ["reproduce", "--only", "nope", "--server", "http://x"])
+    assert result.exit_code == 2
+    assert "unknown experiment" in result.output
+
+
+def test_cli_runs_the_suite_against_the_given_server(monkeypatch, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    seen = {}
+
+    def fake_run_suite(client, *, quick, only, out_dir, progress, server_label):
+        seen.update(base_url=client.base_url, quick=quick, only=only, out=out_dir)
+        progress(3, 4, "1 running")
+        finding = r.Finding(HOLDS, "speed-up 7×", "because", "rule", {})
+        item = r.ExperimentResult(
+            "faster-training", "1. Faster training", "claim", "Fig. 1a", "s", "id", "", finding, []
+        )
+        return r.SuiteResult("quick", out_dir, out_dir / "reproduction.md", [item], 60.0, 4, {})
+
+    monkeypatch.setattr(r, "run_suite", fake_run_suite)
+    args = ["reproduce", "--quick", "--only", "faster-training", "--server", "http://h:1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen == {
+        "base_url": "http://h:1",
+        "quick": True,
+        "only": ["faster-training"],
+        "out": tmp_path,
+    }
+    assert "1. Faster training" in result.output and "holds" in result.output
