@@ -9,8 +9,10 @@
 //   empty: "text shown when there is nothing to draw" (or a list of lines),
 // }
 // A null y breaks the line (a non-finite value in training, e.g. a diverged loss).
+// What was drawn is also left on the canvas's data- attributes (points, scale, yTicks, legend,
+// bands, message), for tests and for reading in the console.
 
-import { tickLabel } from "./format.js";
+import { logTickLabel, tickLabel } from "./format.js";
 
 export const COLORS = { test: "#1f6feb", train: "#d9822b", grid: "#e6e8eb", axis: "#57606a" };
 // Distinct colours for arms (and for the three percentiles).
@@ -57,8 +59,8 @@ export function drawChart(canvas, opts) {
   const finite = opts.series.flatMap((s) => s.points.filter((p) => isValue(p[1])));
   if (!finite.length) {
     drawMessage(ctx, width, height, opts.empty || "waiting for data…");
-    canvas.dataset.points = "0";
-    canvas.dataset.scale = "";
+    Object.assign(canvas.dataset, { points: "0", scale: "", yTicks: "", legend: "", bands: "0" });
+    canvas.dataset.message = [].concat(opts.empty || "waiting for data…").join("\n");
     return 0;
   }
 
@@ -73,15 +75,20 @@ export function drawChart(canvas, opts) {
   const log = useLog(opts.yScale, ys);
   const y = log ? logAxis(ys) : linearAxis(ys, opts);
 
-  // The left margin fits the widest tick label, so labels are never clipped.
+  // The left margin fits the widest tick label, so labels are never clipped; the legend takes
+  // as many rows above the plot as it needs.
   ctx.font = FONT;
-  const labelWidth = Math.max(...y.ticks.map((t) => ctx.measureText(tickLabel(t)).width));
-  const plot = { left: Math.ceil(labelWidth) + 34, right: width - 16, top: 34, bottom: height - 44 };
+  const yLabel = log ? logTickLabel : tickLabel;
+  const labelWidth = Math.max(...y.ticks.map((t) => ctx.measureText(yLabel(t)).width));
+  const legend = opts.series.filter((s) => s.points.length && s.label);
+  const plot = { left: Math.ceil(labelWidth) + 34, right: width - 16, top: 0, bottom: height - 44 };
+  const rows = legendRows(ctx, legend, plot.right - plot.left);
+  plot.top = 16 + 20 * rows.length;
   const xPx = (x) => plot.left + ((x - xMin) / (xMax - xMin || 1)) * (plot.right - plot.left);
   const yPx = (v) => plot.bottom - y.frac(v) * (plot.bottom - plot.top);
   const xTicks = niceTicks(xMin, xMax, Math.max(2, Math.floor((plot.right - plot.left) / 90)));
 
-  drawAxes(ctx, plot, xTicks.filter((t) => t >= xMin && t <= xMax), y.ticks, xPx, yPx, opts);
+  drawAxes(ctx, plot, xTicks.filter((t) => t >= xMin && t <= xMax), y.ticks, xPx, yPx, opts, yLabel);
 
   // Lines and bands, clipped to the plot area.
   let drawn = 0;
@@ -89,16 +96,23 @@ export function drawChart(canvas, opts) {
   ctx.beginPath();
   ctx.rect(plot.left, plot.top - 4, plot.right - plot.left + 6, plot.bottom - plot.top + 8);
   ctx.clip();
-  for (const s of opts.series) if (s.band) drawBand(ctx, s, xPx, yPx, log);
+  let bands = 0;
+  for (const s of opts.series) if (s.band) bands += drawBand(ctx, s, xPx, yPx, log);
   // Thin background series first, so the main (thick) one stays on top.
   for (const s of [...opts.series].reverse()) {
     drawn += drawLine(ctx, s, xPx, (v) => (log && v <= 0 ? null : yPx(v)), plot);
   }
   ctx.restore();
 
-  drawLegend(ctx, plot, opts.series.filter((s) => s.points.length && s.label));
-  canvas.dataset.points = String(drawn);
-  canvas.dataset.scale = log ? "log" : "linear";
+  drawLegend(ctx, plot, rows);
+  Object.assign(canvas.dataset, {
+    points: String(drawn),
+    scale: log ? "log" : "linear",
+    yTicks: y.ticks.map(yLabel).join("|"),
+    legend: legend.map((s) => s.label).join("|"),
+    bands: String(bands),
+    message: "",
+  });
   return drawn;
 }
 
@@ -163,7 +177,7 @@ function setupCanvas(canvas) {
   return ctx;
 }
 
-function drawAxes(ctx, plot, xTicks, yTicks, xPx, yPx, opts) {
+function drawAxes(ctx, plot, xTicks, yTicks, xPx, yPx, opts, yLabel) {
   ctx.font = FONT;
   ctx.lineWidth = 1;
   ctx.strokeStyle = COLORS.grid;
@@ -180,7 +194,7 @@ function drawAxes(ctx, plot, xTicks, yTicks, xPx, yPx, opts) {
   for (const t of yTicks) {
     const y = Math.round(yPx(t)) + 0.5;
     line(ctx, plot.left, y, plot.right, y);
-    ctx.fillText(tickLabel(t), plot.left - 8, y);
+    ctx.fillText(yLabel(t), plot.left - 8, y);
   }
   ctx.strokeStyle = COLORS.axis;
   line(ctx, plot.left + 0.5, plot.top, plot.left + 0.5, plot.bottom + 0.5);
@@ -203,11 +217,12 @@ function line(ctx, x0, y0, x1, y1) {
   ctx.stroke();
 }
 
-/** A shaded area between lo and hi; a missing value splits it. */
+/** A shaded area between lo and hi; a missing value splits it. Returns the points shaded. */
 function drawBand(ctx, s, xPx, yPx, log) {
   const ok = ([, lo, hi]) => isValue(lo) && isValue(hi) && (!log || lo > 0);
   ctx.fillStyle = s.color;
   ctx.globalAlpha = 0.18;
+  let shaded = 0;
   let run = [];
   const flush = () => {
     if (run.length > 1) {
@@ -216,6 +231,7 @@ function drawBand(ctx, s, xPx, yPx, log) {
       for (const [x, lo] of [...run].reverse()) ctx.lineTo(xPx(x), yPx(lo));
       ctx.closePath();
       ctx.fill();
+      shaded += run.length;
     }
     run = [];
   };
@@ -225,6 +241,7 @@ function drawBand(ctx, s, xPx, yPx, log) {
   }
   flush();
   ctx.globalAlpha = 1;
+  return shaded;
 }
 
 /** One series; with more points than pixels, keep each pixel column's min and max. */
@@ -297,23 +314,46 @@ function thin(points, xPx, pixels) {
   return out;
 }
 
-/** Right-aligned legend above the plot, laid out from the right edge leftwards. */
-function drawLegend(ctx, plot, series) {
+const LEGEND_GAP = 14;
+const legendWidth = (ctx, s) => 24 + ctx.measureText(s.label).width;
+
+/** The legend's entries in rows that fit the plot's width (first row at the top). */
+function legendRows(ctx, series, width) {
+  const rows = [];
+  let row = [];
+  let used = 0;
+  for (const s of series) {
+    const w = legendWidth(ctx, s);
+    if (row.length && used + LEGEND_GAP + w > width) {
+      rows.push(row);
+      row = [];
+      used = 0;
+    }
+    used += (row.length ? LEGEND_GAP : 0) + w;
+    row.push(s);
+  }
+  if (row.length) rows.push(row);
+  return rows;
+}
+
+/** The legend above the plot, each row right-aligned. */
+function drawLegend(ctx, plot, rows) {
   ctx.font = FONT;
   ctx.textBaseline = "middle";
   ctx.textAlign = "left";
-  let x = plot.right;
-  for (const s of [...series].reverse()) {
-    const w = ctx.measureText(s.label).width;
-    if (x - w - 30 < plot.left) break; // no room: the rest would overlap the axis
-    x -= w + 30;
-    ctx.strokeStyle = s.color;
-    ctx.lineWidth = 3;
-    line(ctx, x, plot.top - 16, x + 20, plot.top - 16);
-    ctx.fillStyle = "#24292f";
-    ctx.fillText(s.label, x + 24, plot.top - 16);
-    x -= 8;
-  }
+  rows.forEach((row, i) => {
+    const y = 10 + 20 * i;
+    const total = row.reduce((sum, s) => sum + legendWidth(ctx, s), 0) + LEGEND_GAP * (row.length - 1);
+    let x = plot.right - total;
+    for (const s of row) {
+      ctx.strokeStyle = s.color;
+      ctx.lineWidth = 3;
+      line(ctx, x, y, x + 20, y);
+      ctx.fillStyle = "#24292f";
+      ctx.fillText(s.label, x + 24, y);
+      x += legendWidth(ctx, s) + LEGEND_GAP;
+    }
+  });
 }
 
 /**

@@ -45,6 +45,12 @@ export function tickLabel(value) {
   return String(Number(value.toPrecision(4)));
 }
 
+/** A log axis's tick (a power of ten): 0.01, 0.1, 1, 10, 100, 1000, then 1e4, 1e5, ... */
+export function logTickLabel(value) {
+  const exponent = Math.round(Math.log10(value));
+  return exponent >= 4 || exponent <= -3 ? `1e${exponent}` : String(10 ** exponent);
+}
+
 /** The first characters of an id, as the CLI shows them (the length is the server's). */
 export function shortId(id) {
   return String(id || "").slice(0, vocab.short_id_length || undefined);
@@ -56,5 +62,8 @@ export function shortId(id) {
  */
 export function splitRunName(name) {
   const match = /^(.*)\[([^\]]*)\]$/.exec(name || "");
-  return match ? { base: match[1], detail: match[2] } : { base: name || "", detail: "" };
+  // A zero-width space after each comma: a narrow column breaks between factors, not inside.
+  return match
+    ? { base: match[1], detail: match[2].replaceAll(",", ",\u200b") }
+    : { base: name || "", detail: "" };
 }

@@ -107,6 +107,7 @@ async function refreshSweep(id) {
     targetLine(cmp.body, $("sweep-target"));
     replace($("sweep-warnings"), ...(cmp.body.warnings || []).map((w) => el("li", { text: w })));
     renderArmsTable($("sweep-arms").querySelector("tbody"), cmp.body);
+    renderRuns(sweep.runs, new Map(cmp.body.runs.map((r) => [r.id, r.best_test_acc])));
     drawCharts(cmp.body);
   } else {
     showBanner(`Could not compare the sweep's runs. ${problemText(cmp.body, cmp.status)}`);
@@ -116,7 +117,8 @@ async function refreshSweep(id) {
   }
 }
 
-function renderRuns(runs) {
+/** The sweep's runs; best accuracy from the comparison when there is one (it reads the curves). */
+function renderRuns(runs, bestById = new Map()) {
   replace($("sweep-runs").querySelector("tbody"), ...runs.map((run) => el(
     "tr",
     { "data-run-id": run.id },
@@ -124,7 +126,7 @@ function renderRuns(runs) {
     el("td", { class: "num", text: run.spec?.seed ?? "—" }),
     el("td", {}, badge(run.status)),
     el("td", { class: "num", text: `${run.last_step ?? "—"} / ${run.spec?.steps ?? "?"}` }),
-    el("td", { class: "num", text: fmtPct(run.summary?.best_test_acc) }),
+    el("td", { class: "num", text: fmtPct(bestById.get(run.id) ?? run.summary?.best_test_acc) }),
   )));
 }
 
