@@ -237,6 +237,10 @@ TRAIN_STEPS = range(1, STEPS + 1)
 
 def test_422_lists_every_field(page) -> None:  # noqa: ANN001
     page.goto("/")
+    # The page's shared words come from the server (service/vocab.py), not from the script.
+    from service import vocab
+
+    assert page.evaluate("fetch('/api/v1/vocab').then((r) => r.json())") == vocab.as_dict()
     fill_form(page, {**TINY, "optimizer.lr": "1000", "steps": "-5"})
     page.click("#submit-form button[type=submit]")
     problem = page.locator("#submit-problem")
