@@ -1,7 +1,7 @@
 // #/compare?runs=A,B[&baseline=A]: pick runs, then the speed-up table, the arms (mean ± 95 % CI
 // curves and statistics) and the server-rendered plot.
 
-import { API, FINISHED, api, problemText } from "../api.js";
+import { API, FINISHED, api, problemText, vocab } from "../api.js";
 import { $, badge, el, replace, showBanner } from "../dom.js";
 import { fmtNum, fmtPct, fmtSeconds, shortId, splitRunName } from "../format.js";
 import { compareHash } from "../router.js";
@@ -34,7 +34,7 @@ async function openCompareView(params) {
   const baseline = params.get("baseline") || "";
   state.selected = new Set(ids);
   renderPicker(state.runs, ids, baseline); // at once from what we have, then fresh
-  const runs = await fetchRuns(100);
+  const runs = await fetchRuns(vocab.max_page_size); // as many as one page may hold
   if (runs) renderPicker(runs, ids, baseline);
   if (ids.length < 1) {
     $("compare-empty").hidden = false;

@@ -1,6 +1,6 @@
 // #/runs: the list of runs (refreshed every few seconds) with boxes to pick runs to compare.
 
-import { api, problemText } from "../api.js";
+import { api, problemText, vocab } from "../api.js";
 import { $, badge, el, showBanner } from "../dom.js";
 import { fmtCreated, fmtNum, fmtPct } from "../format.js";
 import { compareHash } from "../router.js";
@@ -28,9 +28,10 @@ export function initRunsView() {
   });
 }
 
-/** The newest runs (also used by the compare picker); null, with a banner, on failure. */
-export async function fetchRuns(limit = 50) {
-  const result = await api(`/runs?limit=${limit}`);
+/** The newest runs (also used by the compare picker); null, with a banner, on failure. The
+ * page sizes are the server's (GET /api/v1/vocab); without them the server's default holds. */
+export async function fetchRuns(limit = vocab.default_page_size) {
+  const result = await api(limit ? `/runs?limit=${limit}` : "/runs");
   if (!result.ok) {
     showBanner(`Could not list runs. ${problemText(result.body, result.status)}`);
     return null;
