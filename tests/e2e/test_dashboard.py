@@ -6,7 +6,9 @@ normalization, then compare the two (speed-up table and the server's plot). Then
 tiny real training cannot produce on demand (a diverged loss, a failure, a sweep of six seeds),
 seeded into the live app's store: how the run page, the compare view and the sweep pages show
 them, at desktop and phone widths. And /docs and /redoc with every external request blocked.
-Screenshots are kept in artifacts/ (dashboard-*.png).
+Screenshots are kept in artifacts/ (dashboard-*.png). One file past ~400 lines on purpose: every
+test here shares one module-scoped live server (and its seeded sweep); a second file would start
+and fill a second one.
 """
 
 from __future__ import annotations
