@@ -75,6 +75,9 @@ def create_app(settings: Settings | None = None, executor: Any = None) -> FastAP
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=_lifespan,
+        # Served by service/api/dashboard.py from installed files: the defaults load a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     engine = make_engine(settings.database_url)
     app.state.settings = settings

@@ -60,11 +60,9 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real app, served by uvicorn in a thread on a free port; yields its base URL."""
+def live_app(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The production app (embedded executor, SQLite in a temporary directory), not started."""
     _require_browser()
-    import uvicorn
-
     from service.app import create_app
     from service.settings import Settings
 
@@ -78,9 +76,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         heartbeat_interval_s=1.0,
         embedded_concurrency=1,
     )
-    app = create_app(settings)
-    _ensure_dashboard(app)
+    return create_app(settings)
 
+
+@pytest.fixture(scope="module")
+def live_server(live_app) -> Iterator[str]:  # noqa: ANN001
+    """The real app, served by uvicorn in a thread on a free port; yields its base URL."""
+    import uvicorn
+
+    app = live_app
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -101,12 +105,60 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         sock.close()
 
 
-def _ensure_dashboard(app) -> None:  # noqa: ANN001
-    """Serve the dashboard even where create_app does not include its router (yet)."""
-    from service.api import dashboard
+class Seeder:
+    """Runs and sweeps written straight into the live app's store, finished with the metrics
+    given: for dashboard states that a tiny real training cannot produce on demand (a diverged
+    loss, a failure, six seeds of a sweep). They are claimed by a made-up worker at once, so the
+    embedded executor never trains them."""
 
-    if not any(getattr(route, "path", None) == "/" for route in app.routes):
-        app.include_router(dashboard.router)
+    WORKER = "e2e-seeder"
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        self.session_factory = app.state.session_factory
+
+    def run(
+        self,
+        spec: dict,
+        status: str,
+        metrics: dict[str, list[tuple[int, float | None]]],
+        reason: str | None = None,
+        **outcome: object,
+    ) -> str:
+        from bncore.spec import JobSpec
+        from service import store
+
+        with self.session_factory() as session:
+            run, _ = store.create_run(session, JobSpec.model_validate(spec))
+            self._finish(session, run.id, status, metrics, reason, outcome)
+            return run.id
+
+    def sweep(self, name: str, base: dict, grid: dict, metrics_of) -> tuple[str, list[str]]:  # noqa: ANN001
+        """A sweep whose runs succeed with ``metrics_of(spec)``; (sweep id, run ids)."""
+        from bncore.spec import JobSpec
+        from service import store
+
+        with self.session_factory() as session:
+            specs = [JobSpec.model_validate(s) for s in store.expand_grid(base, grid)]
+            sweep, runs = store.create_sweep(session, name, base, grid, specs)
+            ids = [run.id for run in runs]
+            for run_id, spec in zip(ids, specs, strict=True):
+                metrics = metrics_of(spec.model_dump(mode="json"))
+                self._finish(session, run_id, "succeeded", metrics, "finished", {})
+            return sweep.id, ids
+
+    def _finish(self, session, run_id, status, metrics, reason, outcome) -> None:  # noqa: ANN001
+        from service import store
+        from service.vocab import RunStatus
+
+        assert store.claim_run(session, run_id, self.WORKER), "the executor took a seeded run"
+        points = [(key, step, value) for key, pts in metrics.items() for step, value in pts]
+        store.add_metrics(session, run_id, points)
+        store.finish_run(session, run_id, RunStatus(status), reason, **outcome)
+
+
+@pytest.fixture(scope="module")
+def seed(live_app, live_server: str) -> Seeder:  # noqa: ANN001
+    return Seeder(live_app)
 
 
 @pytest.fixture(scope="module")

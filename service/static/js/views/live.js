@@ -1,0 +1,95 @@
+// How the run view follows a run: the SSE stream first, polling the API as a fallback.
+//
+// follow(runId, handlers) -> stop(). handlers: {onRun(run), onPoints(series), onStep(step),
+// onMode(text)}; series is {key: {steps: [], values: []}} as GET /runs/{id}/metrics returns it.
+
+import { API, FINISHED, api } from "../api.js";
+
+const POLL_MS = 2000;
+
+export function follow(runId, keys, lastStep, handlers) {
+  const live = { source: null, timer: null, stopped: false };
+  const stop = () => {
+    live.stopped = true;
+    if (live.source) live.source.close();
+    clearTimeout(live.timer);
+  };
+  const poll = () => startPolling(runId, keys, lastStep, handlers, live);
+  if (!window.EventSource) poll();
+  else openStream(runId, handlers, live, poll);
+  return stop;
+}
+
+// The SSE stream replays the run's points from the start and then follows it; EventSource
+// reconnects by itself and resumes with Last-Event-ID.
+function openStream(runId, handlers, live, poll) {
+  const source = new EventSource(`${API}/runs/${encodeURIComponent(runId)}/events`);
+  live.source = source;
+  let received = false;
+  handlers.onMode("connecting…");
+  source.addEventListener("open", () => handlers.onMode("live (SSE)"));
+  source.addEventListener("status", (event) => {
+    received = true;
+    handlers.onRun(JSON.parse(event.data));
+  });
+  source.addEventListener("metrics", (event) => {
+    received = true;
+    const data = JSON.parse(event.data);
+    const series = {};
+    for (const [key, value] of Object.entries(data.values || {})) {
+      series[key] = { steps: [data.step], values: [value] };
+    }
+    handlers.onPoints(series);
+    handlers.onStep(data.step);
+  });
+  source.addEventListener("end", async () => {
+    source.close();
+    handlers.onMode("finished");
+    const result = await api(`/runs/${encodeURIComponent(runId)}`);
+    if (result.ok && !live.stopped) handlers.onRun(result.body);
+  });
+  source.addEventListener("error", () => {
+    // A stream that never delivered anything and was closed for good (404, 401, a server
+    // without SSE) is not coming back: poll the metrics endpoint instead.
+    if (!received && source.readyState === EventSource.CLOSED) {
+      live.source = null;
+      poll();
+    } else if (source.readyState === EventSource.CONNECTING) {
+      handlers.onMode("reconnecting…");
+    }
+  });
+}
+
+// Poll the run and its new metric points every few seconds until it finishes.
+function startPolling(runId, keys, lastStep, handlers, live) {
+  handlers.onMode("live (polling)");
+  const tick = async () => {
+    const result = await api(`/runs/${encodeURIComponent(runId)}`);
+    if (live.stopped) return;
+    if (result.ok) handlers.onRun(result.body);
+    await loadMetrics(runId, keys, lastStep(), handlers, live);
+    if (result.ok && FINISHED.has(result.body.status)) {
+      handlers.onMode("finished");
+      return;
+    }
+    live.timer = setTimeout(tick, POLL_MS);
+  };
+  tick();
+}
+
+/**
+ * Fetch the points from the last step we have on, following next_cursor to the end. The last
+ * step is fetched again: its evaluation may be written after its training metrics, and the
+ * view drops what it already has.
+ */
+async function loadMetrics(runId, keys, fromStep, handlers, live) {
+  const base = `keys=${keys.join(",")}&step_min=${fromStep}`;
+  let query = base;
+  for (let page = 0; page < 100; page++) {
+    const result = await api(`/runs/${encodeURIComponent(runId)}/metrics?${query}`);
+    if (!result.ok || live.stopped) return;
+    handlers.onPoints(result.body.series || {});
+    if (!result.body.next_cursor) break;
+    query = `${base}&cursor=${encodeURIComponent(result.body.next_cursor)}`;
+  }
+}
