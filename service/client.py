@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,11 +29,12 @@ from typing import Any, Literal
 import httpx
 
 from bncore.spec import JobSpec
+from service.vocab import FINISHED_STATUSES, MAX_PAGE_SIZE
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
+DEFAULT_SERVER = "http://127.0.0.1:8000"  # where `bnlab serve` listens by default
 API = "/api/v1"
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "diverged", "cancelled"})
-MAX_PAGE_SIZE = 200  # the server's cap on GET /runs?limit=
+HEX_DIGITS = frozenset("0123456789abcdef-")  # what a run id (a UUID) is made of
+MAX_CANDIDATES = 5  # how many runs an ambiguous prefix error names at most
 
 SpecLike = JobSpec | Mapping[str, Any]
 
@@ -57,10 +59,12 @@ class BnlabError(Exception):
         self.errors = errors or []
 
     def __str__(self) -> str:
+        """The message, then each field error not already spelled out in it."""
         lines = [self.message]
         for error in self.errors:
-            loc = ".".join(str(part) for part in error.get("loc", []) if part != "body")
-            lines.append(f"  {loc or '(spec)'}: {error.get('msg', error)}")
+            line = f"{_format_loc(error.get('loc') or [])}: {error.get('msg', error)}"
+            if line not in self.message:
+                lines.append(f"  {line}")
         return "\n".join(lines)
 
     @classmethod
@@ -282,6 +286,50 @@ class BnlabClient:
                 break
             runs.append(run)
         return runs
+
+    def resolve_run_id(self, id_or_prefix: str) -> str:
+        """The full id of the one run whose id is ``id_or_prefix`` or starts with it.
+
+        A full UUID passes through unchecked (the next request answers 404 if it is unknown).
+        A prefix (the short ids tables show) is looked up with ``GET /runs?id_prefix=…``; a
+        server that ignores that filter answers with other runs too, recognised because not
+        every id starts with the prefix, and then the pages of all runs are scanned instead.
+        Raises BnlabError: status 400 for a malformed or ambiguous prefix (naming the
+        candidates), 404 when no run matches.
+        """
+        text = id_or_prefix.strip()
+        if _is_uuid(text):
+            return text
+        prefix = text.lower()
+        if not prefix or not set(prefix) <= HEX_DIGITS:
+            raise BnlabError(
+                f"{id_or_prefix!r} is not a run id: give the id or a prefix of it "
+                "(hex digits, e.g. the 8 characters `bnlab runs` shows)",
+                status=400,
+            )
+        page = self._json("GET", f"{API}/runs", params={"id_prefix": prefix, "limit": 2})
+        ids = [str(run.get("id")) for run in page.get("items", [])]
+        if not all(run_id.startswith(prefix) for run_id in ids):  # the filter was ignored
+            ids = self._scan_run_ids(prefix, enough=MAX_CANDIDATES)
+        if len(ids) == 1:
+            return ids[0]
+        if not ids:
+            raise BnlabError(f"no run id starts with {prefix!r}", status=404)
+        raise BnlabError(
+            f"several runs start with {prefix!r}, e.g. {', '.join(ids[:MAX_CANDIDATES])}; "
+            "give more characters of the id",
+            status=400,
+        )
+
+    def _scan_run_ids(self, prefix: str, enough: int) -> list[str]:
+        """Ids starting with ``prefix`` over every page of runs, stopping at ``enough``."""
+        found: list[str] = []
+        for run in self.iter_runs(page_size=MAX_PAGE_SIZE):
+            if str(run.get("id", "")).startswith(prefix):
+                found.append(run["id"])
+                if len(found) >= enough:
+                    break
+        return found
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         """POST /runs/{id}/cancel: queued → cancelled at once; running → asked to stop."""
@@ -642,6 +690,29 @@ def _is_missing_route(response: httpx.Response, target: _Followed) -> bool:
     except ValueError:
         return True
     return target.id not in detail and target.noun not in detail.lower()
+
+
+def _format_loc(loc: Sequence[Any]) -> str:
+    """["body", "model", "hidden", 0] → "model.hidden[0]", as the server's problem details
+    write it (the transport part, body/query/path/header, is dropped)."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header") and len(parts) > 1:
+        parts = parts[1:]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(spec)"
+
+
+def _is_uuid(text: str) -> bool:
+    """A whole UUID in its 36-character form (what the server uses as run ids)."""
+    if len(text) != 36:
+        return False
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_deadline(deadline: float | None, what: str) -> None:
