@@ -29,7 +29,7 @@ from typing import Any, Literal
 import httpx
 
 from bncore.spec import JobSpec
-from service.vocab import FINISHED_STATUSES, MAX_PAGE_SIZE
+from service.vocab import DEFAULT_PAGE_SIZE, FINISHED_STATUSES, MAX_PAGE_SIZE
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"  # where `bnlab serve` listens by default
 API = "/api/v1"
@@ -249,7 +249,7 @@ class BnlabClient:
         status: str | None = None,
         sweep_id: str | None = None,
         name: str | None = None,
-        page_size: int = 50,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> Iterator[dict[str, Any]]:
         """Every matching run, newest first, following ``next_cursor`` page by page."""
         cursor: str | None = None

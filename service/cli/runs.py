@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from bncore.spec import MAX_DEPTH, MAX_WIDTH, JobSpec, ModelSpec, OptimizerSpec
 from service.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -40,7 +41,7 @@ from service.cli.format import (
     styled_status,
     table,
 )
-from service.cli.specs import load_spec_file, parse_hidden, set_path, validate_spec
+from service.cli.specs import field_help, load_spec_file, parse_hidden, set_path, validate_spec
 from service.client import BnlabClient, RunEvent
 from service.vocab import ALL_STATUSES, FINISHED_STATUSES, RunStatus, short_id
 
@@ -137,23 +138,48 @@ def submit(
         Path | None,
         typer.Argument(help="A JobSpec as .json/.yaml/.yml (the flags below override it)."),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Run name.")] = None,
+    name: Annotated[str | None, typer.Option(help=field_help(JobSpec, "name", "Run name"))] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="mnist1d | digits | synthetic | mnist_idx | npz")
+        str | None, typer.Option(help=field_help(JobSpec, "dataset", "Dataset"))
     ] = None,
-    arch: Annotated[str | None, typer.Option(help="mlp | cnn")] = None,
+    arch: Annotated[str | None, typer.Option(help=field_help(ModelSpec, "arch", "Network"))] = None,
     hidden: Annotated[
-        str | None, typer.Option(help="Layer widths (MLP) or channels (CNN): 100,100,100")
+        str | None,
+        typer.Option(
+            help=f"Layer widths (MLP) or channels (CNN), e.g. 100,100,100 (each 1 to "
+            f"{MAX_WIDTH:,}, at most {MAX_DEPTH} layers).",
+            show_default=False,
+        ),
     ] = None,
-    activation: Annotated[str | None, typer.Option(help="sigmoid | tanh | relu")] = None,
-    norm: Annotated[str | None, typer.Option(help="none | batchnorm | torch_batchnorm")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd | adam")] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Mini-batch size.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    activation: Annotated[
+        str | None, typer.Option(help=field_help(ModelSpec, "activation", "Nonlinearity"))
+    ] = None,
+    norm: Annotated[
+        str | None, typer.Option(help=field_help(ModelSpec, "norm", "Normalization"))
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help=field_help(OptimizerSpec, "lr", "Learning rate"))
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help=field_help(OptimizerSpec, "name", "Optimizer"))
+    ] = None,
+    momentum: Annotated[
+        float | None,
+        typer.Option(help=field_help(OptimizerSpec, "momentum", "SGD momentum")),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=field_help(JobSpec, "batch_size", "Mini-batch size"))
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help=field_help(JobSpec, "steps", "Training steps"))
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(help=field_help(JobSpec, "eval_every", "Evaluate every N steps")),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=field_help(JobSpec, "seed", "Random seed"))
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Retrying with the same key returns the same run.")
     ] = None,
@@ -161,7 +187,8 @@ def submit(
 ) -> None:
     """Submit one training run; prints its full id (for scripts).
 
-    The spec is validated here first, so a bad field fails fast with its name and bound.
+    Start from a spec file, the defaults, or both; each flag sets one field. The spec is
+    validated here first, so a bad field fails fast with its name and bound (exit 2).
     """
     spec = load_spec_file(spec_file) if spec_file else {}
     overrides = {
@@ -203,7 +230,12 @@ def submit(
 def runs(
     ctx: typer.Context,
     status: Annotated[
-        str | None, typer.Option(help=" | ".join(s.value for s in ALL_STATUSES))
+        RunStatus | None,
+        typer.Option(
+            metavar="STATUS",
+            help="Only runs in this status: " + ", ".join(s.value for s in ALL_STATUSES) + ".",
+            show_default=False,
+        ),
     ] = None,
     sweep: Annotated[str | None, typer.Option(help="Only the runs of this sweep.")] = None,
     name: Annotated[str | None, typer.Option(help="Only runs with this name.")] = None,

@@ -45,7 +45,7 @@ def display_url(url: str) -> str:
     epilog=examples(
         f"bnlab serve                    # {DEFAULT_SERVER} (dashboard at /)",
         "bnlab serve --host 0.0.0.0 --port 8080",
-        "BNLAB_BROKER_URL=redis://127.0.0.1:6379/0 bnlab serve   # queue runs for Celery",
+        "BNLAB_BROKER_URL=redis://127.0.0.1:6379/0 bnlab serve   # for Celery",
     )
 )
 def serve(

@@ -11,14 +11,42 @@ import itertools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bncore.spec import JobSpec
 from service.cli.common import EXIT_INVALID, fail
 from service.vocab import MAX_SWEEP_RUNS
+
+
+def field_help(model: type[BaseModel], name: str, what: str) -> str:
+    """An option's help from the spec field it sets: its choices or bounds, and its default,
+    read from :mod:`bncore.spec` so the help never disagrees with the validation."""
+    info = model.model_fields[name]
+    limits = []
+    if get_origin(info.annotation) is Literal:
+        limits.append("one of " + ", ".join(str(choice) for choice in get_args(info.annotation)))
+    lower = upper = ""
+    for constraint in info.metadata:
+        for attribute, symbol in (("gt", "<"), ("ge", "≤")):  # written left of the name
+            if getattr(constraint, attribute, None) is not None:
+                lower = f"{_number(getattr(constraint, attribute))} {symbol} "
+        for attribute, symbol in (("lt", "<"), ("le", "≤")):
+            if getattr(constraint, attribute, None) is not None:
+                upper = f" {symbol} {_number(getattr(constraint, attribute))}"
+    if lower or upper:
+        limits.append(f"{lower}{name}{upper}")  # e.g. 0 < lr ≤ 100
+    if info.default is not None and not info.is_required() and info.default_factory is None:
+        limits.append(f"default {_number(info.default)}")
+    return f"{what} ({'; '.join(limits)})." if limits else f"{what}."
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:

@@ -151,6 +151,15 @@ def test_server_option_documents_bnlab_server_and_its_default() -> None:
     assert "BNLAB_SERVER and the global --server are not used here" in reproduce
 
 
+def test_submit_help_lists_the_spec_bounds_and_choices() -> None:
+    from bncore.spec import MAX_LR, MAX_STEPS
+
+    text = " ".join(invoke("submit", "--help").output.replace("│", " ").split())
+    assert f"Learning rate (0 < lr ≤ {MAX_LR:g}; default 0.5)" in text
+    assert f"1 ≤ steps ≤ {MAX_STEPS:,}" in text
+    assert "one of none, batchnorm, torch_batchnorm" in text
+
+
 def test_help_paragraphs_are_reflowed() -> None:
     assert common.reflow("One line\n    and more.\n\n    Second\n    paragraph.") == (
         "One line and more.\n\nSecond paragraph."
