@@ -1,127 +1,36 @@
-"""A small Python client for the bnlab REST API (``/api/v1``, see docs/api-contract.md).
+"""``BnlabClient``: one method per operation of the bnlab REST API (``/api/v1``).
 
-Plain httpx, no pandas, no torch: every method returns JSON-shaped Python data (dicts, lists)
-or bytes for images. Errors come back as :class:`BnlabError` carrying the server's
-problem+json ``title``, ``status``, ``detail`` and field ``errors``; a server that cannot be
-reached gives ``BnlabError("cannot reach bnlab at URL: ...")``.
+Plain httpx: every method returns JSON-shaped data (dicts, lists) or bytes for images, and
+raises :class:`~service.client.errors.BnlabError` for an API problem or a transport failure.
+Waiting for runs and sweeps is :mod:`service.client.follow`; events are
+:mod:`service.client.events`.
 
-    from service.client import BnlabClient
-
-    with BnlabClient("http://127.0.0.1:8000") as bn:
-        run = bn.submit({"name": "bn", "dataset": "digits", "steps": 500})
-        final = bn.wait(run["id"], on_event=print)      # follows the SSE stream
-        # bn.watch_sweep(sweep_id, on_event=print): the same for every run of a sweep
-        series = bn.metrics(run["id"], keys=["test_acc"])  # {"test_acc": {"steps", "values"}}
-
-Tests pass their own ``httpx.Client`` (e.g. FastAPI's ``TestClient``, which is one) instead of
-a URL.
+Past 400 lines on purpose: it is one class whose methods mirror the API's operations one to
+one (runs, metrics, waiting, sweeps, compare, health); split, a reader would have to look in
+several files for the one surface the CLI, the reproduction and scripts use.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import httpx
 
 from bncore.spec import JobSpec
+from service.client.errors import BnlabError
+from service.client.events import EventCallback, RunEvent
+from service.client.follow import Followed, follow
+from service.vocab import DEFAULT_PAGE_SIZE, FINISHED_STATUSES, MAX_PAGE_SIZE
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
+DEFAULT_SERVER = "http://127.0.0.1:8000"  # where `bnlab serve` listens by default
 API = "/api/v1"
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "diverged", "cancelled"})
-MAX_PAGE_SIZE = 200  # the server's cap on GET /runs?limit=
+HEX_DIGITS = frozenset("0123456789abcdef-")  # what a run id (a UUID) is made of
+MAX_CANDIDATES = 5  # how many runs an ambiguous prefix error names at most
 
 SpecLike = JobSpec | Mapping[str, Any]
-
-
-class BnlabError(Exception):
-    """An API error (problem+json) or a transport failure, with a message meant for people."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        title: str | None = None,
-        detail: str | None = None,
-        errors: list[dict[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors = errors or []
-
-    def __str__(self) -> str:
-        lines = [self.message]
-        for error in self.errors:
-            loc = ".".join(str(part) for part in error.get("loc", []) if part != "body")
-            lines.append(f"  {loc or '(spec)'}: {error.get('msg', error)}")
-        return "\n".join(lines)
-
-    @classmethod
-    def from_response(cls, response: httpx.Response) -> BnlabError:
-        """Build the error from a problem+json body, or from whatever the body is."""
-        status = response.status_code
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            title = body.get("title") or response.reason_phrase
-            detail = body.get("detail")
-            if not isinstance(detail, str):  # FastAPI's default {"detail": [...]} shape
-                detail = json.dumps(detail) if detail is not None else None
-            errors = body.get("errors") if isinstance(body.get("errors"), list) else None
-        else:
-            title = response.reason_phrase or "Error"
-            detail = response.text.strip()[:500] or None
-            errors = None
-        message = f"{title} ({status})" + (f": {detail}" if detail and detail != title else "")
-        return cls(message, status=status, title=title, detail=detail, errors=errors)
-
-
-@dataclass
-class RunEvent:
-    """One event as :meth:`BnlabClient.wait` (or :meth:`BnlabClient.watch_sweep`) sees it.
-
-    ``kind`` is ``"status"`` (``data`` is a RunOut), ``"metrics"`` (``data`` is
-    ``{"step", "values"}``, plus ``"run_id"`` on a sweep's stream) or ``"end"``; a sweep's
-    stream may also send ``"deleted"`` (``{"run_id"}``). ``via`` says whether it came from the
-    event stream or from polling (polling only produces status events).
-    """
-
-    kind: str
-    data: dict[str, Any] = field(default_factory=dict)
-    id: str | None = None
-    via: Literal["stream", "poll"] = "stream"
-
-
-EventCallback = Callable[[RunEvent], None]
-
-
-class _StreamUnavailable(Exception):
-    """The server has no usable event stream for this run: fall back to polling."""
-
-
-@dataclass
-class _Followed:
-    """What :meth:`BnlabClient._follow` waits for: a run or a sweep."""
-
-    noun: str  # "run" or "sweep", as the server's 404 detail names it
-    id: str
-    events_path: str
-    fetch: Callable[[], dict[str, Any]]  # GET it (RunOut or SweepOut)
-    finished: Callable[[dict[str, Any]], bool]
-    poll_events: Callable[[dict[str, Any]], list[RunEvent]]  # what a poll reports
-
-    @property
-    def label(self) -> str:
-        return f"{self.noun} {self.id}"
 
 
 class BnlabClient:
@@ -215,6 +124,21 @@ class BnlabClient:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
+    def _open_stream(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        last_event_id: str | None,
+        read_timeout: float,
+    ) -> AbstractContextManager[httpx.Response]:
+        """A streamed GET of an event stream (what :func:`follow` reads), resuming after
+        ``last_event_id`` when given."""
+        headers = self._headers({"Accept": "text/event-stream", "Cache-Control": "no-cache"})
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = self._timeout_arg(httpx.Timeout(self.timeout, read=read_timeout))
+        return self._http.stream("GET", path, params=params, headers=headers, **timeout)
+
     # ------------------------------------------------------------------------- health
 
     def health(self) -> dict[str, Any]:
@@ -245,7 +169,7 @@ class BnlabClient:
         status: str | None = None,
         sweep_id: str | None = None,
         name: str | None = None,
-        page_size: int = 50,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> Iterator[dict[str, Any]]:
         """Every matching run, newest first, following ``next_cursor`` page by page."""
         cursor: str | None = None
@@ -282,6 +206,50 @@ class BnlabClient:
                 break
             runs.append(run)
         return runs
+
+    def resolve_run_id(self, id_or_prefix: str) -> str:
+        """The full id of the one run whose id is ``id_or_prefix`` or starts with it.
+
+        A full UUID passes through unchecked (the next request answers 404 if it is unknown).
+        A prefix (the short ids tables show) is looked up with ``GET /runs?id_prefix=…``; a
+        server that ignores that filter answers with other runs too, recognised because not
+        every id starts with the prefix, and then the pages of all runs are scanned instead.
+        Raises BnlabError: status 400 for a malformed or ambiguous prefix (naming the
+        candidates), 404 when no run matches.
+        """
+        text = id_or_prefix.strip()
+        if _is_uuid(text):
+            return text
+        prefix = text.lower()
+        if not prefix or not set(prefix) <= HEX_DIGITS:
+            raise BnlabError(
+                f"{id_or_prefix!r} is not a run id: give the id or a prefix of it "
+                "(hex digits, e.g. the 8 characters `bnlab runs` shows)",
+                status=400,
+            )
+        page = self._json("GET", f"{API}/runs", params={"id_prefix": prefix, "limit": 2})
+        ids = [str(run.get("id")) for run in page.get("items", [])]
+        if not all(run_id.startswith(prefix) for run_id in ids):  # the filter was ignored
+            ids = self._scan_run_ids(prefix, enough=MAX_CANDIDATES)
+        if len(ids) == 1:
+            return ids[0]
+        if not ids:
+            raise BnlabError(f"no run id starts with {prefix!r}", status=404)
+        raise BnlabError(
+            f"several runs start with {prefix!r}, e.g. {', '.join(ids[:MAX_CANDIDATES])}; "
+            "give more characters of the id",
+            status=400,
+        )
+
+    def _scan_run_ids(self, prefix: str, enough: int) -> list[str]:
+        """Ids starting with ``prefix`` over every page of runs, stopping at ``enough``."""
+        found: list[str] = []
+        for run in self.iter_runs(page_size=MAX_PAGE_SIZE):
+            if str(run.get("id", "")).startswith(prefix):
+                found.append(run["id"])
+                if len(found) >= enough:
+                    break
+        return found
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         """POST /runs/{id}/cancel: queued → cancelled at once; running → asked to stop."""
@@ -374,7 +342,7 @@ class BnlabClient:
         (``max_reconnects`` times in a row), it falls back to polling ``GET /runs/{id}``.
         ``timeout`` (seconds) raises BnlabError when the run is still going by then.
         """
-        target = _Followed(
+        target = Followed(
             noun="run",
             id=run_id,
             events_path=f"{API}/runs/{run_id}/events",
@@ -382,7 +350,7 @@ class BnlabClient:
             finished=lambda run: run.get("status") in FINISHED_STATUSES,
             poll_events=lambda run: [RunEvent("status", run, via="poll")],
         )
-        return self._follow(target, on_event, timeout, poll_interval, max_reconnects)
+        return follow(target, self._open_stream, on_event, timeout, poll_interval, max_reconnects)
 
     def watch_sweep(
         self,
@@ -410,7 +378,7 @@ class BnlabClient:
                     events.append(RunEvent("status", run, via="poll"))
             return events
 
-        target = _Followed(
+        target = Followed(
             noun="sweep",
             id=sweep_id,
             events_path=f"{API}/sweeps/{sweep_id}/events",
@@ -420,106 +388,7 @@ class BnlabClient:
             ),
             poll_events=changed_runs,
         )
-        return self._follow(target, on_event, timeout, poll_interval, max_reconnects)
-
-    def _follow(
-        self,
-        target: _Followed,
-        on_event: EventCallback | None,
-        timeout: float | None,
-        poll_interval: float,
-        max_reconnects: int,
-    ) -> dict[str, Any]:
-        """The stream-reconnect-poll loop behind :meth:`wait` and :meth:`watch_sweep`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        callback = on_event or (lambda _event: None)
-        last_event_id: str | None = None
-        failures = 0
-        while True:
-            try:
-                for event in self._stream_events(target, last_event_id, deadline):
-                    failures = 0  # progress: the connection is healthy again
-                    if event.id is not None:
-                        last_event_id = event.id
-                    callback(event)
-                    if event.kind == "end":
-                        return target.fetch()
-            except _StreamUnavailable:
-                break
-            except (httpx.TransportError, httpx.StreamError):
-                pass  # refused (a restarting server) or dropped mid-stream: retry below
-            # The stream ended without "end", or dropped: is it over anyway?
-            try:
-                current = target.fetch()
-            except BnlabError as exc:
-                if exc.status is not None:  # the server answered, e.g. 404: run deleted
-                    raise
-            else:
-                if target.finished(current):
-                    for event in target.poll_events(current):
-                        callback(event)
-                    return current
-            _check_deadline(deadline, target.label)
-            failures += 1
-            if failures > max_reconnects:
-                break
-            time.sleep(min(0.5 * 2 ** (failures - 1), 5.0))
-        # No usable stream: poll (which also reports an unreachable server clearly).
-        return self._poll(target, callback, deadline, poll_interval)
-
-    def _stream_events(
-        self, target: _Followed, last_event_id: str | None, deadline: float | None
-    ) -> Iterator[RunEvent]:
-        headers = self._headers({"Accept": "text/event-stream", "Cache-Control": "no-cache"})
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = last_event_id
-        # Reads may be quiet for a while between evaluations; connect quickly though.
-        read_timeout = (
-            60.0 if deadline is None else max(0.5, min(60.0, deadline - time.monotonic()))
-        )
-        timeout = self._timeout_arg(httpx.Timeout(self.timeout, read=read_timeout))
-        # The server closes the stream by itself after ?timeout= seconds, so a quiet run (only
-        # keep-alives) cannot hold us past the deadline.
-        params = (
-            {} if deadline is None else {"timeout": max(1, int(deadline - time.monotonic()) + 1)}
-        )
-        try:
-            with self._http.stream(
-                "GET", target.events_path, params=params, headers=headers, **timeout
-            ) as response:
-                if response.status_code in (404, 405, 406, 501) and _is_missing_route(
-                    response, target
-                ):
-                    raise _StreamUnavailable
-                if response.status_code >= 400:
-                    response.read()
-                    raise BnlabError.from_response(response)
-                if "text/event-stream" not in response.headers.get("content-type", ""):
-                    raise _StreamUnavailable
-                for message in parse_sse(response.iter_lines()):
-                    yield RunEvent(
-                        message.event, _parse_data(message.data), id=message.id, via="stream"
-                    )
-                    _check_deadline(deadline, target.label)
-        except httpx.ReadTimeout:
-            _check_deadline(deadline, target.label)
-            raise
-
-    def _poll(
-        self,
-        target: _Followed,
-        callback: EventCallback,
-        deadline: float | None,
-        poll_interval: float,
-    ) -> dict[str, Any]:
-        while True:
-            current = target.fetch()
-            for event in target.poll_events(current):
-                callback(event)
-            if target.finished(current):
-                return current
-            _check_deadline(deadline, target.label)
-            time.sleep(poll_interval)
+        return follow(target, self._open_stream, on_event, timeout, poll_interval, max_reconnects)
 
     # ------------------------------------------------------------------------- sweeps
 
@@ -590,63 +459,15 @@ def series_to_rows(series: Mapping[str, Mapping[str, Sequence[Any]]]) -> list[di
     return [by_step[step] for step in sorted(by_step)]
 
 
-@dataclass
-class SseMessage:
-    event: str
-    data: str
-    id: str | None
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[SseMessage]:
-    """Server-Sent Events framing (the WHATWG rules that matter here): ``field: value`` lines,
-    ``data`` lines joined by newlines, a blank line dispatches, ``:`` lines are comments
-    (keep-alives), the event name defaults to "message"."""
-    event, data, event_id = "", [], None
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if not line:
-            if data or event:
-                yield SseMessage(event or "message", "\n".join(data), event_id)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-        elif name == "id" and "\0" not in value:
-            event_id = value
-    # A message without its terminating blank line was cut off: it is not dispatched.
-
-
-def _parse_data(data: str) -> dict[str, Any]:
-    if not data:
-        return {}
+def _is_uuid(text: str) -> bool:
+    """A whole UUID in its 36-character form (what the server uses as run ids)."""
+    if len(text) != 36:
+        return False
     try:
-        parsed = json.loads(data)
+        uuid.UUID(text)
     except ValueError:
-        return {"text": data}
-    return parsed if isinstance(parsed, dict) else {"value": parsed}
-
-
-def _is_missing_route(response: httpx.Response, target: _Followed) -> bool:
-    """404 can mean "no such run/sweep" (a real error) or "no events endpoint" (fall back)."""
-    if response.status_code != 404:
-        return True
-    response.read()
-    try:
-        detail = str(response.json().get("detail", ""))
-    except ValueError:
-        return True
-    return target.id not in detail and target.noun not in detail.lower()
-
-
-def _check_deadline(deadline: float | None, what: str) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise BnlabError(f"timed out waiting for {what} to finish")
+        return False
+    return True
 
 
 def _compare_params(

@@ -461,3 +461,58 @@ def test_real_embedded_run_finishes(tmp_path) -> None:
         final = client.wait(run["id"], on_event=on_event, timeout=240)
     assert final["status"] == "succeeded", final
     assert steps[-1] == 20 and final["summary"]["best_test_acc"] > 0
+
+
+# ----------------------------------------------------------------------------- run id prefixes
+
+
+def test_resolve_run_id_asks_the_server_for_the_prefix() -> None:
+    """A server with the id_prefix filter: one request, no scan of every run."""
+    full = "6f1c2a9b-0000-4000-8000-000000000001"
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        prefix = request.url.params["id_prefix"]
+        items = [run_out(full)] if full.startswith(prefix) else []
+        return httpx.Response(200, json={"items": items, "next_cursor": None})
+
+    with mock_client(handler) as client:
+        assert client.resolve_run_id(full) == full and not seen  # a full id passes through
+        assert client.resolve_run_id("6F1C2A9B") == full
+        with pytest.raises(BnlabError, match="no run id starts with 'abc'") as caught:
+            client.resolve_run_id("abc")
+    assert caught.value.status == 404
+    assert [dict(r.url.params) for r in seen] == [
+        {"id_prefix": "6f1c2a9b", "limit": "2"},
+        {"id_prefix": "abc", "limit": "2"},
+    ]
+
+
+def test_resolve_run_id_rejects_what_is_not_an_id() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("no request for a malformed id")
+
+    with mock_client(handler) as client:
+        for text in ("", "xyz", "6f1c 2a", "../runs"):
+            with pytest.raises(BnlabError, match="is not a run id") as caught:
+                client.resolve_run_id(text)
+            assert caught.value.status == 400
+
+
+def test_app_resolve_run_id_scans_when_the_filter_is_ignored(api) -> None:
+    """Today's server ignores id_prefix: the client checks every id it gets and scans."""
+    client, _, _ = api
+    ids = [client.submit(TINY_SPEC)["id"] for _ in range(17)]  # two share a first digit
+    for run_id in ids:
+        assert client.resolve_run_id(run_id[:8]) == run_id
+        assert client.resolve_run_id(run_id) == run_id
+    shared = next(i[0] for i in ids if sum(j[0] == i[0] for j in ids) > 1)
+    with pytest.raises(BnlabError, match=f"several runs start with '{shared}'") as caught:
+        client.resolve_run_id(shared)
+    assert caught.value.status == 400
+    assert sum(i in str(caught.value) for i in ids if i.startswith(shared)) >= 2
+    unused = next(p for p in ("0000", "1111", "2222") if not any(i.startswith(p) for i in ids))
+    with pytest.raises(BnlabError, match="no run id starts with") as caught:
+        client.resolve_run_id(unused)
+    assert caught.value.status == 404

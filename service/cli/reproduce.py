@@ -1,0 +1,107 @@
+"""``bnlab reproduce``: run the paper-reproduction suite and print its verdicts.
+
+The suite itself (experiments, verdicts, the report, the embedded server) is
+:mod:`service.reproduce`; this module only parses options and shows progress. The suite is
+imported when the command runs (it loads matplotlib and, without --server, starts an embedded
+server through ``service.reproduce``'s embedded module), not whenever ``bnlab`` starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from service.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    CliState,
+    command,
+    console,
+    err_console,
+    examples,
+    fail,
+    make_client,
+)
+from service.cli.format import NotedProgress
+from service.client import BnlabError
+
+
+@command(
+    epilog=examples(
+        "bnlab reproduce --quick           # a few minutes, embedded server",
+        "bnlab reproduce --out docs        # the full suite → docs/reproduction.md",
+        "bnlab reproduce --only faster-training --only higher-learning-rates",
+        "bnlab reproduce --server http://host:8000   # a running deployment",
+    )
+)
+def reproduce(
+    ctx: typer.Context,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Fewer steps, one seed: minutes instead of ~half an hour."),
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only this experiment (repeatable).", show_default=False),
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="A running bnlab server to use. Default: an embedded one (SQLite in a "
+            "temporary folder, one training process per core); BNLAB_SERVER and the global "
+            "--server are not used here, so a reproduction never loads a shared server by "
+            "accident.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where reproduction.md and figures/ go.")] = Path(
+        "reproduction"
+    ),
+) -> None:
+    """Reproduce the paper's claims (Ioffe & Szegedy 2015) and write a report with verdicts.
+
+    Experiments: faster-training, stable-distributions, higher-learning-rates,
+    saturating-nonlinearities, inference-statistics, regularization.
+    """
+    from service import reproduce as suite  # matplotlib and the suite: only for this command
+
+    try:
+        suite.select_experiments(only)
+    except ValueError as exc:
+        fail(str(exc), EXIT_INVALID)
+    state: CliState = ctx.obj
+    with contextlib.ExitStack() as stack:
+        if server is None:
+            client = stack.enter_context(suite.embedded_client())
+            label = "an embedded server"
+        else:
+            client = stack.enter_context(make_client(server, state.api_key))
+            label = server
+        progress = stack.enter_context(NotedProgress(console))
+        task = progress.add_task("training runs", total=None, note="")
+
+        def show(done: int, total: int, note: str) -> None:
+            progress.update(task, completed=done, total=total, note=escape(note))
+
+        try:
+            result = suite.run_suite(
+                client, quick=quick, only=only, out_dir=out, progress=show, server_label=label
+            )
+        except BnlabError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            err_console.print("interrupted (queued runs stay on the server)")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    table = Table(title=f"Reproduction ({result.profile}, {result.wall_time / 60:.1f} min)")
+    for column in ("experiment", "measured", "verdict"):
+        table.add_column(column)
+    for item in result.results:
+        table.add_row(item.title, escape(item.finding.measured), item.finding.verdict)
+    console.print(table)
+    console.print(f"report: {result.report}")

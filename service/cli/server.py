@@ -1,0 +1,178 @@
+"""Server-side commands: ``serve``, ``worker``, ``migrate`` and ``hash-key``.
+
+They act on this machine with the ``BNLAB_*`` settings (:func:`service.settings.get_settings`)
+instead of talking to a server. The CLI never imports the API app or the store: ``serve``
+hands uvicorn the app's *name* (``service.app:create_app``), ``worker`` execs Celery by module
+name, and the database is reached only through :func:`upgrade_database`, the one function that
+imports server code (Alembic, and with it SQLAlchemy), and only when it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from service.cli.common import command, console, examples, fail, log_line
+from service.client import DEFAULT_SERVER
+from service.settings import get_settings, hash_key
+
+APP_FACTORY = "service.app:create_app"  # imported by uvicorn, in the server process
+
+
+def upgrade_database(url: str) -> None:
+    """alembic upgrade head on ``url``: the CLI's one door into server code, opened only by
+    ``serve`` and ``migrate`` (the client commands never load SQLAlchemy)."""
+    from service.migrate import upgrade
+
+    upgrade(url)
+
+
+def display_url(url: str) -> str:
+    """A database or broker URL with any password masked, for logs:
+    ``postgresql+psycopg://bn:***@db/bnlab``."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+@command(
+    epilog=examples(
+        f"bnlab serve                    # {DEFAULT_SERVER} (dashboard at /)",
+        "bnlab serve --host 0.0.0.0 --port 8080",
+        "BNLAB_BROKER_URL=redis://127.0.0.1:6379/0 bnlab serve   # for Celery",
+    )
+)
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+) -> None:
+    """Run the API and the dashboard: migrate the database, then start uvicorn.
+
+    Without [bold]BNLAB_BROKER_URL[/bold] the server is [italic]embedded[/italic]: it trains
+    runs itself, each in a subprocess. With it, runs are queued for [bold]bnlab worker[/bold].
+    Clients find a server started on another host or port through --server or BNLAB_SERVER.
+    """
+    settings = get_settings()
+    database = display_url(settings.database_url)
+    log_line(f"database   {database}")
+    try:
+        upgrade_database(settings.database_url)
+    except Exception as exc:
+        fail(f"could not migrate the database {database}: {exc}")
+    log_line("schema     up to date (alembic upgrade head)")
+    if settings.embedded:
+        log_line(
+            f"mode       embedded: this server trains up to {settings.embedded_concurrency} "
+            "run(s) at a time, each in its own subprocess (set BNLAB_BROKER_URL for Celery)"
+        )
+    else:
+        log_line(
+            f"mode       Celery: runs are queued on {display_url(settings.broker_url or '')}; "
+            "start workers with `bnlab worker`"
+        )
+    auth = "API key required for writes" if settings.api_key_hashes else "open (no API keys)"
+    log_line(f"auth       {auth}")
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown_host}:{port}"
+    log_line(f"[bold]bnlab[/bold]      {base}  (dashboard {base}/, API docs {base}/docs)")
+
+    import uvicorn  # the server's dependency: loaded only by the command that serves
+
+    uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, reload=reload)
+
+
+def worker_command(concurrency: int, queues: Sequence[str], loglevel: str) -> list[str]:
+    """The Celery worker command line (by module name: the service never imports workers)."""
+    command_line = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+    ]
+    if queues:
+        command_line += ["--queues", ",".join(queues)]
+    return command_line
+
+
+@command(
+    epilog=examples(
+        "BNLAB_BROKER_URL=redis://127.0.0.1:6379/0 bnlab worker",
+        "bnlab worker --concurrency 1 --queue gpu --loglevel debug",
+    )
+)
+def worker(
+    concurrency: Annotated[
+        int, typer.Option(help="Runs trained at once by this worker (one per GPU).", min=1)
+    ] = 1,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            "-Q",
+            help="Queue(s) to consume (repeatable). Default: BNLAB_QUEUE (bnlab).",
+            show_default=False,
+        ),
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+) -> None:
+    """Start a Celery worker that trains queued runs (needs [bold]BNLAB_BROKER_URL[/bold]).
+
+    Replaces this process with `python -m celery -A workers.celery_app worker --pool prefork`.
+    """
+    settings = get_settings()
+    if not settings.broker_url:
+        fail(
+            "BNLAB_BROKER_URL is not set: a worker needs a broker (e.g. "
+            "BNLAB_BROKER_URL=redis://127.0.0.1:6379/0). Without one, `bnlab serve` trains "
+            "runs itself (embedded mode) and no worker is needed."
+        )
+    queues = queue or [settings.queue]
+    command_line = worker_command(concurrency, queues, loglevel)
+    log_line(
+        f"worker     broker {display_url(settings.broker_url)} (queue {', '.join(queues)}), "
+        f"database {display_url(settings.database_url)}"
+    )
+    log_line(f"exec       {' '.join(command_line)}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(command_line[0], command_line)
+
+
+@command(
+    epilog=examples("bnlab migrate", "BNLAB_DATABASE_URL=postgresql+psycopg://… bnlab migrate")
+)
+def migrate() -> None:
+    """Bring the database (BNLAB_DATABASE_URL) to the newest schema: alembic upgrade head."""
+    url = get_settings().database_url
+    try:
+        upgrade_database(url)
+    except Exception as exc:
+        fail(f"could not migrate {display_url(url)}: {exc}")
+    console.print(f"{display_url(url)}: schema up to date")
+
+
+@command("hash-key", epilog=examples("bnlab hash-key s3cret   # → put in BNLAB_API_KEY_HASHES"))
+def hash_key_command(
+    key: Annotated[str, typer.Argument(help="The API key clients will send.")],
+) -> None:
+    """Print the SHA-256 digest of an API key, for the server's BNLAB_API_KEY_HASHES.
+
+    The server keeps digests only (comma-separated in BNLAB_API_KEY_HASHES); clients send the
+    key itself with --api-key or BNLAB_API_KEY.
+    """
+    typer.echo(hash_key(key))

@@ -1,0 +1,50 @@
+"""A small Python client for the bnlab REST API (``/api/v1``, see docs/api-contract.md).
+
+Plain httpx, no pandas, no torch, no server code: every method returns JSON-shaped Python data
+(dicts, lists) or bytes for images. Errors come back as :class:`BnlabError` carrying the
+server's problem+json ``title``, ``status``, ``detail`` and field ``errors``; a server that
+cannot be reached gives ``BnlabError("cannot reach bnlab at URL: ...")``.
+
+    from service.client import BnlabClient
+
+    with BnlabClient("http://127.0.0.1:8000") as bn:
+        run = bn.submit({"name": "bn", "dataset": "digits", "steps": 500})
+        final = bn.wait(run["id"], on_event=print)      # follows the SSE stream
+        # bn.watch_sweep(sweep_id, on_event=print): the same for every run of a sweep
+        series = bn.metrics(run["id"], keys=["test_acc"])  # {"test_acc": {"steps", "values"}}
+        full_id = bn.resolve_run_id("6f1c2a9b")          # a unique prefix → the run's id
+
+Tests pass their own ``httpx.Client`` (e.g. FastAPI's ``TestClient``, which is one) instead of
+a URL.
+
+Modules: :mod:`~service.client.api` (``BnlabClient``), :mod:`~service.client.errors`
+(``BnlabError``), :mod:`~service.client.events` (``RunEvent``, SSE framing),
+:mod:`~service.client.follow` (waiting: stream, reconnect, poll).
+"""
+
+from service.client.api import (
+    API,
+    DEFAULT_SERVER,
+    BnlabClient,
+    SpecLike,
+    series_to_rows,
+    spec_to_dict,
+)
+from service.client.errors import BnlabError
+from service.client.events import EventCallback, RunEvent, SseMessage, parse_sse
+from service.vocab import FINISHED_STATUSES
+
+__all__ = [
+    "API",
+    "DEFAULT_SERVER",
+    "FINISHED_STATUSES",
+    "BnlabClient",
+    "BnlabError",
+    "EventCallback",
+    "RunEvent",
+    "SpecLike",
+    "SseMessage",
+    "parse_sse",
+    "series_to_rows",
+    "spec_to_dict",
+]
