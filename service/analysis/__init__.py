@@ -6,6 +6,7 @@
     stats.py       bootstrap confidence intervals, the rank test
     targets.py     which targets a comparison measures, and how each was chosen
     compare.py     compare(): steps-to-target and speed-up per run and per arm
+    results.py     what compare() returns (dataclasses) and the method text sent with it
     table.py       a comparison as CSV
     downsample.py  the one downsampling implementation (comparisons and the metrics API)
     plots.py       figures (matplotlib; imported only when a figure is asked for)

@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
 
-import numpy as np
-
+from bncore.events import EVAL_KEYS, TRAIN_KEYS
 from service.analysis.arms import (
     arm_label,
     confounder_warnings,
@@ -43,111 +41,40 @@ from service.analysis.arms import (
     varying_factors,
 )
 from service.analysis.downsample import downsample
-from service.analysis.runs import RunData, best, final, higher_is_better, ratio, steps_to_target
-from service.analysis.stats import (
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    CONFIDENCE,
-    mann_whitney,
-    mean_ci,
-    speedup_ci,
+from service.analysis.results import (
+    METHOD,
+    PLATEAU_RULE,
+    ArmResult,
+    ArmTarget,
+    Comparison,
+    RunResult,
+    RunTarget,
 )
+from service.analysis.runs import (
+    PLATEAU_TAIL,
+    PLATEAU_TOLERANCE,
+    RunData,
+    best,
+    final,
+    higher_is_better,
+    plateau,
+    ratio,
+    steps_to_target,
+    tail_gain,
+)
+from service.analysis.stats import mann_whitney, mean_ci, no_stat, speedup_ci
+from service.analysis.targets import Target, TargetError, baseline_best, choose_targets
+
+__all__ = ["Comparison", "ComparisonError", "RunData", "compare", "metric_choices"]
 
 
-@dataclass
-class RunResult:
-    """One run's row of a comparison. ``curves``: metric key → [[step, value], ...]."""
+class ComparisonError(ValueError):
+    """A comparison that cannot be made as asked (an unknown metric, no baseline arm, a bad
+    target); ``field`` is the query field at fault. The API answers 422 with the message."""
 
-    id: str
-    name: str
-    arm: str
-    seed: int | None
-    status: str
-    diverged: bool
-    diverged_step: int | None
-    wall_time: float | None
-    torch_version: str | None
-    device: str | None
-    budget: int
-    best_test_acc: float | None
-    final_test_acc: float | None
-    final_train_loss: float | None
-    final_test_loss: float | None
-    best: float | None
-    steps_to_target: int | None
-    reached: bool
-    speedup: float | None
-    curves: dict[str, list[list[float]]]
-
-
-@dataclass
-class ArmResult:
-    """One arm (runs differing only in seed). Stats are {"mean", "ci_low", "ci_high", "bound"}."""
-
-    label: str
-    factors: dict[str, Any]
-    run_ids: list[str]
-    is_baseline: bool
-    n: int
-    n_reached: int
-    steps_to_target: dict[str, Any]
-    speedup: dict[str, Any]
-    best: dict[str, Any]
-    p_value: float | None
-
-
-@dataclass
-class Comparison:
-    metric: str
-    higher_is_better: bool
-    target: float | None
-    target_source: str  # "given" | "baseline" | "none"
-    baseline_id: str
-    baseline_arm: str
-    points: int
-    factors: list[str]
-    runs: list[RunResult]
-    arms: list[ArmResult]
-    warnings: list[str]
-    method: dict[str, str]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data: non-finite floats become None (JSON has no NaN)."""
-        return _json_safe(asdict(self))
-
-    def arm_of(self, run_id: str) -> str:
-        return next(r.arm for r in self.runs if r.id == run_id)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-METHOD = {
-    "target": "Default target: the lowest of the baseline arm's best values, so that every "
-    "baseline seed reaches it (with one baseline run: its best value, as in the paper).",
-    "steps_to_target": "First logged step whose value is >= target (<= for a loss); None = "
-    "never reached (censored).",
-    "speedup": "Per run: baseline run's steps-to-target / the run's; None when either is "
-    "censored. Per arm: mean baseline-arm steps / mean arm steps.",
-    "censoring": "In arm statistics a censored run counts as its step budget: the mean is a "
-    "restricted mean, a lower bound ('bound': 'lower'); the arm's speed-up is then an upper "
-    "bound, or a lower bound when only the baseline is censored; None when both are.",
-    "ci": f"{CONFIDENCE:.0%} percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples, "
-    f"rng seed {BOOTSTRAP_SEED}; groups resampled independently.",
-    "test": "Two-sided Mann-Whitney U on steps-to-target, arm vs baseline arm, censored ranked "
-    "as +inf.",
-    "curves": "Each series downsampled to at most `points` points (LTTB plus first, last, min "
-    "and max); x is the training step for every run.",
-}
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,54 +85,72 @@ METHOD = {
 def compare(
     runs: Sequence[RunData],
     baseline_id: str | None = None,
-    target: float | None = None,
+    target: float | Sequence[float] | None = None,
     metric: str = "test_acc",
     points: int = 200,
+    target_fractions: Sequence[float] | None = None,
 ) -> Comparison:
-    """Compare runs on ``metric``: steps to reach ``target`` and speed-up over the baseline.
+    """Compare runs on ``metric``: steps to reach each target and speed-up over the baseline.
 
-    Baseline: ``baseline_id``, else the first run with ``spec.model.norm == "none"``, else the
-    first run. Target: given, else the lowest best value over the baseline's arm (see METHOD).
+    Baseline: ``baseline_id``, else the first run with ``spec.model.norm == "none"``; with
+    neither, ComparisonError. Targets: ``service.analysis.targets`` (given values, fractions of
+    the baseline's best; by default the best and 0.99, 0.95, 0.9 of it). An unknown ``metric``
+    (not logged by any run, nor one the trainer emits) is a ComparisonError naming the choices.
     """
     if not runs:
         raise ValueError("compare needs at least one run")
+    _check_metric(runs, metric)
     up = higher_is_better(metric)
-    baseline = _pick_baseline(runs, baseline_id)
     arms = group_runs(runs)
     factors = varying_factors(arms)
     labels = [arm_label(arm[0].spec, factors) for arm in arms]
+    baseline = _pick_baseline(runs, baseline_id, arms, labels)
     base_arm = next(i for i, arm in enumerate(arms) if any(r is baseline for r in arm))
 
-    target_source = "given"
-    if target is None:
-        bests = [best(r.series(metric), up) for r in arms[base_arm]]
-        bests = [b for b in bests if b is not None]
-        target_source = "baseline" if bests else "none"
-        target = (min(bests) if up else max(bests)) if bests else None
+    base_best = baseline_best(arms[base_arm], metric, up)
+    values = [] if target is None else [target] if isinstance(target, int | float) else target
+    try:
+        targets = choose_targets(values, target_fractions, base_best, metric, up)
+    except TargetError as exc:
+        raise ComparisonError(exc.field, str(exc)) from exc
 
-    def stt(run: RunData) -> int | None:
-        return None if target is None else steps_to_target(run.series(metric), target, up)
-
-    base_steps = stt(baseline)
     label_of = {r.id: label for arm, label in zip(arms, labels, strict=True) for r in arm}
+    base_steps = _steps(baseline, targets, metric, up)
     run_results = [
-        _run_result(r, label_of[r.id], metric, up, stt(r), base_steps, points) for r in runs
+        _run_result(r, label_of[r.id], metric, up, targets, base_steps, points) for r in runs
     ]
     by_id = {r.id: r for r in run_results}
+    base_results = [by_id[r.id] for r in arms[base_arm]]
     arm_results = [
-        _arm_result(
-            arm, label, factors, [by_id[r.id] for r in arms[base_arm]], by_id, i == base_arm
-        )
+        _arm_result(arm, label, factors, base_results, by_id, i == base_arm)
         for i, (arm, label) in enumerate(zip(arms, labels, strict=True))
     ]
     warnings = confounder_warnings(arms, labels)
-    if target is None:
+    if base_best is None:
         warnings.append(f"baseline arm has no {metric} values: no target, no steps-to-target")
+    baseline_plateaued = arm_results[base_arm].plateaued
+    if baseline_plateaued is False:
+        gains = [r.tail_gain for r in base_results if r.tail_gain is not None]
+        warnings.append(
+            f"the baseline had not plateaued: its best {metric} still improved by up to "
+            f"{max(gains):.1%} in the last {PLATEAU_TAIL:.0%} of its steps, so targets near "
+            "its best (and their speed-ups) depend on how long it ran"
+        )
+    primary = targets[0]
     return Comparison(
         metric=metric,
         higher_is_better=up,
-        target=target,
-        target_source=target_source,
+        target=primary.value,
+        target_source=primary.source,
+        target_label=primary.label,
+        targets=targets,
+        baseline_best=None if base_best is None else asdict(base_best),
+        plateau={
+            "baseline": baseline_plateaued,
+            "tail": PLATEAU_TAIL,
+            "tolerance": PLATEAU_TOLERANCE,
+            "rule": PLATEAU_RULE,
+        },
         baseline_id=baseline.id,
         baseline_arm=labels[base_arm],
         points=points,
@@ -217,14 +162,56 @@ def compare(
     )
 
 
-def _pick_baseline(runs: Sequence[RunData], baseline_id: str | None) -> RunData:
+def metric_choices(runs: Sequence[RunData]) -> list[str]:
+    """The metrics a comparison of ``runs`` can use: the keys any of them logged, and the keys
+    the trainer emits (so runs that have not logged yet can be compared too)."""
+    return sorted({k for r in runs for k in r.metrics} | set(TRAIN_KEYS) | set(EVAL_KEYS))
+
+
+def _check_metric(runs: Sequence[RunData], metric: str) -> None:
+    choices = metric_choices(runs)
+    if metric not in choices:
+        raise ComparisonError(
+            "metric", f"metric {metric!r} is not one of these runs' metrics: {', '.join(choices)}"
+        )
+
+
+def _pick_baseline(
+    runs: Sequence[RunData],
+    baseline_id: str | None,
+    arms: Sequence[list[RunData]],
+    labels: Sequence[str],
+) -> RunData:
     if baseline_id is not None:
         for run in runs:
             if run.id == baseline_id:
                 return run
         raise ValueError(f"baseline run {baseline_id!r} is not among the compared runs")
-    no_norm = [r for r in runs if (r.spec.get("model") or {}).get("norm") == "none"]
-    return no_norm[0] if no_norm else runs[0]
+    for run in runs:
+        if (run.spec.get("model") or {}).get("norm") == "none":
+            return run
+    found = "; ".join(
+        f"{label} ({len(arm)} run{'s' if len(arm) > 1 else ''}, "
+        f"norm={value_text((arm[0].spec.get('model') or {}).get('norm'))})"
+        for arm, label in zip(arms, labels, strict=True)
+    )
+    raise ComparisonError(
+        "baseline",
+        "no baseline arm: a baseline is a run with model.norm=none, or the run given as "
+        f"baseline=RUN_ID; arms found: {found}",
+    )
+
+
+def _steps(run: RunData, targets: Sequence[Target], metric: str, up: bool) -> list[int | None]:
+    """The run's steps to each target (None: never reached, or no target)."""
+    series = run.series(metric)
+    return [None if t.value is None else steps_to_target(series, t.value, up) for t in targets]
+
+
+def _summary_or(run: RunData, name: str, fallback: float | None = None) -> float | None:
+    """The trainer's summary value for ``name`` (see SUMMARY_FIELDS), else ``fallback``."""
+    value = run.summary.get(name)
+    return fallback if value is None else float(value)
 
 
 def _run_result(
@@ -232,10 +219,16 @@ def _run_result(
     label: str,
     metric: str,
     up: bool,
-    steps: int | None,
-    base_steps: int | None,
+    targets: Sequence[Target],
+    base_steps: Sequence[int | None],
     points: int,
 ) -> RunResult:
+    steps = _steps(run, targets, metric, up)
+    hits = [
+        RunTarget(t.value, s, s is not None, ratio(b, s))
+        for t, s, b in zip(targets, steps, base_steps, strict=True)
+    ]
+    series = run.series(metric)
     return RunResult(
         id=run.id,
         name=run.name,
@@ -248,14 +241,18 @@ def _run_result(
         torch_version=run.torch_version,
         device=run.device,
         budget=run.budget,
-        best_test_acc=best(run.series("test_acc")),
-        final_test_acc=final(run.series("test_acc")),
-        final_train_loss=final(run.series("train_loss")),
-        final_test_loss=final(run.series("test_loss")),
-        best=best(run.series(metric), up),
-        steps_to_target=steps,
-        reached=steps is not None,
-        speedup=ratio(base_steps, steps),
+        best_test_acc=_summary_or(run, "best_test_acc", best(run.series("test_acc"))),
+        final_test_acc=_summary_or(run, "final_test_acc"),
+        final_train_loss=_summary_or(run, "final_train_loss"),
+        final_test_loss=_summary_or(run, "final_test_loss"),
+        last_train_loss=final(run.series("train_loss")),
+        best=best(series, up),
+        plateaued=plateau(series, up),
+        tail_gain=tail_gain(series, up),
+        steps_to_target=hits[0].steps_to_target,
+        reached=hits[0].reached,
+        speedup=hits[0].speedup,
+        targets=hits,
         curves={
             key: [[s, v] for s, v in downsample(run.series(key), points)]
             for key in sorted(run.metrics)
@@ -272,34 +269,58 @@ def _arm_result(
     is_baseline: bool,
 ) -> ArmResult:
     mine = [by_id[r.id] for r in arm]
-    # Censored runs count as their step budget (restricted mean); see the module docstring.
-    steps = [float(r.steps_to_target if r.reached else r.budget) for r in mine]
-    base_steps = [float(r.steps_to_target if r.reached else r.budget) for r in base]
-    censored, base_censored = not all(r.reached for r in mine), not all(r.reached for r in base)
-    if is_baseline:  # 1 by definition; the CI shows the seed-to-seed noise
-        speedup = speedup_ci(base_steps, steps, None)
-    elif censored and base_censored:  # both means are lower bounds: the ratio has no bound
-        speedup = speedup_ci([], [], None)
-    else:
-        speedup = speedup_ci(
-            base_steps, steps, "upper" if censored else ("lower" if base_censored else None)
-        )
+    races = [_arm_target(mine, base, i, is_baseline) for i in range(len(mine[0].targets))]
     flat = flatten(arm[0].spec)
-    inf = math.inf
+    plateaus = [r.plateaued for r in mine]
     return ArmResult(
         label=label,
         factors={k: value_text(flat.get(k)) for k in factors},
         run_ids=[r.id for r in mine],
         is_baseline=is_baseline,
         n=len(mine),
-        n_reached=sum(r.reached for r in mine),
+        n_reached=races[0].n_reached,
+        steps_to_target=races[0].steps_to_target,
+        speedup=races[0].speedup,
+        best=mean_ci([r.best for r in mine if r.best is not None]),
+        p_value=races[0].p_value,
+        plateaued=False if False in plateaus else (True if all(plateaus) else None),
+        targets=races,
+    )
+
+
+def _arm_target(
+    mine: list[RunResult], base: list[RunResult], index: int, is_baseline: bool
+) -> ArmTarget:
+    """The arm's statistics for target ``index``. Censored runs count as their step budget
+    (restricted mean); see the module docstring."""
+    hits, base_hits = [r.targets[index] for r in mine], [r.targets[index] for r in base]
+    steps, base_steps = _or_budget(hits, mine), _or_budget(base_hits, base)
+    censored = not all(h.reached for h in hits)
+    base_censored = not all(h.reached for h in base_hits)
+    if is_baseline:  # 1 by definition; the CI shows the seed-to-seed noise
+        speedup = speedup_ci(base_steps, steps, None)
+    elif censored and base_censored:  # both means are lower bounds: the ratio has no bound
+        speedup = no_stat()
+    else:
+        bound = "upper" if censored else ("lower" if base_censored else None)
+        speedup = speedup_ci(base_steps, steps, bound)
+    inf = math.inf
+    return ArmTarget(
+        target=hits[0].target,
+        n_reached=sum(h.reached for h in hits),
         steps_to_target=mean_ci(steps, "lower" if censored else None),
         speedup=speedup,
-        best=mean_ci([r.best for r in mine if r.best is not None]),
         p_value=None
         if is_baseline
         else mann_whitney(
-            [r.steps_to_target if r.reached else inf for r in base],
-            [r.steps_to_target if r.reached else inf for r in mine],
+            [h.steps_to_target if h.reached else inf for h in base_hits],
+            [h.steps_to_target if h.reached else inf for h in hits],
         ),
     )
+
+
+def _or_budget(hits: Sequence[RunTarget], runs: Sequence[RunResult]) -> list[float]:
+    """Steps to target, a censored run's as its step budget."""
+    return [
+        float(h.steps_to_target if h.reached else r.budget) for h, r in zip(hits, runs, strict=True)
+    ]

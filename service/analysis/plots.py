@@ -1,13 +1,15 @@
 """Figures for comparisons and single runs (matplotlib, headless), returned as PNG or SVG bytes.
 
-Figures are built on ``matplotlib.figure.Figure`` directly, not through ``pyplot``: no global
-figure registry, nothing to close, safe to call from API worker threads, and no display needed
-(the Agg/SVG canvases are picked from the format when saving).
+``build_*`` return the ``Figure`` (for tests and callers that add to it); ``comparison_figure``
+and ``run_figure`` render it. Figures are built on ``matplotlib.figure.Figure`` directly, not
+through ``pyplot``: no global figure registry, nothing to close, safe to call from API worker
+threads, and no display needed (the Agg/SVG canvases are picked from the format when saving).
 
 A comparison figure reads top to bottom:
 
-1. test accuracy vs steps, one line per run, one colour per arm, the target as a dashed line
-   and a dot where each run first reaches it (the paper's Fig. 1a, and its speed-up measure);
+1. test accuracy vs steps, one line per run, one colour per arm, the primary target as a dashed
+   line labelled with how it was chosen and a dot where each run first reaches it (the paper's
+   Fig. 1a, and its speed-up measure), the other targets as dotted lines;
 2. loss vs steps: training loss (thin) and test loss (dashed), log scale;
 3. the paper's Fig. 1b/c: the 15th, 50th and 85th percentiles of the probed pre-activation over
    training, one small panel per arm (its first seed that logged them), sharing the y axis so
@@ -17,14 +19,16 @@ A comparison figure reads top to bottom:
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 from typing import Literal
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from service.analysis.compare import Comparison, RunResult, compare
+from service.analysis.compare import compare
 from service.analysis.downsample import downsample
+from service.analysis.results import Comparison, RunResult
 from service.analysis.runs import RunData
 
 Format = Literal["png", "svg"]
@@ -44,6 +48,7 @@ COLORS = [
 ]
 MAX_PERCENTILE_PANELS = 6  # beyond this the panels get too small to read
 RUN_FIGURE_POINTS = 500
+TITLE_WIDTH = 150  # characters per line of a warning in the title
 
 
 def arm_colors(c: Comparison) -> dict[str, str]:
@@ -57,6 +62,11 @@ def comparison_figure(
     comparison_or_runs: Comparison | Sequence[RunData], fmt: Format = "png"
 ) -> bytes:
     """The comparison at a glance (see the module docstring); ``fmt`` is "png" or "svg"."""
+    return _render(build_comparison_figure(comparison_or_runs), fmt)
+
+
+def build_comparison_figure(comparison_or_runs: Comparison | Sequence[RunData]) -> Figure:
+    """The figure :func:`comparison_figure` renders (its axes can be inspected)."""
     c = comparison_or_runs
     if not isinstance(c, Comparison):
         c = compare(list(c))
@@ -69,14 +79,19 @@ def comparison_figure(
     _loss_panel(ax_loss, c, color)
     _percentile_row(bottom, c, color)
     title = f"{len(c.runs)} runs in {len(c.arms)} arms, baseline: {c.baseline_arm}"
-    if c.warnings:
-        title += "\nWarning: " + "; ".join(c.warnings)
+    for warning in c.warnings:
+        title += "\n" + textwrap.fill(f"Warning: {warning}", TITLE_WIDTH)
     fig.suptitle(title, fontsize=12, color="black" if not c.warnings else "#a00000")
-    return _render(fig, fmt)
+    return fig
 
 
 def run_figure(run: RunData, fmt: Format = "png") -> bytes:
     """One run: accuracy (train, test), loss (train, test, log scale) and the percentiles."""
+    return _render(build_run_figure(run), fmt)
+
+
+def build_run_figure(run: RunData) -> Figure:
+    """The figure :func:`run_figure` renders."""
     fig = Figure(figsize=(13, 4), layout="constrained")
     ax_acc, ax_loss, ax_pct = fig.subplots(1, 3)
     curves = {k: downsample(run.series(k), RUN_FIGURE_POINTS) for k in run.metrics}
@@ -95,7 +110,7 @@ def run_figure(run: RunData, fmt: Format = "png") -> bytes:
     ax_pct.set_ylabel("pre-activation value")
     status = run.status + (f" at step {run.diverged_step}" if run.diverged_step else "")
     fig.suptitle(f"{run.name}: {_describe(run.spec)} ({status})", fontsize=12)
-    return _render(fig, fmt)
+    return fig
 
 
 # ------------------------------------------------------------------------------------ panels
@@ -109,20 +124,41 @@ def _accuracy_panel(ax, c: Comparison, color: dict[str, str]) -> None:
         if r.steps_to_target is not None and c.metric == "test_acc" and c.target is not None:
             ax.plot([r.steps_to_target], [c.target], "o", color=color[r.arm], ms=5, zorder=3)
         _mark_divergence(ax, r, pts, color[r.arm])
-    if c.target is not None and c.metric == "test_acc":
-        source = "baseline best" if c.target_source == "baseline" else "given"
-        ax.axhline(c.target, color="black", ls="--", lw=1)
-        ax.annotate(
-            f"target {c.target:.3f} ({source})",
-            xy=(0.01, c.target),
-            xycoords=("axes fraction", "data"),
-            xytext=(0, 3),
-            textcoords="offset points",
-            fontsize=8,
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
-        )
+    if c.metric == "test_acc":
+        _target_lines(ax, c)
     ax.legend(handles=_arm_handles(c, color), loc="lower right", fontsize=8, title="arm")
     _finish(ax, "Test accuracy vs steps", "test accuracy", legend=False)
+
+
+def _target_lines(ax, c: Comparison) -> None:
+    """The primary target dashed, with its label (how it was chosen); the others dotted, each
+    marked with its fraction of the baseline's best (or "given")."""
+    for i, t in enumerate(c.targets):
+        if t.value is None:
+            continue
+        primary = i == 0
+        ax.axhline(
+            t.value,
+            color="black" if primary else "grey",
+            ls="--" if primary else ":",
+            lw=1 if primary else 0.8,
+        )
+        text = (
+            f"target {t.label}"
+            if primary
+            else (f"{t.fraction:g}× best" if t.fraction is not None else "given")
+        )
+        ax.annotate(
+            text,
+            xy=(0.01 if primary else 0.99, t.value),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3 if primary else -9),
+            textcoords="offset points",
+            ha="left" if primary else "right",
+            fontsize=8 if primary else 7,
+            color="black" if primary else "grey",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
 
 
 def _loss_panel(ax, c: Comparison, color: dict[str, str]) -> None:
