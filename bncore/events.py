@@ -13,6 +13,10 @@ Metric keys: per ``log_every`` step ``train_loss``, ``train_acc``, ``lr``, ``gra
 ``test_acc``, and the 15th/50th/85th percentiles of the probed pre-activation ``act_p15``,
 ``act_p50``, ``act_p85``. Steps count from 1 (the state after that many updates); step 0 is
 the evaluation before training.
+
+End-event summary fields: :data:`SUMMARY_FIELDS` (name → meaning) is the one definition; the
+trainer fills them, and the API, CLI and comparisons show them under these names with these
+meanings only (a number computed differently gets a different name).
 """
 
 from __future__ import annotations
@@ -24,6 +28,20 @@ Outcome = Literal["succeeded", "diverged"]
 
 TRAIN_KEYS = ("train_loss", "train_acc", "lr", "grad_norm", "steps_per_sec")
 EVAL_KEYS = ("test_loss", "test_acc", "act_p15", "act_p50", "act_p85")
+
+# The end event's summary: name → what the number is. The last three only for models with BN.
+SUMMARY_FIELDS: dict[str, str] = {
+    "best_test_acc": "best test accuracy over the evaluations (step 0 included)",
+    "best_test_acc_step": "the step of best_test_acc (the earliest, if tied)",
+    "final_test_acc": "test accuracy of the model as it ended (eval mode)",
+    "final_test_loss": "test loss of the model as it ended (eval mode)",
+    "final_train_loss": "eval-mode loss of the final model on the first TRAIN_EVAL_CAP training "
+    "examples (not the last per-step training loss)",
+    "train_acc_full": "eval-mode accuracy of the final model on the same training examples",
+    "test_acc_batch_stats": "test accuracy with each test batch normalized by its own statistics",
+    "test_acc_running": "test accuracy with BN's running averages (= final_test_acc)",
+    "test_acc_population": "test accuracy with population statistics (the paper's Algorithm 2)",
+}
 
 
 def start_event(device: str, torch_version: str, parameters: int, spec: dict) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """/api/v1/compare: steps-to-target and speed-up over runs or a sweep, as JSON, CSV or a plot.
 
-The statistics live in service.compare (pure functions) and the figure in service.plots; this
+The statistics live in service.analysis (pure functions), the figure in its plots module; this
 module only loads runs and their metrics from the store into ``RunData``.
 """
 
@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from service import store
+from service.analysis.compare import Comparison, ComparisonError, RunData, compare
+from service.analysis.table import to_csv
+from service.analysis.targets import DEFAULT_FRACTIONS, MAX_TARGETS
 from service.api.cache import FinishedCache, finished_cache, heavy_slot
 from service.api.deps import SessionDep, in_session
 from service.api.runs import PROBLEM
-from service.compare import Comparison, RunData, compare, to_csv
 from service.models import Run
+from service.problems import ApiError
 from service.schemas import MAX_SWEEP_RUNS
 from service.store import FINISHED
 
@@ -31,6 +35,11 @@ MAX_POINTS = 5000
 ERRORS = {
     400: {**PROBLEM, "description": "Neither or both of runs and sweep; bad baseline."},
     404: {**PROBLEM, "description": "An unknown run or sweep id."},
+    422: {
+        **PROBLEM,
+        "description": "A bad query value: an unknown metric (the valid ones are named), no "
+        "baseline arm (the arms found are named), or a target or fraction out of bounds.",
+    },
 }
 
 
@@ -48,8 +57,21 @@ class CompareQuery:
             Query(max_length=64, description="Baseline run id; default: the first with no norm."),
         ] = None,
         target: Annotated[
-            float | None,
-            Query(allow_inf_nan=False, description="Default: the baseline arm's best value."),
+            str | None,
+            Query(
+                max_length=400,
+                description="Target value(s), comma-separated (e.g. `0.9` or `0.85,0.9`); "
+                f"with target_fractions, at most {MAX_TARGETS} targets in all.",
+            ),
+        ] = None,
+        target_fractions: Annotated[
+            str | None,
+            Query(
+                max_length=400,
+                description="Fractions of the baseline's best, each in (0, 1], comma-separated "
+                "(e.g. `1,0.99,0.95,0.9`): f × best, or best ÷ f for a loss. Default when no "
+                "target is given: " + ",".join(f"{f:g}" for f in DEFAULT_FRACTIONS) + ".",
+            ),
         ] = None,
         metric: Annotated[str, Query(pattern=r"^[A-Za-z0-9_]{1,64}$")] = "test_acc",
         points: Annotated[
@@ -57,7 +79,42 @@ class CompareQuery:
         ] = 200,
     ) -> None:
         self.runs, self.sweep, self.baseline = runs, sweep, baseline
-        self.target, self.metric, self.points = target, metric, points
+        self.targets = _numbers("target", target)
+        self.fractions = _numbers("target_fractions", target_fractions)
+        if self.fractions is not None:
+            bad = [f for f in self.fractions if not 0 < f <= 1]
+            if bad:
+                _invalid("target_fractions", f"target_fractions: {bad[0]:g} is not in (0, 1]")
+        count = len(self.targets or ()) + len(self.fractions or ())
+        if count > MAX_TARGETS:
+            field = "target_fractions" if self.fractions else "target"
+            _invalid(field, f"{field}: at most {MAX_TARGETS} targets in all, got {count}")
+        self.metric, self.points = metric, points
+
+    def key(self) -> tuple:
+        """What the result depends on besides the runs (for the cache)."""
+        targets = None if self.targets is None else tuple(self.targets)
+        fractions = None if self.fractions is None else tuple(self.fractions)
+        return (self.baseline, targets, fractions, self.metric, self.points)
+
+
+def _invalid(field: str, detail: str) -> NoReturn:
+    errors = [{"loc": ["query", field], "msg": detail, "type": "value_error"}]
+    raise ApiError(422, detail, title="Validation failed", errors=errors)
+
+
+def _numbers(field: str, text: str | None) -> list[float] | None:
+    """ "0.9, 0.95" → [0.9, 0.95]; None when not given; 422 for anything but finite numbers."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        _invalid(field, f"{field}: expected comma-separated numbers, got {text[:80]!r}")
+    if not all(math.isfinite(n) for n in numbers):
+        _invalid(field, f"{field}: numbers must be finite, got {text[:80]!r}")
+    return numbers
 
 
 def load_runs(session: Session, query: CompareQuery) -> list[RunData]:
@@ -116,8 +173,7 @@ def run_comparison(
 
     if cache is None or not all(run.status in FINISHED for run in rows):
         return compute()
-    key = ("compare", form, tuple((run.id, run.last_step) for run in rows))
-    key += (query.baseline, query.target, query.metric, query.points)
+    key = ("compare", form, tuple((run.id, run.last_step) for run in rows), *query.key())
     return cache.get_or_compute(key, compute)
 
 
@@ -131,20 +187,24 @@ def _compare(session: Session, rows: list[Run], query: CompareQuery) -> Comparis
         return compare(
             runs,
             baseline_id=query.baseline,
-            target=query.target,
+            target=query.targets,
             metric=query.metric,
             points=query.points,
+            target_fractions=query.fractions,
         )
-    except ValueError as exc:  # e.g. a baseline that is not among the runs
+    except ComparisonError as exc:  # an unknown metric, no baseline arm, a bad target
+        _invalid(exc.field, str(exc))
+    except ValueError as exc:  # a baseline that is not among the runs
         raise HTTPException(400, str(exc)) from exc
 
 
 @router.get(
     "",
     summary="Compare runs",
-    description="Steps to reach the target (default: the baseline arm's best value) and the "
-    "speed-up over the baseline, per run and per arm (runs differing only in seed), with "
-    "bootstrap CIs, and downsampled curves. `format=csv` gives one table of runs and arms.",
+    description="Steps to reach each target (default: the baseline arm's best value and 0.99, "
+    "0.95, 0.9 of it) and the speed-up over the baseline, per run and per arm (runs differing "
+    "only in seed), with bootstrap CIs; whether the baseline had plateaued; downsampled curves. "
+    "`format=csv` gives one table: a row per run and target, then per arm and target.",
     responses={
         200: {"content": {"application/json": {}, "text/csv": {}}},
         **ERRORS,
@@ -189,7 +249,8 @@ def plot_comparison(
     query: Annotated[CompareQuery, Depends()],
     format: Annotated[Literal["png", "svg"], Query()] = "png",
 ) -> Response:
-    from service.plots import comparison_figure  # matplotlib loads only when a plot is asked
+    # matplotlib loads only when a plot is asked for.
+    from service.analysis.plots import comparison_figure
 
     render = lambda comparison: comparison_figure(comparison, format)  # noqa: E731
     slot = functools.partial(heavy_slot, request)

@@ -1,4 +1,4 @@
-"""service.compare on hand-made metric series: every number here can be checked by hand."""
+"""service.analysis.compare on hand-made metric series: every number here can be checked by hand."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ import json
 import math
 import warnings
 
-import numpy as np
 import pytest
 
-from service.compare import (
-    RunData,
-    compare,
-    downsample,
-    lttb,
-    steps_to_target,
-    to_csv,
-)
+from service.analysis.compare import ComparisonError, compare, metric_choices
+from service.analysis.runs import RunData, steps_to_target
+from service.analysis.table import to_csv
 
 BASE_SPEC = {
     "name": "run",
@@ -101,50 +95,6 @@ def test_steps_to_target_lower_is_better():
     assert steps_to_target([(1, 2.0), (2, 1.0), (3, 0.5)], 1.0, higher_is_better=False) == 2
 
 
-# ---------------------------------------------------------------- LTTB
-
-
-def test_lttb_identity_for_short_series():
-    pts = [(i, float(i % 3)) for i in range(10)]
-    assert lttb(pts, 10) == pts
-    assert lttb(pts, 50) == pts
-    assert downsample(pts, 10) == pts
-
-
-@pytest.mark.parametrize("n", [2, 3, 7, 50])
-def test_lttb_keeps_first_last_and_at_most_n(n):
-    rng = np.random.default_rng(1)
-    pts = [(i, float(v)) for i, v in enumerate(rng.normal(size=500))]
-    out = lttb(pts, n)
-    assert len(out) == n
-    assert out[0] == pts[0] and out[-1] == pts[-1]
-    assert [p[0] for p in out] == sorted({p[0] for p in out})  # increasing, no duplicates
-
-
-def test_lttb_picks_a_spike():
-    pts = [(i, 0.0) for i in range(100)]
-    pts[37] = (37, 10.0)
-    assert (37, 10.0) in lttb(pts, 10)
-
-
-@pytest.mark.parametrize("n", [4, 5, 20, 100])
-def test_downsample_keeps_first_last_and_extremes(n):
-    rng = np.random.default_rng(2)
-    values = rng.normal(size=1000)
-    pts = [(i, float(v)) for i, v in enumerate(values)]
-    out = downsample(pts, n)
-    assert len(out) <= n
-    assert out[0] == pts[0] and out[-1] == pts[-1]
-    assert pts[int(np.argmax(values))] in out
-    assert pts[int(np.argmin(values))] in out
-    assert [p[0] for p in out] == sorted({p[0] for p in out})
-
-
-def test_downsample_rejects_tiny_n():
-    with pytest.raises(ValueError):
-        downsample([(i, 0.0) for i in range(10)], 3)
-
-
 # ---------------------------------------------------------------- compare: runs
 
 
@@ -158,17 +108,38 @@ def test_baseline_defaults_to_first_no_norm_run_and_target_to_its_best():
     assert by["bn"].steps_to_target == 200
     assert by["bn"].speedup == pytest.approx(4.0)
     assert by["plain"].speedup == pytest.approx(1.0)
-    assert by["bn"].best_test_acc == 0.95 and by["bn"].final_test_acc == 0.95
+    assert by["bn"].best_test_acc == 0.95  # from its evaluations: it has no summary yet
+    assert by["bn"].final_test_acc is None  # a summary field: only the trainer's value
 
 
-def test_baseline_falls_back_to_first_run_and_can_be_given():
+def test_no_baseline_arm_is_an_error_naming_the_arms_unless_a_baseline_is_given():
     runs = [run("a", 500, norm="batchnorm"), run("b", 200, norm="batchnorm", lr=1.0)]
-    assert compare(runs).baseline_id == "a"
+    with pytest.raises(ComparisonError) as error:
+        compare(runs)
+    assert error.value.field == "baseline"
+    message = str(error.value)
+    assert "model.norm=none" in message and "baseline=RUN_ID" in message
+    assert "lr=0.5 (1 run, norm=batchnorm); lr=1.0 (1 run, norm=batchnorm)" in message
+    with pytest.raises(ComparisonError, match="arms found: all runs"):
+        compare([run("solo", 300, norm="batchnorm")])
     c = compare(runs, baseline_id="b")
     assert c.baseline_id == "b"
     assert {r.id: r.speedup for r in c.runs} == {"a": 0.4, "b": 1.0}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not among the compared runs"):
         compare(runs, baseline_id="nope")
+
+
+def test_unknown_metric_is_an_error_naming_the_valid_choices():
+    runs = [run("plain", 800), run("bn", 300, norm="batchnorm")]
+    runs[1].metrics["grad_norm"] = [(1, 0.5)]
+    with pytest.raises(ComparisonError) as error:
+        compare(runs, metric="test_ac")
+    assert error.value.field == "metric"
+    assert "'test_ac'" in str(error.value)
+    choices = str(error.value).split(": ", 1)[1].split(", ")
+    assert choices == metric_choices(runs)
+    assert {"test_acc", "train_loss", "test_loss", "grad_norm"} <= set(choices)
+    assert compare(runs, metric="test_loss").metric == "test_loss"
 
 
 def test_given_target_and_never_reached():
@@ -188,7 +159,8 @@ def test_divergence_reported():
     hot = next(r for r in c.runs if r.id == "hot")
     assert hot.diverged and hot.diverged_step == 40
     assert hot.steps_to_target is None and hot.speedup is None
-    assert hot.final_train_loss == 50.0  # the last finite value
+    assert hot.last_train_loss == 50.0  # the last finite per-step value
+    assert hot.final_train_loss is None  # the trainer's summary field: none was sent
     json.dumps(c.to_dict(), allow_nan=False)
 
 
@@ -221,7 +193,7 @@ def test_seed_grouping_labels_and_counts():
     assert c.arms[0].is_baseline and not c.arms[1].is_baseline
     assert c.factors == ["model.norm"]
     assert {r.id: r.arm for r in c.runs}["b2"] == "norm=batchnorm"
-    assert c.warnings == []
+    assert not [w for w in c.warnings if "differ" in w]  # no confounders
 
 
 def test_labels_name_every_varying_factor():
@@ -322,13 +294,24 @@ def test_no_baseline_metric_warns():
 # ---------------------------------------------------------------- CSV
 
 
-def test_csv_parses_with_one_row_per_run_and_arm():
-    c = compare(seeded_runs())
+def test_csv_parses_with_one_row_per_run_and_target_then_arm_and_target():
+    c = compare(seeded_runs(), target=0.9, target_fractions=[0.5])
     rows = list(csv.DictReader(io.StringIO(to_csv(c))))
-    assert [r["row_type"] for r in rows] == ["run"] * 6 + ["arm"] * 2
-    runs = {r["run_id"]: r for r in rows if r["row_type"] == "run"}
-    assert runs["b1"]["steps_to_target"] == "200"
-    assert float(runs["b1"]["speedup"]) == pytest.approx(3.5)  # p0 (700) / 200
-    arm = rows[-1]
-    assert arm["arm"] == "norm=batchnorm" and arm["n"] == "3"
+    assert [r["row_type"] for r in rows] == ["run"] * 12 + ["arm"] * 4
+    assert [r["target_fraction"] for r in rows[:2]] == ["", "0.5"]
+    runs = {(r["run_id"], r["target"]): r for r in rows if r["row_type"] == "run"}
+    assert runs[("b1", "0.9")]["steps_to_target"] == "200"
+    assert float(runs[("b1", "0.9")]["speedup"]) == pytest.approx(3.5)  # p0 (700) / 200
+    assert runs[("b1", "0.45")]["steps_to_target"] == "200"  # 0.5 × 0.9; 0.1 before
+    arm = rows[-2]
+    assert arm["arm"] == "norm=batchnorm" and arm["n"] == "3" and arm["target"] == "0.9"
     assert math.isclose(float(arm["speedup"]), 4.0)
+
+
+def test_csv_summary_columns_carry_the_trainers_values():
+    plain = run("plain", 800)
+    plain.summary = {"final_train_loss": 0.6959, "final_test_acc": 0.9, "best_test_acc": 0.9}
+    c = compare([plain, run("bn", 300, norm="batchnorm")])
+    row = next(csv.DictReader(io.StringIO(to_csv(c))))
+    assert row["final_train_loss"] == "0.6959" and row["final_test_acc"] == "0.9"
+    assert float(row["last_train_loss"]) == pytest.approx(2.0 / 992)  # a different number

@@ -87,7 +87,10 @@ def two_runs(client, app_session) -> list[str]:  # noqa: ANN001
         points += [("train_loss", s, 2.0 / (1 + s)) for s in range(1, 501)]
         store.add_metrics(app_session, run["id"], points)
         assert store.claim_run(app_session, run["id"], "w")
-        assert store.finish_run(app_session, run["id"], store.RunStatus.succeeded, "done")
+        summary = {"final_train_loss": 0.6959, "final_test_acc": 0.8, "best_test_acc": 0.8}
+        assert store.finish_run(
+            app_session, run["id"], store.RunStatus.succeeded, "done", summary=summary
+        )
         ids.append(run["id"])
     return ids
 
@@ -104,9 +107,51 @@ def test_compare_json(client, two_runs) -> None:  # noqa: ANN001
     assert len(by_id[two_runs[1]]["curves"]["train_loss"]) <= 20
 
 
+def test_compare_several_targets_json_and_csv(client, two_runs) -> None:  # noqa: ANN001
+    params = {"runs": ",".join(two_runs), "target_fractions": "1, 0.5", "target": "0.3"}
+    body = client.get(COMPARE, params=params).json()
+    assert [(t["value"], t["fraction"], t["source"]) for t in body["targets"]] == [
+        (0.3, None, "given"),
+        (pytest.approx(0.8), 1.0, "baseline"),
+        (pytest.approx(0.4), 0.5, "baseline"),
+    ]
+    assert body["target"] == 0.3 and body["target_label"] == "0.3: given"
+    bn = body["runs"][1]
+    # BN climbs 0.8 × s / 100 (evaluated every 50 steps), the baseline 0.8 × s / 400.
+    assert [t["steps_to_target"] for t in bn["targets"]] == [50, 100, 50]
+    assert [t["speedup"] for t in bn["targets"]] == pytest.approx([3.0, 4.0, 4.0])
+    assert [t["target"] for t in body["arms"][1]["targets"]] == pytest.approx([0.3, 0.8, 0.4])
+    # The baseline reaches its best (0.8) only at step 400 of 500: still rising at the end.
+    assert body["plateau"]["baseline"] is False and "rule" in body["plateau"]
+    assert any("had not plateaued" in w for w in body["warnings"])
+    assert body["baseline_best"]["run_id"] == two_runs[0]
+
+    rows = list(
+        csv.DictReader(io.StringIO(client.get(COMPARE, params=params | {"format": "csv"}).text))
+    )
+    assert [r["row_type"] for r in rows] == ["run"] * 6 + ["arm"] * 6
+    assert [(r["target"], r["target_fraction"], r["steps_to_target"]) for r in rows[3:6]] == [
+        ("0.3", "", "50"),
+        ("0.8", "1.0", "100"),
+        ("0.4", "0.5", "50"),
+    ]
+
+
+def test_compare_summary_fields_have_the_summarys_meaning(client, two_runs) -> None:  # noqa: ANN001
+    """The number `bnlab show` prints as final_train_loss is the one the comparison gives."""
+    shown = client.get(f"/api/v1/runs/{two_runs[0]}").json()["summary"]["final_train_loss"]
+    query = {"runs": ",".join(two_runs)}
+    compared = client.get(COMPARE, params=query).json()["runs"][0]
+    rows = list(
+        csv.DictReader(io.StringIO(client.get(COMPARE, params=query | {"format": "csv"}).text))
+    )
+    assert compared["final_train_loss"] == shown == float(rows[0]["final_train_loss"]) == 0.6959
+    assert compared["last_train_loss"] == pytest.approx(2.0 / 501)  # the last per-step loss
+
+
 def test_compare_csv_and_plots(client, two_runs) -> None:  # noqa: ANN001
     query = {"runs": ",".join(two_runs)}
-    response = client.get(COMPARE, params=query | {"format": "csv"})
+    response = client.get(COMPARE, params=query | {"format": "csv", "target": "0.8"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert [r["row_type"] for r in rows] == ["run", "run", "arm", "arm"]
@@ -119,11 +164,34 @@ def test_compare_csv_and_plots(client, two_runs) -> None:  # noqa: ANN001
 
 
 def test_compare_by_sweep(client, app_session) -> None:  # noqa: ANN001
-    sweep = client.post(SWEEPS, json={"name": "s", "grid": {"seed": [0, 1]}}).json()
+    grid = {"model.norm": ["none", "batchnorm"], "seed": [0, 1]}
+    sweep = client.post(SWEEPS, json={"name": "s", "grid": grid}).json()
     for run in sweep["runs"]:
         store.add_metrics(app_session, run["id"], [("test_acc", 0, 0.1), ("test_acc", 100, 0.5)])
     body = client.get(COMPARE, params={"sweep": sweep["id"]}).json()
-    assert len(body["runs"]) == 2 and len(body["arms"]) == 1
+    assert len(body["runs"]) == 4 and len(body["arms"]) == 2
+
+
+def test_compare_without_a_baseline_arm_is_422_naming_the_rule_and_the_arms(client) -> None:  # noqa: ANN001
+    sweep = client.post(SWEEPS, json={"name": "s", "grid": {"seed": [0, 1]}}).json()
+    response = client.get(COMPARE, params={"sweep": sweep["id"]})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert "model.norm=none" in problem["detail"] and "baseline=RUN_ID" in problem["detail"]
+    assert "arms found: all runs (2 runs, norm=batchnorm)" in problem["detail"]
+    assert problem["errors"][0]["loc"] == ["query", "baseline"]
+    given = {"sweep": sweep["id"], "baseline": sweep["runs"][0]["id"]}
+    assert client.get(COMPARE, params=given).status_code == 200
+
+
+def test_compare_unknown_metric_is_422_naming_the_choices(client, two_runs) -> None:  # noqa: ANN001
+    response = client.get(COMPARE, params={"runs": ",".join(two_runs), "metric": "test_ac"})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert "'test_ac'" in problem["detail"] and "test_acc" in problem["detail"]
+    assert "train_loss" in problem["detail"] and problem["errors"][0]["loc"] == ["query", "metric"]
+    plot = client.get(f"{COMPARE}/plot", params={"runs": two_runs[0], "metric": "test_ac"})
+    assert plot.status_code == 422
 
 
 def test_compare_errors(client, two_runs) -> None:  # noqa: ANN001
@@ -135,6 +203,12 @@ def test_compare_errors(client, two_runs) -> None:  # noqa: ANN001
         ({"runs": two_runs[0], "baseline": "other"}, 400, "baseline"),
         ({"runs": two_runs[0], "points": 2}, 422, "points"),
         ({"runs": two_runs[0], "format": "xml"}, 422, "format"),
+        ({"runs": two_runs[0], "target_fractions": "0"}, 422, "target_fractions: 0 is not in"),
+        ({"runs": two_runs[0], "target_fractions": "1.5"}, 422, "1.5 is not in (0, 1]"),
+        ({"runs": two_runs[0], "target_fractions": "0.9,x"}, 422, "comma-separated numbers"),
+        ({"runs": two_runs[0], "target": "nan"}, 422, "target: numbers must be finite"),
+        ({"runs": two_runs[0], "target": "0.5,"}, 422, "target: expected"),
+        ({"runs": two_runs[0], "target_fractions": ",".join(["0.5"] * 9)}, 422, "at most 8"),
     ]:
         response = client.get(COMPARE, params=params)
         assert response.status_code == status, (params, response.text)

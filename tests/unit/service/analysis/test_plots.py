@@ -1,4 +1,4 @@
-"""service.plots renders headless, to valid PNG/SVG, including for awkward runs."""
+"""service.analysis.plots renders headless, to valid PNG/SVG, including for awkward runs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from service.compare import RunData, compare
-from service.plots import COLORS, arm_colors, comparison_figure, run_figure
+from service.analysis.compare import compare
+from service.analysis.plots import (
+    COLORS,
+    arm_colors,
+    build_comparison_figure,
+    build_run_figure,
+    comparison_figure,
+    run_figure,
+)
+from service.analysis.runs import RunData
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -99,3 +107,54 @@ def test_baseline_arm_has_the_first_colour_whatever_the_order() -> None:
         baseline = next(a.label for a in c.arms if a.is_baseline)
         assert colors[baseline] == COLORS[0]
         assert len(set(colors.values())) == 3
+
+
+# ----------------------------------------------------------------------------- content
+
+
+def hlines(ax) -> dict[float, str]:  # noqa: ANN001
+    """Horizontal full-width lines of an axis: y → line style."""
+    return {
+        line.get_ydata()[0]: line.get_linestyle()
+        for line in ax.get_lines()
+        if list(line.get_xdata()) == [0, 1] and len(set(line.get_ydata())) == 1
+    }
+
+
+def test_accuracy_panel_draws_every_target_and_labels_the_primary_with_how_it_was_chosen():
+    runs = [make_run("p0"), make_run("p1", seed=1), make_run("bn", norm="batchnorm")]
+    runs[1].metrics["test_acc"] = [(s, min(0.85, 0.1 + s / 500)) for s in range(0, 501, 50)]
+    c = compare(runs)
+    fig = build_comparison_figure(c)
+    ax_acc = fig.subfigs[0].axes[0]
+    assert ax_acc.get_title() == "Test accuracy vs steps"
+    lines = hlines(ax_acc)
+    assert lines == {t.value: ("--" if i == 0 else ":") for i, t in enumerate(c.targets)}
+    texts = [t.get_text() for t in ax_acc.texts]
+    assert f"target {c.target_label}" in texts
+    assert "lowest of the 2 baseline seeds' best test_acc (seed 1's)" in c.target_label
+    assert {"0.99× best", "0.95× best", "0.9× best"} <= set(texts)
+    # One curve per run plus a dot per run that reached the primary target.
+    lines = ax_acc.get_lines()
+    curves = [ln for ln in lines if len(ln.get_xdata()) > 1 and list(ln.get_xdata()) != [0, 1]]
+    dots = [ln for ln in lines if ln.get_marker() == "o"]
+    assert len(curves) == 3
+    assert sorted(d.get_xdata()[0] for d in dots) == sorted(r.steps_to_target for r in c.runs)
+    assert all(d.get_ydata()[0] == c.target for d in dots)
+    legend = [t.get_text() for t in ax_acc.get_legend().get_texts()]
+    assert legend[0] == "norm=none (n=2), baseline" and legend[1].startswith("norm=batchnorm")
+
+
+def test_warnings_reach_the_title():
+    slow = make_run("plain")
+    slow.metrics["test_acc"] = [(s, 0.1 + s / 600) for s in range(0, 501, 50)]  # still rising
+    c = compare([slow, make_run("bn", norm="batchnorm")])
+    title = build_comparison_figure(c).get_suptitle()
+    assert "Warning: the baseline had not plateaued" in title.replace("\n", " ")
+
+
+def test_run_figure_marks_divergence():
+    fig = build_run_figure(diverged_run())
+    ax_acc, ax_loss, ax_pct = fig.axes[:3]
+    assert any(list(ln.get_xdata()) == [12, 12] for ln in ax_loss.get_lines())  # the vline
+    assert "diverged at step 12" in fig.get_suptitle()
