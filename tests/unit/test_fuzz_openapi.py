@@ -89,8 +89,8 @@ SEMANTIC_REJECTIONS = {
     ("GET", "/api/v1/runs/{run_id}/metrics"): [400],
     ("GET", "/api/v1/runs/{run_id}/events"): [400],
     ("GET", "/api/v1/sweeps/{sweep_id}/events"): [400],
-    ("GET", "/api/v1/compare"): [400],
-    ("GET", "/api/v1/compare/plot"): [400],
+    ("GET", "/api/v1/compare"): [400, 422],
+    ("GET", "/api/v1/compare/plot"): [400, 422],
     ("POST", "/api/v1/runs"): [422],
     ("POST", "/api/v1/sweeps"): [422],
 }
@@ -136,7 +136,7 @@ def map_path_parameters(context, path_parameters):  # noqa: ANN001, ANN201
     """Half of the generated ids become ids that exist, so the happy paths are fuzzed too."""
     for name, ids in KNOWN_IDS.items():
         value = (path_parameters or {}).get(name)
-        if isinstance(value, str) and ids and len(value) % 2 == 0:
+        if isinstance(value, str) and ids and len(value) % 2 == 0 and len(value) <= 64:
             path_parameters[name] = ids[len(value) % len(ids)]
     return path_parameters
 
