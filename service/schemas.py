@@ -13,8 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bncore.spec import JobSpec
-
-MAX_SWEEP_RUNS = 1000
+from service.vocab import MAX_SWEEP_RUNS
 
 
 def _utc(value: datetime | None) -> datetime | None:

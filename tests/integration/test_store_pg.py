@@ -1,5 +1,6 @@
 """store.get_metrics on PostgreSQL (arrays read in binary) against the reference filter of
-tests/unit/test_store_metrics.py: the same points, in the same order, as on SQLite."""
+tests/unit/service/store/test_store_metrics.py: the same points, in the same order, as on
+SQLite."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.db import make_engine
-from tests.unit.test_store_metrics import check_get_metrics
+from tests.unit.service.store.test_store_metrics import check_get_metrics
 
 
 @pytest.fixture
