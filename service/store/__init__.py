@@ -26,15 +26,18 @@ from service.store.metrics import (
     metric_summary,
 )
 from service.store.queries import (
+    SPEC_FILTERS,
     count_by_status,
     get_run,
     get_runs,
     list_runs,
     queue_depth,
     queued_run_ids,
+    spec_value,
     submit_failed_run_ids,
 )
 from service.store.runs import (
+    annotate_run,
     claim_run,
     create_run,
     delete_run,
@@ -47,12 +50,13 @@ from service.store.runs import (
     request_cancel,
     set_queued_reason,
 )
-from service.store.sweeps import create_sweep, expand_grid, get_sweep, sweep_runs
+from service.store.sweeps import create_sweep, expand_grid, get_sweep, list_sweeps, sweep_runs
 from service.store.workers import list_workers, worker_alive, worker_seen
 from service.vocab import FINISHED_STATUSES as FINISHED
 from service.vocab import SUBMIT_FAILED, WAITING, RunStatus
 
 __all__ = [
+    "SPEC_FILTERS",
     "FINISHED",
     "SUBMIT_FAILED",
     "WAITING",
@@ -61,6 +65,7 @@ __all__ = [
     "RunStatus",
     "_raw_binary",
     "add_metrics",
+    "annotate_run",
     "as_utc",
     "claim_run",
     "count_by_status",
@@ -80,6 +85,7 @@ __all__ = [
     "get_sweep",
     "heartbeat",
     "list_runs",
+    "list_sweeps",
     "list_workers",
     "metric_summary",
     "queue_depth",
@@ -89,6 +95,7 @@ __all__ = [
     "release_run",
     "request_cancel",
     "set_queued_reason",
+    "spec_value",
     "submit_failed_run_ids",
     "sweep_runs",
     "worker_alive",

@@ -15,7 +15,7 @@ backs off, so each run has exactly one outcome. Each records a human-readable
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -203,7 +203,9 @@ def reap_stale(
 # ----------------------------------------------------------------------------- creation
 
 
-def new_run(spec: JobSpec, *, sweep_id: str | None = None, **values: Any) -> Run:
+def new_run(
+    spec: JobSpec, *, sweep_id: str | None = None, tags: Sequence[str] = (), **values: Any
+) -> Run:
     """A queued run for ``spec``, not yet added to a session (a run starts here and nowhere
     else: ``create_run`` and ``create_sweep`` both build their rows with it)."""
     return Run(
@@ -212,8 +214,31 @@ def new_run(spec: JobSpec, *, sweep_id: str | None = None, **values: Any) -> Run
         status=RunStatus.queued.value,
         status_reason=WAITING,
         sweep_id=sweep_id,
+        tags=_unique(tags),
         **values,
     )
+
+
+def _unique(tags: Sequence[str]) -> list[str]:
+    """The tags without repeats, first occurrence first."""
+    return list(dict.fromkeys(tags))
+
+
+def annotate_run(
+    session: Session, run_id: str, *, tags: Sequence[str] | None = None, note: str | None = None
+) -> Run:
+    """Replace a run's tags and/or its note (None leaves that one as it is; an empty note
+    clears it). People's labels, not the state machine's: a run of any status takes them."""
+    get_run(session, run_id)  # NotFound names the id
+    values: dict[str, Any] = {}
+    if tags is not None:
+        values["tags"] = _unique(tags)
+    if note is not None:
+        values["note"] = note or None
+    if values:
+        session.execute(update(Run).where(Run.id == run_id).values(**values))
+        session.commit()
+    return get_run(session, run_id)
 
 
 def create_run(
@@ -222,14 +247,15 @@ def create_run(
     *,
     sweep_id: str | None = None,
     idempotency_key: str | None = None,
+    tags: Sequence[str] = (),
 ) -> tuple[Run, bool]:
     """Insert a queued run. Returns (run, created); with an ``idempotency_key`` seen before,
-    returns that earlier run and created=False."""
+    returns that earlier run (as it is) and created=False."""
     if idempotency_key is not None:
         existing = session.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
         if existing is not None:
             return existing, False
-    run = new_run(spec, sweep_id=sweep_id, idempotency_key=idempotency_key)
+    run = new_run(spec, sweep_id=sweep_id, idempotency_key=idempotency_key, tags=tags)
     session.add(run)
     try:
         session.commit()

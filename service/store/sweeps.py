@@ -11,11 +11,12 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service.models import Run, Sweep
+from service.store.cursors import newest_first_page
 from service.store.errors import NotFound
 from service.store.runs import new_run
 
@@ -50,12 +51,15 @@ def create_sweep(
     base: dict[str, Any],
     grid: dict[str, list[Any]],
     specs: Sequence[JobSpec],
+    *,
+    tags: Sequence[str] = (),
 ) -> tuple[Sweep, list[Run]]:
-    """Insert a sweep and its (already validated) run specs in one transaction."""
+    """Insert a sweep and its (already validated) run specs in one transaction; every run
+    carries ``tags``."""
     sweep = Sweep(name=name, base_spec=base, grid=grid)
     session.add(sweep)
     session.flush()
-    runs = [new_run(spec, sweep_id=sweep.id) for spec in specs]
+    runs = [new_run(spec, sweep_id=sweep.id, tags=tags) for spec in specs]
     session.add_all(runs)
     session.commit()
     return sweep, runs
@@ -72,3 +76,24 @@ def sweep_runs(session: Session, sweep_id: str) -> list[Run]:
     return list(
         session.scalars(select(Run).where(Run.sweep_id == sweep_id).order_by(Run.created_at))
     )
+
+
+def list_sweeps(
+    session: Session, *, limit: int = 50, cursor: str | None = None
+) -> tuple[list[tuple[Sweep, dict[str, int]]], str | None]:
+    """Newest first, paginated like runs. Returns ([(sweep, runs per status)], next cursor or
+    None); statuses without runs are left out of the counts. Raises ValueError for a cursor
+    that is not one of ours."""
+    sweeps, next_cursor = newest_first_page(
+        session, select(Sweep), Sweep, limit=limit, cursor=cursor
+    )
+    counts: dict[str, dict[str, int]] = {sweep.id: {} for sweep in sweeps}
+    if sweeps:  # one grouped query for the whole page
+        rows = session.execute(
+            select(Run.sweep_id, Run.status, func.count())
+            .where(Run.sweep_id.in_(list(counts)))
+            .group_by(Run.sweep_id, Run.status)
+        )
+        for sweep_id, status, n in rows:
+            counts[sweep_id][status] = n
+    return [(sweep, counts[sweep.id]) for sweep in sweeps], next_cursor
