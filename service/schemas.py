@@ -13,16 +13,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from bncore.spec import JobSpec, ModelSpec, OptimizerSpec
-from service.vocab import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_SWEEP_RUNS, RunStatus
-
-# Bounds of a run's tags and note. They belong with the other shared limits in service.vocab
-# (the CLI and the dashboard need them too); they live here until that file takes them.
-MAX_TAGS = 16
-MAX_TAG_LENGTH = 40
-MAX_NOTE_LENGTH = 2000
-# Letters, digits and a few separators, so a tag is one word in a shell, a URL and a CSV cell
-# (ASCII: JSON Schema, Python and pydantic's Rust regexes agree on what it matches).
-TAG_PATTERN = r"^[A-Za-z0-9._:=+/@-]+$"
+from service.vocab import (
+    DEFAULT_PAGE_SIZE,
+    MAX_NOTE_LENGTH,
+    MAX_PAGE_SIZE,
+    MAX_SWEEP_RUNS,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    TAG_PATTERN,
+    RunStatus,
+)
 
 Tag = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_TAG_LENGTH, pattern=TAG_PATTERN)

@@ -47,6 +47,14 @@ MAX_PAGE_SIZE = 200  # the cap on GET /runs?limit= (and every other cursor page)
 DEFAULT_PAGE_SIZE = 50
 SHORT_ID_LENGTH = 8  # how many characters of a UUID the CLI and dashboard show
 
+# A run's tags and note.
+MAX_TAGS = 16
+MAX_TAG_LENGTH = 40
+MAX_NOTE_LENGTH = 2000
+# Letters, digits and a few separators, so a tag is one word in a shell, a URL and a CSV cell
+# (ASCII: JSON Schema, Python and pydantic's Rust regexes agree on what it matches).
+TAG_PATTERN = r"^[A-Za-z0-9._:=+/@-]+$"
+
 
 def short_id(run_id: str) -> str:
     """The first characters of an id: what people read and type (unique prefixes are accepted)."""
@@ -63,4 +71,8 @@ def as_dict() -> dict[str, object]:
         "max_page_size": MAX_PAGE_SIZE,
         "default_page_size": DEFAULT_PAGE_SIZE,
         "short_id_length": SHORT_ID_LENGTH,
+        "max_tags": MAX_TAGS,
+        "max_tag_length": MAX_TAG_LENGTH,
+        "max_note_length": MAX_NOTE_LENGTH,
+        "tag_pattern": TAG_PATTERN,
     }

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from bncore.spec import JobSpec
 from service import store
 from service.api.deps import ExecutorDep, SessionDep, in_session, json_body, json_response
-from service.schemas import MAX_TAGS, Problem, RunOut, RunPage, RunPatch, RunQuery, Tag
-from service.vocab import FINISHED_STATUSES, RunStatus
+from service.schemas import Problem, RunOut, RunPage, RunPatch, RunQuery, Tag
+from service.vocab import FINISHED_STATUSES, MAX_TAGS, RunStatus
 
 log = logging.getLogger("bnlab.api")
 
