@@ -1,6 +1,7 @@
 """The FastAPI application: ``create_app(settings, executor)``.
 
-Each app owns its engine, session factory, executor and Prometheus registry (on ``app.state``),
+Each app holds its settings, session factory (``service/db.py``: one engine per database URL),
+executor and Prometheus registry on ``app.state``,
 so tests can run several apps against different databases in one process. The lifespan
 migrates the database, starts the executor, and runs a
 maintenance loop (stale heartbeats → requeue or fail; runs the broker refused or lost →
@@ -26,14 +27,12 @@ import anyio
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import problems, store
+from service import db, problems, store
 from service.api import api_router, dashboard, health
 from service.api.cache import HEAVY_SLOTS, FinishedCache
 from service.api.runs import submit_run
-from service.db import make_engine
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("bnlab.api")
@@ -76,10 +75,9 @@ def create_app(settings: Settings | None = None, executor: Any = None) -> FastAP
         openapi_tags=TAGS,
         lifespan=_lifespan,
     )
-    engine = make_engine(settings.database_url)
     app.state.settings = settings
-    app.state.engine = engine
-    app.state.session_factory = sessionmaker(bind=engine, expire_on_commit=False)
+    app.state.session_factory = db.session_factory(settings.database_url)
+    app.state.engine = app.state.session_factory.kw["bind"]
     app.state.executor = executor  # None: made from the settings at startup
     app.state.metrics = RequestMetrics(app)
     app.state.finished_cache = FinishedCache()
@@ -135,7 +133,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         app.state.executor.shutdown()
-        app.state.engine.dispose()
+        db.dispose_engine(settings.database_url)
 
 
 def maintain(app: FastAPI) -> None:

@@ -18,7 +18,8 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from service import db, store
-from service.executor import open_session, set_parent_death_signal
+from service.db import open_session
+from service.proc import set_parent_death_signal
 from service.settings import get_settings
 
 log = logging.getLogger("bnlab.worker")
@@ -62,7 +63,7 @@ def _migrate(**_kwargs) -> None:  # noqa: ANN003
 @worker_process_init.connect
 def _after_fork(**_kwargs) -> None:  # noqa: ANN003
     # Connections inherited from the parent must not be shared across processes.
-    db.reset_engine()
+    db.reset_engines()
     # If the main worker process is killed, its pool child (and so the trainer, through its
     # own PDEATHSIG) goes too, instead of training on unsupervised.
     set_parent_death_signal()

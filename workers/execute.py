@@ -45,7 +45,8 @@ from sqlalchemy.orm import Session
 
 from bncore import events
 from service import store
-from service.executor import die_with_parent, embedded_worker_name, open_session
+from service.db import open_session
+from service.proc import die_with_parent, embedded_worker_name
 from service.settings import Settings, get_settings
 from service.store import RunStatus
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from bncore.spec import JobSpec
 from service import migrate, store
-from service.executor import open_session
+from service.db import open_session
 from service.settings import Settings
 from workers.execute import MetricWriter, execute_run
 
