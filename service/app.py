@@ -3,9 +3,8 @@
 Each app holds its settings, session factory (``service/db.py``: one engine per database URL),
 executor and Prometheus registry on ``app.state``,
 so tests can run several apps against different databases in one process. The lifespan
-migrates the database, starts the executor, and runs a
-maintenance loop (stale heartbeats → requeue or fail; runs the broker refused or lost →
-resubmit).
+migrates the database, starts the executor, and runs the maintenance loop
+(service/maintenance.py).
 
 Middleware, outermost first: Prometheus request metrics, then the request-body limit. Errors
 are problem+json (service.problems).
@@ -32,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import db, problems, store
 from service.api import api_router, dashboard, health
 from service.api.cache import HEAVY_SLOTS, FinishedCache
-from service.api.runs import submit_run
+from service.executor import Executor, make_executor
+from service.maintenance import maintain_once, maintenance_loop
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("bnlab.api")
@@ -66,7 +66,7 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None, executor: Any = None) -> FastAPI:
+def create_app(settings: Settings | None = None, executor: Executor | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
         title="bnlab",
@@ -118,13 +118,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         await anyio.to_thread.run_sync(migrate.upgrade, settings.database_url)
     if app.state.executor is None:
-        from service.executor import make_executor  # lazily: it may pull in celery
-
-        app.state.executor = make_executor(settings)
+        app.state.executor = make_executor(settings)  # Celery is imported only if configured
     await anyio.to_thread.run_sync(app.state.executor.start)  # it may touch the database
     # Runs left queued by a previous process: the embedded executor's start() submits them
     # (and requeues its own runs left running); in Celery mode they are still in the broker.
-    task = asyncio.create_task(_maintenance_loop(app), name="bnlab-maintenance")
+    task = asyncio.create_task(
+        maintenance_loop(settings, app.state.session_factory, app.state.executor),
+        name="bnlab-maintenance",
+    )
     log.info("bnlab API ready (%s executor)", "embedded" if settings.embedded else "celery")
     try:
         yield
@@ -137,38 +138,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def maintain(app: FastAPI) -> None:
-    """One maintenance pass: reap runs whose heartbeat went stale (requeue or fail them),
-    resubmit requeued runs and those the broker refused earlier, and resend queued runs whose
-    message the broker may have lost (executors with ``resubmit_due``: Celery)."""
-    settings: Settings = app.state.settings
-    executor = app.state.executor
-    with app.state.session_factory() as session:
-        outcomes = store.reap_stale(session, settings.heartbeat_timeout_s, settings.max_attempts)
-        for run_id, status in outcomes:
-            log.warning("run %s lost its worker: now %s", run_id, status)
-            if status == store.RunStatus.queued:
-                submit_run(session, executor, run_id)
-        refused = store.submit_failed_run_ids(session)
-        for run_id in refused:
-            if not submit_run(session, executor, run_id, retry=True):
-                return  # still down: one warning per pass, not one per waiting run
-        resubmit_due = getattr(executor, "resubmit_due", None)
-        if resubmit_due is not None:
-            retried = set(refused)
-            waiting = [r for r in store.queued_run_ids(session) if r not in retried]
-            for run_id in resubmit_due(waiting):
-                if not submit_run(session, executor, run_id):
-                    break
-
-
-async def _maintenance_loop(app: FastAPI) -> None:
-    interval = app.state.settings.heartbeat_timeout_s / 4
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await anyio.to_thread.run_sync(maintain, app)
-        except Exception as exc:  # keep the loop alive through a database outage
-            log.error("maintenance pass failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    """One maintenance pass on this app's database and executor (service/maintenance.py)."""
+    maintain_once(app.state.settings, app.state.session_factory, app.state.executor)
 
 
 # ----------------------------------------------------------------------------- metrics

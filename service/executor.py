@@ -8,6 +8,9 @@ Two executors behind one protocol (docs/api-contract.md):
   ``python -m workers.execute RUN_ID`` as a subprocess. The API process never trains, so a
   trainer crash (or CUDA state) cannot take the API down, and the subprocess dies with us
   (PR_SET_PDEATHSIG, see service/proc.py) instead of training on as an orphan.
+
+``submit_run`` is how the API (routers and the maintenance pass) hands a queued run to either:
+a broker that is down leaves the run queued with a reason, to be retried.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from sqlalchemy.orm import Session
+
 from service import store
 from service.db import open_session
 from service.proc import die_with_parent, embedded_worker_name, redact_url, settings_env
 from service.settings import Settings
-from service.vocab import TASK_NAME, RunStatus
+from service.vocab import SUBMIT_FAILED, TASK_NAME, WAITING, RunStatus
 
 log = logging.getLogger("bnlab.executor")
 
@@ -39,6 +44,25 @@ class Executor(Protocol):
     def start(self) -> None: ...  # called in the API lifespan startup
     def shutdown(self) -> None: ...
     def broker_ok(self) -> bool: ...  # for /readyz
+
+    def resubmit_due(self, queued: Sequence[str]) -> list[str]:
+        """Which of these queued runs to send again now, because their message may have been
+        lost on the way to a worker (asked by every maintenance pass)."""
+        ...
+
+
+def submit_run(session: Session, executor: Executor, run_id: str, *, retry: bool = False) -> bool:
+    """Hand a queued run to the executor. If the broker is down the run stays queued with the
+    reason ``SUBMIT_FAILED`` and the maintenance pass tries again later (``retry=True``)."""
+    try:
+        executor.submit(run_id)
+    except Exception as exc:
+        log.warning("run %s: submit failed (%s); will retry", run_id, exc)
+        store.set_queued_reason(session, run_id, SUBMIT_FAILED)
+        return False
+    if retry:  # it was refused before: it is now simply waiting
+        store.set_queued_reason(session, run_id, WAITING, only_if_reason=SUBMIT_FAILED)
+    return True
 
 
 # ----------------------------------------------------------------------------- Celery
@@ -240,6 +264,11 @@ class LocalExecutor:
 
     def broker_ok(self) -> bool:
         return True  # no broker: the pool lives in this process
+
+    def resubmit_due(self, queued: Sequence[str]) -> list[str]:
+        """Nothing: no message can get lost between this process and its own pool (start()
+        submits what a previous process left queued)."""
+        return []
 
     def _execute(self, run_id: str) -> None:
         """Runs in a pool thread, which lives for the whole child (PDEATHSIG follows it)."""
