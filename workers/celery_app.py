@@ -21,6 +21,7 @@ from service import db, store
 from service.db import open_session
 from service.proc import set_parent_death_signal
 from service.settings import get_settings
+from workers.device import detect_device  # nvidia-smi, never torch
 
 log = logging.getLogger("bnlab.worker")
 
@@ -103,8 +104,6 @@ def _register(sender=None, **_kwargs) -> None:  # noqa: ANN001, ANN003
     global _heartbeat
     if _heartbeat is not None:  # ready again after a broker reconnect: already beating
         return
-    from workers.execute import detect_device  # nvidia-smi, never torch
-
     name = getattr(sender, "hostname", None) or "celery"
     device = detect_device()
     try:

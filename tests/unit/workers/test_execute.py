@@ -18,7 +18,8 @@ from bncore.spec import JobSpec
 from service import migrate, store
 from service.db import open_session
 from service.settings import Settings
-from workers.execute import MetricWriter, execute_run
+from workers.execute import execute_run
+from workers.ingest import MetricWriter
 
 WORKER = "test-worker@host"
 TINY = {
