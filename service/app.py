@@ -29,6 +29,7 @@ from service.api.cache import HEAVY_SLOTS, FinishedCache
 from service.executor import Executor, make_executor
 from service.maintenance import maintain_once, maintenance_loop
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestMetrics
+from service.proc import redact_url
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("bnlab.api")
@@ -110,9 +111,7 @@ def _document_errors(app: FastAPI) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if settings.auto_migrate:
-        from service import migrate  # alembic is only needed when we migrate
-
-        await anyio.to_thread.run_sync(migrate.upgrade, settings.database_url)
+        await _migrate(settings.database_url)
     if app.state.executor is None:
         app.state.executor = make_executor(settings)  # Celery is imported only if configured
     await anyio.to_thread.run_sync(app.state.executor.start)  # it may touch the database
@@ -131,6 +130,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await task
         app.state.executor.shutdown()
         db.dispose_engine(settings.database_url)
+
+
+async def _migrate(database_url: str) -> None:
+    """alembic upgrade head, with a one-line reason in the log when it fails (the server then
+    refuses to start: serving an old schema would fail request by request instead)."""
+    from service import migrate  # alembic is only needed when we migrate
+
+    try:
+        await anyio.to_thread.run_sync(migrate.upgrade, database_url)
+    except Exception as exc:
+        shown = redact_url(database_url)
+        log.error("could not migrate the database %s: %s", shown, db.first_line(exc))
+        raise
+    log.info("database schema up to date (alembic upgrade head)")
 
 
 def maintain(app: FastAPI) -> None:
