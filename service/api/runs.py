@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from bncore.spec import JobSpec
 from service import store
 from service.api.deps import ExecutorDep, SessionDep, in_session, json_body, json_response
+from service.executor import submit_run
 from service.schemas import Problem, RunOut, RunPage, RunPatch, RunQuery, Tag
 from service.vocab import FINISHED_STATUSES, MAX_TAGS, RunStatus
 
@@ -22,20 +23,6 @@ RunId = Annotated[str, Path(max_length=64, description="The run's id (a UUID).")
 
 PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 NOT_FOUND = {404: {**PROBLEM, "description": "No run with this id."}}
-
-
-def submit_run(session: Session, executor: Any, run_id: str, *, retry: bool = False) -> bool:
-    """Hand a queued run to the executor. If the broker is down the run stays queued with the
-    reason ``store.SUBMIT_FAILED`` and the maintenance loop tries again later."""
-    try:
-        executor.submit(run_id)
-    except Exception as exc:
-        log.warning("run %s: submit failed (%s); will retry", run_id, exc)
-        store.set_queued_reason(session, run_id, store.SUBMIT_FAILED)
-        return False
-    if retry:  # it was refused before: it is now simply waiting
-        store.set_queued_reason(session, run_id, store.WAITING, only_if_reason=store.SUBMIT_FAILED)
-    return True
 
 
 def describe(spec: dict[str, Any]) -> str:

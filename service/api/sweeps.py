@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from bncore.spec import JobSpec
 from service import store
 from service.api.deps import ExecutorDep, SessionDep
-from service.api.runs import PROBLEM, submit_run
+from service.api.runs import PROBLEM
+from service.executor import submit_run
 from service.models import Run, Sweep
 from service.problems import ApiError, clean_errors, one_line
 from service.schemas import (
