@@ -417,7 +417,7 @@ class BnlabClient:
         metric: str | None = None,
         points: int | None = None,
     ) -> Any:
-        """GET /compare: the service.compare.Comparison as a dict (fmt="json") or CSV text."""
+        """GET /compare: the service.analysis Comparison as a dict (fmt="json") or CSV text."""
         params = _compare_params(run_ids, sweep, baseline, target, metric, points, fmt)
         response = self._request("GET", f"{API}/compare", params=params, accept="*/*")
         return response.json() if fmt == "json" else response.text

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from service.compare import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from service.analysis.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE
 from service.reproduce.results import ExperimentResult, SuiteResult, save_numbers
 from service.reproduce.verdicts import THRESHOLDS
 
