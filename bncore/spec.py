@@ -27,7 +27,8 @@ MAX_DEPTH = 16
 MAX_PARAMETERS = 20_000_000
 MAX_LR = 100.0
 
-Dataset = Literal["mnist1d", "digits", "synthetic", "mnist_idx", "npz"]
+Dataset = Literal["mnist1d", "digits", "synthetic", "fashion_mnist", "mnist_idx", "npz"]
+FILE_DATASETS = ("fashion_mnist", "mnist_idx", "npz")  # the ones data_path applies to
 Activation = Literal["sigmoid", "tanh", "relu"]
 Norm = Literal["none", "batchnorm", "torch_batchnorm"]
 
@@ -37,6 +38,7 @@ Norm = Literal["none", "batchnorm", "torch_batchnorm"]
 KNOWN_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "mnist1d": ((1, 40), 10),
     "digits": ((1, 8, 8), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
     "mnist_idx": ((1, 28, 28), 10),
 }
 
@@ -115,7 +117,9 @@ class JobSpec(_Strict):
     data_path: str | None = Field(
         None,
         max_length=500,
-        description="mnist_idx / npz only: a path relative to the server's data directory.",
+        description="mnist_idx / npz (required) and fashion_mnist (optional: default "
+        "<data dir>/fashion-mnist if present, else Debian's /usr/share/datasets/fashion-mnist): "
+        "a path relative to the server's data directory.",
     )
     synthetic_features: int = Field(32, ge=1, le=MAX_WIDTH, description="'synthetic' only.")
     train_size: int | None = Field(
@@ -163,8 +167,8 @@ class JobSpec(_Strict):
     def _check_consistency(self) -> JobSpec:
         if self.dataset in ("mnist_idx", "npz") and not self.data_path:
             raise ValueError(f"data_path is required for dataset '{self.dataset}'")
-        if self.data_path is not None and self.dataset not in ("mnist_idx", "npz"):
-            raise ValueError("data_path is only used by the 'mnist_idx' and 'npz' datasets")
+        if self.data_path is not None and self.dataset not in FILE_DATASETS:
+            raise ValueError(f"data_path is only used by the datasets {', '.join(FILE_DATASETS)}")
         depth = len(self.model.hidden)
         if not -depth <= self.probe_layer < depth:
             raise ValueError(
