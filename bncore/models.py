@@ -1,6 +1,7 @@
 """The networks a JobSpec builds: an MLP (the paper's MNIST net) and a small CNN.
 
-Both are a stack of hidden ``Block``s (weights → norm → nonlinearity) and a linear head. As
+Both are a stack of hidden ``Block``s (weights → norm → nonlinearity → dropout, the last only
+when ``spec.dropout`` > 0) and a linear head. As
 the paper prescribes, normalization sits on the pre-activation Wu, before the nonlinearity, and
 the layer in front of a normalization has no bias (the mean subtraction cancels it; β takes its
 role). ``block.act``'s input is the "sigmoid input" of the paper's Fig. 1b/c; see
@@ -36,20 +37,32 @@ def make_norm(norm: str, spatial_dims: int, features: int, spec: ModelSpec) -> n
     return cls(features, eps=spec.bn_eps, momentum=spec.bn_momentum)
 
 
-class Block(nn.Module):
-    """weights → norm → act. ``forward`` keeps the three as separate modules so that a hook on
-    ``act`` sees exactly what enters the nonlinearity."""
+def make_dropout(rate: float) -> nn.Module:
+    """Element-wise dropout (also on feature maps: each activation on its own), or nothing."""
+    return nn.Dropout(rate) if rate > 0 else nn.Identity()
 
-    def __init__(self, weights: nn.Module, norm: nn.Module, act: nn.Module):
+
+class Block(nn.Module):
+    """weights → norm → act → drop. ``forward`` keeps them as separate modules so that a hook
+    on ``act`` sees exactly what enters the nonlinearity."""
+
+    def __init__(
+        self,
+        weights: nn.Module,
+        norm: nn.Module,
+        act: nn.Module,
+        drop: nn.Module | None = None,
+    ):
         super().__init__()
         self.weights, self.norm, self.act = weights, norm, act
+        self.drop = drop if drop is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.weights(x)))
+        return self.drop(self.act(self.norm(self.weights(x))))
 
 
 class MLP(nn.Module):
-    """Flatten → [Linear → norm → act] × len(hidden) → Linear to class logits."""
+    """Flatten → [Linear → norm → act → dropout] × len(hidden) → Linear to class logits."""
 
     def __init__(self, example_shape: tuple[int, ...], classes: int, spec: ModelSpec):
         super().__init__()
@@ -62,6 +75,7 @@ class MLP(nn.Module):
                     nn.Linear(fan_in, width, bias=not normalized),
                     make_norm(spec.norm, 0, width, spec),
                     ACTIVATIONS[spec.activation](),
+                    make_dropout(spec.dropout),
                 )
             )
             fan_in = width
@@ -76,8 +90,8 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """[Conv (kernel 3, padding 1, stride 1) → norm → act] × len(hidden) → global average pool
-    → Linear. Conv1d for 1-D examples (C, L), Conv2d for 2-D examples (C, H, W)."""
+    """[Conv (kernel 3, padding 1, stride 1) → norm → act → dropout] × len(hidden) → global
+    average pool → Linear. Conv1d for 1-D examples (C, L), Conv2d for 2-D examples (C, H, W)."""
 
     def __init__(self, example_shape: tuple[int, ...], classes: int, spec: ModelSpec):
         super().__init__()
@@ -94,6 +108,7 @@ class CNN(nn.Module):
                     conv(channels, width, kernel_size=3, padding=1, bias=not normalized),
                     make_norm(spec.norm, spatial_dims, width, spec),
                     ACTIVATIONS[spec.activation](),
+                    make_dropout(spec.dropout),
                 )
             )
             channels = width

@@ -71,6 +71,13 @@ class ModelSpec(_Strict):
         0.1, gt=0.0, le=1.0, description="None = cumulative moving average, as in torch."
     )
     bn_eps: float = Field(1e-5, gt=0.0, le=1.0)
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout rate after every hidden block's nonlinearity (training only; "
+        "0 = none). The paper removed dropout from its BN networks (Sec. 4.2.1).",
+    )
 
 
 class OptimizerSpec(_Strict):
