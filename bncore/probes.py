@@ -5,9 +5,9 @@ model from ``bncore.models``; its pre-activation is the input of that block's no
 i.e. ``act(·)``'s argument: ``Wu`` without BN, ``BN(Wu)`` (with γ, β) with BN. We track ONE
 fixed unit, unit 0 (for a CNN: channel 0, all spatial positions; for an Inception module:
 channel 0 of its output, i.e. of its 1×1 branch, before that branch's nonlinearity), over a
-fixed probe batch (the
-first ``PROBE_SIZE`` test examples), with the model in eval mode (BN uses its running
-statistics, so the probe itself changes nothing and is not affected by batch composition).
+fixed probe batch (the first ``PROBE_SIZE`` test examples), with the model in eval mode (BN
+uses its running statistics, so the probe itself changes nothing and is not affected by batch
+composition).
 The 15th, 50th and 85th percentiles of those values (linear interpolation, ``torch.quantile``)
 are ``act_p15``, ``act_p50``, ``act_p85``.
 
@@ -64,4 +64,4 @@ def grad_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return torch.nn.utils.get_total_norm(grads)  # one fused (foreach) kernel, not one per tensor

@@ -129,18 +129,19 @@ def test_cnn_on_digits_with_adam():
     assert end["outcome"] == "succeeded" and set(end["summary"]) == SUMMARY_KEYS | BN_SUMMARY_KEYS
 
 
-@pytest.mark.parametrize("log_every", [1, 4])
-def test_divergence_stops_with_the_step_and_a_reason(log_every):
+@pytest.mark.parametrize("log_every, eval_every", [(1, 10), (4, 10), (50, 7)])
+def test_divergence_stops_with_the_step_and_a_reason(log_every, eval_every):
     spec = _spec(
         model={"hidden": [32, 32], "norm": "none", "activation": "relu"},
         optimizer={"lr": 100.0},
         steps=200,
         log_every=log_every,
+        eval_every=eval_every,
     )
     stream = _run(spec)
     end = stream[-1]
     assert end["outcome"] == "diverged"
-    # The same step whatever log_every: flagged on the device each step, read at log steps.
+    # The same step whatever log_every: each loss kept on the device, read at sync points.
     assert end["step"] == 3
     assert end["reason"].startswith("loss ") and end["reason"].endswith("at step 3")
     assert "exceeded 1000× its initial 2.2" in end["reason"]
