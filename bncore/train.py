@@ -300,12 +300,52 @@ def _emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+HELP = """\
+Train one model from a JSON job spec; stream what happens as JSON lines.
+
+reads:
+  SPEC, a JSON file or - (stdin): the job (bncore.spec.JobSpec; unknown keys and
+  out-of-bound values are refused). Datasets: mnist1d, digits, synthetic (built
+  in); fashion_mnist (Debian's package dataset-fashion-mnist, or the folder
+  DATA_DIR/fashion-mnist); mnist_idx and npz (data_path: a path in DATA_DIR).
+
+prints, on stdout, one JSON object per line (flushed; non-finite numbers: null):
+  {"event": "start", "device": "cpu", "torch": "2.13.0", "parameters": 100010,
+   "spec": {...}}
+  {"event": "metrics", "step": 100, "values": {...}}
+      every log_every steps: train_loss, train_acc, lr, grad_norm,
+      steps_per_sec; at step 0, every eval_every steps and the last: test_loss,
+      test_acc, act_p15/act_p50/act_p85 (percentiles of one probed
+      pre-activation over training: the paper's Fig. 1b/c)
+  {"event": "end", "outcome": "succeeded" | "diverged", "step": 3000,
+   "reason": null, "wall_time": 12.3, "summary": {"best_test_acc": ..., ...}}
+
+exit status: 0 done (a diverged run too), 2 invalid spec or job (why: stderr),
+1 crash (traceback: stderr).
+
+example, the paper's MNIST net with BN on Fashion-MNIST:
+  echo '{"dataset": "fashion_mnist", "batch_size": 60, "steps": 50000,
+         "eval_every": 500, "log_every": 100,
+         "model": {"hidden": [100, 100, 100], "activation": "sigmoid",
+                   "norm": "batchnorm"}}' | python -m bncore.train -
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bncore.train", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bncore.train",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("spec", help="JSON spec file, or - to read it from stdin")
-    parser.add_argument("--data-dir", default=None, help="default: $BNLAB_DATA_DIR or ./data")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads for torch (default 1, see below)"
+        "--data-dir", default=None, help="DATA_DIR (default: $BNLAB_DATA_DIR or ./data)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default 1: faster for these small models)",
     )
     args = parser.parse_args(argv)
     # One thread by default: these models are small, so per-op threading overhead dominates,

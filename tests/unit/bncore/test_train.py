@@ -312,3 +312,18 @@ def test_bn_reaches_the_baselines_best_accuracy_in_far_fewer_steps():
     base_steps, bn_steps = _steps_to(base, target), _steps_to(bn, target)
     assert bn_steps is not None and bn_steps * 3 <= base_steps, (target, base_steps, bn_steps)
     assert bn[-1]["summary"]["best_test_acc"] > target + 0.1
+
+
+def test_help_says_what_it_reads_prints_and_an_example(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps the options to the terminal's width
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for needed in ('"event": "start"', '"event": "metrics"', '"event": "end"', "exit status"):
+        assert needed in text
+    assert "fashion_mnist" in text and "dataset-fashion-mnist" in text
+    # The example is a spec the trainer accepts.
+    example = text.split("echo '", 1)[1].split("' |", 1)[0]
+    assert JobSpec.model_validate_json(example).dataset == "fashion_mnist"
+    assert max(len(line) for line in text.splitlines()) <= 80
