@@ -52,7 +52,11 @@ from bncore.models import build_model, norm_layers, parameter_count
 from bncore.probes import PROBE_SIZE, grad_norm, unit_percentiles
 from bncore.spec import MAX_PARAMETERS, JobSpec, OptimizerSpec, parse_spec
 
-EVAL_BATCH = 4096  # evaluation batch (eval mode: the batch size does not change the result)
+# Evaluation batch (in eval mode the batch size does not change the result). On CPU a large
+# one is slow for conv nets (activations outgrow the caches): the Inception net scored 10k
+# test images in 8.0 s at 4096, 1.6 s at 256; the MLP took 0.04 s either way.
+EVAL_BATCH = {"cpu": 256}
+EVAL_BATCH_DEFAULT = 4096  # GPUs
 TRAIN_EVAL_CAP = 10_000  # training examples scored for train_acc_full
 POPULATION_BATCHES = 100  # training mini-batches averaged for Algorithm 2's statistics
 
@@ -97,9 +101,10 @@ def batch_indices(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean cross-entropy, accuracy) in eval mode, as 0-d tensors."""
+    batch_size = batch_size or EVAL_BATCH.get(x.device.type, EVAL_BATCH_DEFAULT)
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device)
