@@ -173,6 +173,35 @@ def forward_train(
     return y.to(x.dtype), mean, var, invstd
 
 
+# Below this many elements a BN call costs kernel dispatches, not memory passes: the small
+# backward uses as few ops as the maths allows (measured on the paper's MLP, (60, 100)).
+# (torch.var_mean, one op for both statistics, is no help: 120 µs at (60, 100) on CPU.)
+_FEW_OPS_MAX_NUMEL = 1 << 16
+
+
+def _few_ops(x: Tensor) -> bool:
+    return x.numel() <= _FEW_OPS_MAX_NUMEL and not torch.compiler.is_compiling()
+
+
+def _backward_train_small(
+    dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None, acc: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The paper's closed form as written, for small inputs (fewest ops)::
+
+    dx = γ·invstd · (dy − Σdy/m − x̂ · Σ(dy·x̂)/m),   dγ = Σ dy·x̂,   dβ = Σ dy
+    """
+    dyf = dy if dy.dtype == acc else dy.to(acc)
+    xf = x if x.dtype == acc else x.to(acc)
+    dims, m = _reduce_dims(x), x.numel() // x.shape[1]
+    xhat = (xf - _per_channel(mean, x)) * _per_channel(invstd, x)
+    sum_dy, sum_dy_xhat = dyf.sum(dims), (dyf * xhat).sum(dims)
+    centred = dyf - _per_channel(sum_dy / m, x)
+    dx = torch.addcmul(centred, xhat, _per_channel(sum_dy_xhat / m, x), value=-1)
+    k = invstd if weight is None else invstd * weight
+    dx = dx * _per_channel(k, x)
+    return (dx if dx.dtype == x.dtype else dx.to(x.dtype)), sum_dy_xhat, sum_dy
+
+
 def eval_coefficients(
     mean: Tensor,
     var: Tensor,
@@ -247,6 +276,9 @@ def backward(
     |μ| ≫ σ). Compiled, inductor fuses everything into one reduction pass and one output pass.
     """
     acc = _acc_dtype(x.dtype)
+    if training and need_dx and _few_ops(x):
+        dx, dw, db = _backward_train_small(dy, x, mean.to(acc), invstd, weight, acc)
+        return (dx, dw, db) if need_dparams else (dx, None, None)
     dyf, xf = dy.to(acc), x.to(acc)
     k = invstd if weight is None else invstd * weight.to(acc)
     if not training and not need_dparams:
@@ -296,56 +328,63 @@ def batch_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    compiled: bool,
+    reuse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The Functions' forward: (y, μ_B, invstd) in training, where the running statistics (if
+    given) are updated here, as torch's kernel does (under torch.func's transforms the forward
+    sees plain tensors, so the write lands in the caller's buffers); (y, empty, invstd) with
+    fixed statistics."""
+    if training:
+        y, mean, var, invstd = _backend.run(forward_train, compiled, x, weight, bias, eps, reuse)
+        if running_mean is not None and running_var is not None:
+            m = x.numel() // x.shape[1]
+            _update_running_stats(running_mean, running_var, mean, var, m, momentum, reuse)
+        return y, mean, invstd
+    assert running_mean is not None and running_var is not None
+    invstd, scale, shift = eval_coefficients(
+        running_mean, running_var, weight, bias, eps, _acc_dtype(x.dtype)
+    )
+    return _backend.run(affine, compiled, x, scale, shift), invstd.new_empty(0), invstd
+
+
+def _setup_context(
+    ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Saves (x, γ, μ, invstd) for the backward, μ being the running mean in eval."""
+    x, weight, _, running_mean, _, training, _, eps, compiled, _ = inputs
+    _, batch_mean, invstd = output
+    saved = (x, weight, batch_mean if training else running_mean, invstd)
+    ctx.mark_non_differentiable(batch_mean, invstd)
+    ctx.save_for_backward(*saved)
+    ctx.training, ctx.eps, ctx.compiled = training, eps, compiled
+    return saved
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Batch normalization with its own forward and closed-form backward (no autograd graph
     of primitive ops is recorded: ``y.grad_fn`` is ``BatchNormFunctionBackward``).
 
-    Returns (y, μ_B, invstd) in training, where it also updates the running statistics if
-    given (in the forward, as torch's kernel does: under torch.func's transforms the forward
-    sees plain tensors, so the write lands in the caller's buffers), and (y, empty, invstd)
-    with fixed statistics; only y is differentiable. Written in torch.func's style
-    (``setup_context``, ``generate_vmap_rule``), with a forward-mode rule (``jvp``) and a
-    backward that is itself differentiable.
+    Returns (y, μ_B, invstd) (see :func:`_forward`); only y is differentiable. The backward
+    is itself differentiable (double backward, batched gradients). This classic-style
+    Function is the plain path (and what a user's torch.compile traces): torch.func's style,
+    :class:`BatchNormFunctionWithJvp`, costs an ``inspect.signature`` per call.
     """
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(
-        x: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        running_mean: Tensor | None,
-        running_var: Tensor | None,
-        training: bool,
-        momentum: float,
-        eps: float,
-        compiled: bool,
-        reuse: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        if training:
-            y, mean, var, invstd = _backend.run(
-                forward_train, compiled, x, weight, bias, eps, reuse
-            )
-            if running_mean is not None and running_var is not None:
-                m = x.numel() // x.shape[1]
-                _update_running_stats(running_mean, running_var, mean, var, m, momentum)
-            return y, mean, invstd
-        assert running_mean is not None and running_var is not None
-        invstd, scale, shift = eval_coefficients(
-            running_mean, running_var, weight, bias, eps, _acc_dtype(x.dtype)
-        )
-        return _backend.run(affine, compiled, x, scale, shift), invstd.new_empty(0), invstd
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-        x, weight, _, running_mean, _, training, _, eps, compiled, _ = inputs
-        _, batch_mean, invstd = output
-        mean = batch_mean if training else running_mean
-        ctx.mark_non_differentiable(batch_mean, invstd)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.save_for_forward(x, weight, mean, invstd)
-        ctx.training, ctx.eps, ctx.compiled = training, eps, compiled
+    def forward(ctx: Any, *inputs: Any) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        output = _forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, *_: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -386,7 +425,18 @@ class BatchNormFunction(torch.autograd.Function):
 class BatchNormFunctionWithJvp(BatchNormFunction):
     """:class:`BatchNormFunction` plus its forward-mode rule, used where a tangent can flow
     (forward AD, torch.func). A separate class because dynamo cannot trace a Function that
-    defines ``jvp``, and a user's torch.compile must still see through ours."""
+    defines ``jvp``, and a user's torch.compile must still see through ours. Written in
+    torch.func's style (``setup_context``, ``generate_vmap_rule``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        return _forward(*inputs)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        ctx.save_for_forward(*_setup_context(ctx, inputs, output))
 
     @staticmethod
     def jvp(
@@ -463,14 +513,23 @@ _VMAP_RUNNING_STATS = (  # torch's message, for the same mistake
 
 @torch.no_grad()
 def _update_running_stats(
-    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, m: int, momentum: float
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    m: int,
+    momentum: float,
+    plain: bool,
 ) -> None:
-    """r ← (1 − momentum)·r + momentum·stat, the variance entering unbiased: m/(m−1)·σ²_B."""
+    """r ← (1 − momentum)·r + momentum·stat, the variance entering unbiased: m/(m−1)·σ²_B.
+    ``plain`` (no transform): both buffers in one foreach kernel (one dispatch, not four)."""
+    stats = [mean.to(running_mean.dtype), (var * (m / (m - 1))).to(running_var.dtype)]
+    if plain:
+        torch._foreach_lerp_([running_mean, running_var], stats, momentum)
+        return
     try:
-        # torch's order of operations, so the buffers match it to the last bit
-        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        unbiased = var * (m / (m - 1))
-        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        for running, stat in zip((running_mean, running_var), stats, strict=True):
+            running.mul_(1 - momentum).add_(stat, alpha=momentum)  # vmap batches these
     except RuntimeError as err:
         if torch._C._functorch.peek_interpreter_stack() is None:
             raise
