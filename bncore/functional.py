@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from bncore import _backend
@@ -397,9 +398,12 @@ class BatchNormFunction(torch.autograd.Function):
         if differentiated and ctx.training:
             mean, invstd = batch_stats(x, ctx.eps)
         plain = differentiated or _backend.transformed(dy, x)
+        compiled = ctx.compiled and not plain
+        if compiled:  # dy may come strided (expanded from .sum()): one layout, one graph key
+            dy = dy.contiguous(memory_format=_backend.memory_format(x))
         dx, dw, db = _backend.run(
             backward,
-            ctx.compiled and not plain,
+            compiled,
             dy,
             x,
             mean,
@@ -570,14 +574,15 @@ def batch_norm(
     if x.dim() < 2:
         raise ValueError(f"batch_norm expects input of shape (N, C, *), got {tuple(x.shape)}")
     _check_channels(x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
-    if (
-        not training
-        and _backend.has_forward_grad(running_mean, running_var)
-        and _backend.has_forward_grad(x, weight, bias)
-    ):
-        raise RuntimeError(  # torch's own message
-            "batch_norm is not differentiable wrt running_mean and running_var, they "
-            "cannot have forward grad defined"
+    if not training and _backend.has_forward_grad(running_mean, running_var):
+        if _backend.has_forward_grad(x, weight, bias):
+            raise RuntimeError(  # torch's own message
+                "batch_norm is not differentiable wrt running_mean and running_var, they "
+                "cannot have forward grad defined"
+            )
+        # Only the statistics carry tangents: like torch, the output gets none.
+        running_mean, running_var = (
+            fwAD.unpack_dual(t).primal for t in (running_mean, running_var)
         )
     compiled = _backend.use_compiled(backend, x, training)
     transformed = _backend.transformed(x, weight, bias, running_mean, running_var)
