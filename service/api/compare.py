@@ -1,6 +1,6 @@
 """/api/v1/compare: steps-to-target and speed-up over runs or a sweep, as JSON, CSV or a plot.
 
-The statistics live in service.compare (pure functions) and the figure in service.plots; this
+The statistics live in service.analysis (pure functions), the figure in its plots module; this
 module only loads runs and their metrics from the store into ``RunData``.
 """
 
@@ -17,10 +17,11 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
 from service import store
+from service.analysis.compare import Comparison, RunData, compare
+from service.analysis.table import to_csv
 from service.api.cache import FinishedCache, finished_cache, heavy_slot
 from service.api.deps import SessionDep, in_session
 from service.api.runs import PROBLEM
-from service.compare import Comparison, RunData, compare, to_csv
 from service.models import Run
 from service.schemas import MAX_SWEEP_RUNS
 from service.store import FINISHED
@@ -189,7 +190,8 @@ def plot_comparison(
     query: Annotated[CompareQuery, Depends()],
     format: Annotated[Literal["png", "svg"], Query()] = "png",
 ) -> Response:
-    from service.plots import comparison_figure  # matplotlib loads only when a plot is asked
+    # matplotlib loads only when a plot is asked for.
+    from service.analysis.plots import comparison_figure
 
     render = lambda comparison: comparison_figure(comparison, format)  # noqa: E731
     slot = functools.partial(heavy_slot, request)

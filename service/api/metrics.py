@@ -10,10 +10,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
 from service import store
+from service.analysis.downsample import downsample_indices
 from service.api.cache import finished_cache, heavy_slot, live_cache
 from service.api.deps import SettingsDep, in_session, json_body, json_response
 from service.api.runs import NOT_FOUND, PROBLEM, RunId
-from service.compare import downsample, downsample_indices
 from service.schemas import KeyInfo, MetricsOut, SeriesOut
 from service.settings import Settings
 from service.store import FINISHED
@@ -58,41 +58,6 @@ def page_series(series: dict[str, Points], limit: int) -> tuple[dict[str, Points
         return series, None
     boundary = min(truncated)
     return {k: [p for p in pts if p[0] <= boundary] for k, pts in series.items()}, boundary
-
-
-def downsample_points(points: Points, n: int) -> Points:
-    """Shape-preserving downsampling to ≤ n points. Null values (a non-finite loss) cannot be
-    ranked by LTTB; the first and last of them are kept as markers, the rest dropped."""
-    if len(points) <= n:
-        return points
-    if None not in [v for _, v in points]:  # the usual case: nothing to set aside
-        return sorted(downsample(points, n), key=lambda p: p[0])
-    finite = [(s, v) for s, v in points if v is not None]
-    nulls = [p for p in points if p[1] is None]
-    markers = (nulls[:1] + nulls[-1:])[: max(0, min(2, n - 4))] if nulls else []
-    markers = list(dict.fromkeys(markers))
-    kept = downsample(finite, n - len(markers)) if finite else []
-    return sorted(kept + markers, key=lambda p: p[0])
-
-
-def downsample_series(steps: list[int], values: list[float | None], n: int) -> list[int]:
-    """``downsample_points`` on a series given as its steps and values (in step order): the
-    indices kept, in step order."""
-    if len(values) <= n:
-        return list(range(len(values)))
-    if None not in values:  # the usual case: nothing to set aside
-        return downsample_indices(steps, values, n)
-    finite = [i for i, v in enumerate(values) if v is not None]
-    nulls = [i for i, v in enumerate(values) if v is None]
-    markers = (nulls[:1] + nulls[-1:])[: max(0, min(2, n - 4))]
-    markers = list(dict.fromkeys(markers))
-    kept = []
-    if finite:
-        chosen = downsample_indices(
-            [steps[i] for i in finite], [values[i] for i in finite], n - len(markers)
-        )
-        kept = [finite[j] for j in chosen]
-    return sorted(kept + markers, key=lambda i: steps[i])
 
 
 def parse_keys(keys: str | None) -> list[str] | None:
@@ -196,7 +161,7 @@ def _get_metrics(
         series = {}
         for key in _ordered_keys(wanted, full):
             steps, values = full.get(key, ([], []))
-            kept = downsample_series(steps, values, n)
+            kept = downsample_indices(steps, values, n)
             series[key] = SeriesOut(
                 steps=[steps[i] for i in kept],
                 values=[values[i] for i in kept],

@@ -1,4 +1,4 @@
-"""service.compare on hand-made metric series: every number here can be checked by hand."""
+"""service.analysis.compare on hand-made metric series: every number here can be checked by hand."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ import json
 import math
 import warnings
 
-import numpy as np
 import pytest
 
-from service.compare import (
-    RunData,
-    compare,
-    downsample,
-    lttb,
-    steps_to_target,
-    to_csv,
-)
+from service.analysis.compare import compare
+from service.analysis.runs import RunData, steps_to_target
+from service.analysis.table import to_csv
 
 BASE_SPEC = {
     "name": "run",
@@ -99,50 +93,6 @@ def test_steps_to_target_ignores_missing_values_and_sorts():
 
 def test_steps_to_target_lower_is_better():
     assert steps_to_target([(1, 2.0), (2, 1.0), (3, 0.5)], 1.0, higher_is_better=False) == 2
-
-
-# ---------------------------------------------------------------- LTTB
-
-
-def test_lttb_identity_for_short_series():
-    pts = [(i, float(i % 3)) for i in range(10)]
-    assert lttb(pts, 10) == pts
-    assert lttb(pts, 50) == pts
-    assert downsample(pts, 10) == pts
-
-
-@pytest.mark.parametrize("n", [2, 3, 7, 50])
-def test_lttb_keeps_first_last_and_at_most_n(n):
-    rng = np.random.default_rng(1)
-    pts = [(i, float(v)) for i, v in enumerate(rng.normal(size=500))]
-    out = lttb(pts, n)
-    assert len(out) == n
-    assert out[0] == pts[0] and out[-1] == pts[-1]
-    assert [p[0] for p in out] == sorted({p[0] for p in out})  # increasing, no duplicates
-
-
-def test_lttb_picks_a_spike():
-    pts = [(i, 0.0) for i in range(100)]
-    pts[37] = (37, 10.0)
-    assert (37, 10.0) in lttb(pts, 10)
-
-
-@pytest.mark.parametrize("n", [4, 5, 20, 100])
-def test_downsample_keeps_first_last_and_extremes(n):
-    rng = np.random.default_rng(2)
-    values = rng.normal(size=1000)
-    pts = [(i, float(v)) for i, v in enumerate(values)]
-    out = downsample(pts, n)
-    assert len(out) <= n
-    assert out[0] == pts[0] and out[-1] == pts[-1]
-    assert pts[int(np.argmax(values))] in out
-    assert pts[int(np.argmin(values))] in out
-    assert [p[0] for p in out] == sorted({p[0] for p in out})
-
-
-def test_downsample_rejects_tiny_n():
-    with pytest.raises(ValueError):
-        downsample([(i, 0.0) for i in range(10)], 3)
 
 
 # ---------------------------------------------------------------- compare: runs

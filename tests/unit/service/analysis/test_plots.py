@@ -1,4 +1,4 @@
-"""service.plots renders headless, to valid PNG/SVG, including for awkward runs."""
+"""service.analysis.plots renders headless, to valid PNG/SVG, including for awkward runs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from service.compare import RunData, compare
-from service.plots import COLORS, arm_colors, comparison_figure, run_figure
+from service.analysis.compare import compare
+from service.analysis.plots import COLORS, arm_colors, comparison_figure, run_figure
+from service.analysis.runs import RunData
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from service import store
-from service.api.metrics import downsample_points, page_series
+from service.api.metrics import page_series
 
 RUNS = "/api/v1/runs"
 
@@ -103,12 +103,6 @@ def test_page_series_cuts_all_keys_at_one_step() -> None:
     assert boundary == 10
     assert [s for s, _ in page["dense"]] == list(range(1, 11))
     assert [s for s, _ in page["sparse"]] == [0]  # step 50 comes on a later page
-
-
-def test_downsample_points_keeps_null_markers() -> None:
-    points = [(s, float(s % 7)) for s in range(100)] + [(100, None), (101, None)]
-    kept = downsample_points(points, 10)
-    assert len(kept) <= 10 and (100, None) in kept and kept[0] == (0, 0.0)
 
 
 # ----------------------------------------------------------------------------- SSE
