@@ -7,15 +7,24 @@ statistics" at once), so each sweep is trained once.
 
     with embedded_client() as client:                    # or BnlabClient("http://host:8000")
         result = run_suite(client, quick=True, only=None, out_dir=Path("docs"))
+        result = run_suite(client, quick=False, profile="report", only=None, out_dir=...)
+
+Profiles (``plan.PROFILES``): ``quick`` (toy data, minutes, CI), ``report`` (Fashion-MNIST
+and the toy data, the committed report), ``paper`` (the paper's step counts, hours; reuses
+finished runs when rerun), ``full`` (toy data, 3 seeds), ``tiny`` (tests).
 
 The modules, each importing only those above it (no cycles):
 
 - ``verdicts``: thresholds as named constants, the decision rules and their wording;
 - ``plan``: profiles (how much training) and the sweeps (``SWEEPS``, one entry per sweep);
 - ``results``: the data that flows through (API answers in, findings out) and its JSON;
-- ``analyses``: one ``analyse_*`` per claim, from a sweep's numbers to a finding;
+- ``analyses``: one ``analyse_*`` per claim, from a sweep's numbers to a finding (toy data);
+- ``horizons``: steps-to-target at several targets and horizons, and the plateau check;
+- ``analyses_real``: the real-data analyses (MNIST protocol with horizons, the conv-net table,
+  BN vs dropout);
 - ``experiments``: the claims (``EXPERIMENTS``, one entry per claim) and their re-checks;
 - ``report``: the Markdown report and its figures;
+- ``reuse``: which runs already on the server stand in for planned ones (resuming a suite);
 - ``runner``: submitting, waiting and analysing through :class:`service.client.BnlabClient`;
 - ``embedded``: an in-process server, the package's only door to ``service.app``.
 
@@ -84,10 +93,11 @@ from service.reproduce.runner import (
     COMPARE_POINTS,
     POLL_INTERVAL_S,
     Progress,
+    obtain_runs,
     run_experiment,
     run_suite,
-    submit_sweeps,
-    wait_for_sweeps,
+    suite_stages,
+    wait_for_runs,
 )
 from service.reproduce.verdicts import (
     CHANCE_ACC,
@@ -176,11 +186,12 @@ __all__ = [
     "explain_effect",
     "load_numbers",
     "run_drift",
+    "obtain_runs",
     "run_experiment",
     "run_suite",
     "save_numbers",
     "select_experiments",
-    "submit_sweeps",
+    "suite_stages",
     "sweep_plans",
     "verdict_faster_training",
     "verdict_from_numbers",
@@ -189,6 +200,6 @@ __all__ = [
     "verdict_regularization",
     "verdict_saturating",
     "verdict_stable_distributions",
-    "wait_for_sweeps",
+    "wait_for_runs",
     "write_report",
 ]

@@ -70,6 +70,7 @@ def section(result: ExperimentResult) -> str:
         f"**Settings**: {result.settings}. Sweep `{result.sweep}` (id `{result.sweep_id}`).",
         f"**Measured**: {f.measured}",
         dict_table(f.table),
+        *(f"*{title}*\n\n{dict_table(rows)}" for title, rows in f.more_tables if rows),
         f"**Verdict: {VERDICT_MARK[f.verdict]}**: {f.reason}",
         f"*Rule*: {f.rule}",
     ]
