@@ -238,7 +238,8 @@ def analyse_bn_vs_dropout(data: SweepData) -> Finding:
     check = (
         f"the no-BN/no-dropout arm {'overfits' if design_ok else 'does NOT overfit'}: train "
         f"accuracy {_fmt(train_acc)} (needs ≥ {OVERFIT_TRAIN_ACC:g}), test loss ends "
-        f"{_fmt(rise, 2)} above its minimum (needs ≥ {OVERFIT_LOSS_RISE:g})"
+        f"{'n/a' if rise is None else f'{rise:.0%}'} above its minimum (needs ≥ "
+        f"{OVERFIT_LOSS_RISE:.0%})"
     )
     reason = check + (
         "; the design cannot see a regularizer here."

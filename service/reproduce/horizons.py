@@ -27,6 +27,7 @@ Pure functions on ``[[step, value], ...]`` curves.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,7 +78,11 @@ def race(
     else:
         bound = "upper" if bn_censored else ("lower" if base_censored else None)
     speedup = speedup_ci(base_values, bn_values, None if bound == "both" else bound)
-    if bound == "both":  # both means are lower bounds: their ratio bounds nothing
+    # Both means lower bounds (their ratio bounds nothing), or a target met at step 0 by BN
+    # (a ratio over 0): no speed-up, as the comparison's JSON gives it.
+    if bound == "both" or not all(
+        x is not None and math.isfinite(x) for x in (speedup["mean"], *_ends(speedup))
+    ):
         speedup = {"mean": None, "ci_low": None, "ci_high": None, "bound": None}
     return {
         "target": target,
@@ -88,6 +93,10 @@ def race(
         "bn_n_reached": sum(s is not None for s in bn_steps),
         "n": len(bn_steps),
     }
+
+
+def _ends(stat: dict[str, Any]) -> tuple[Any, Any]:
+    return stat["ci_low"], stat["ci_high"]
 
 
 def target_table(
