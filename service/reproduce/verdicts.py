@@ -38,7 +38,7 @@ MIN_INFERENCE_GAIN = 0.005  # experiment 5: fixed statistics beat batch statisti
 MIN_GAP_REDUCTION = 0.02  # experiment 6: BN shrinks the train-test gap by ≥ 2 points
 REACH_FRACTION = 0.5  # an arm "reaches" the target when more than half its seeds do
 # Regularization on real data (BN vs dropout, issue 18). The design check first:
-OVERFIT_TRAIN_ACC = 0.99  # the plain arm fits its training set: mean train accuracy ≥ this
+OVERFIT_TRAIN_ACC = 0.98  # the plain arm fits its training set: mean train accuracy ≥ this
 OVERFIT_LOSS_RISE = 0.10  # ... while its test loss rises: final ≥ (1 + this) × its minimum
 DROPOUT_MARGIN = 0.01  # δ: BN without dropout may trail no-BN with dropout by at most this
 MIN_ACC_GAIN = 0.005  # BN without dropout beats the plain arm by ≥ half a point of accuracy
