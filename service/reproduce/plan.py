@@ -88,8 +88,8 @@ class SweepDesign:
     ``steps`` names the training steps for each profile the sweep runs in (a profile it does
     not name skips it, and the experiments that analyse it); ``eval_every`` overrides the
     profile's evaluation interval per profile.
-    ``lr_halving_every``: halve the learning rate every this fraction of the run (a "step"
-    schedule, so the decay keeps its shape whatever the profile's steps).
+    ``lr_halving_every``: the learning rate decays exponentially (every step), halving every
+    this fraction of the run, so the decay keeps its shape whatever the profile's steps.
     ``tuned_lr_from``: the key of a sweep whose best no-BN learning rate (highest mean best test
     accuracy) this sweep uses, times each of ``lr_multipliers``; it is trained once that sweep
     has finished (the conv-net table: BN-Baseline, BN-x5, BN-x30 at the baseline's best LR).
@@ -117,8 +117,9 @@ class SweepDesign:
         base = paper_mlp_spec(self.key, profile, self.steps, self.changes)
         base["eval_every"] = self.eval_every.get(profile.name, base["eval_every"])
         if self.lr_halving_every is not None:
-            every = max(1, round(base["steps"] * self.lr_halving_every))
-            base["optimizer"] |= {"schedule": "step", "step_size": every, "gamma": 0.5}
+            every = max(1.0, base["steps"] * self.lr_halving_every)
+            gamma = float(f"{0.5 ** (1 / every):.8g}")
+            base["optimizer"] |= {"schedule": "exponential", "gamma": gamma}
         factors = {path: list(values) for path, values in self.factors.items()}
         if self.tuned_lr_from is not None:
             lr = base["optimizer"]["lr"] if tuned_lr is None else tuned_lr
@@ -187,8 +188,8 @@ _INCEPTION_BASELINE = _INCEPTION | {
     "optimizer.weight_decay": INCEPTION_L2,
 }
 _INCEPTION_BN = _INCEPTION | {"model.dropout": 0.0, "optimizer.weight_decay": INCEPTION_L2 / 5}
-BASELINE_HALVING = 0.5  # the baseline halves its LR once, half-way
-BN_HALVING = BASELINE_HALVING / 6  # the paper: "learning-rate decay 6× faster"
+BASELINE_HALVING = 1.0  # the baseline's LR decays to half over the run
+BN_HALVING = BASELINE_HALVING / 6  # the paper: "learning-rate decay 6× faster" (to 1/64)
 
 
 SWEEPS: list[SweepDesign] = [
@@ -337,6 +338,8 @@ def describe_plan(plan: SweepPlan) -> str:
         momentum += f", L2 {opt['weight_decay']:g}"
     if opt.get("schedule") == "step":
         momentum += f", LR ×{opt['gamma']:g} every {opt['step_size']} steps"
+    elif opt.get("schedule") == "exponential":
+        momentum += f", LR ×{opt['gamma'] ** b['steps']:.3g} over the run (exponential)"
     train = f", {b['train_size']} training examples" if b.get("train_size") else ""
     grid = "; ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in plan.grid.items())
     return (

@@ -67,9 +67,11 @@ def test_conv_rows_carry_the_papers_changes() -> None:
     assert base.base["model"]["dropout"] == 0.4 and bn.base["model"]["dropout"] == 0.0
     l2 = base.base["optimizer"]["weight_decay"]
     assert bn.base["optimizer"]["weight_decay"] == pytest.approx(l2 / 5)
-    # LR halved every 1,000 steps for the baseline, 6× as often with BN (2,000 steps).
-    assert base.base["optimizer"]["step_size"] == 1000
-    assert bn.base["optimizer"]["step_size"] == round(1000 / 6)
+    # The LR decays exponentially: to half over the baseline's run, 6× as fast with BN (1/64).
+    steps = base.base["steps"]
+    assert base.base["optimizer"]["schedule"] == bn.base["optimizer"]["schedule"] == "exponential"
+    assert base.base["optimizer"]["gamma"] ** steps == pytest.approx(0.5, rel=1e-4)
+    assert bn.base["optimizer"]["gamma"] ** steps == pytest.approx(1 / 64, rel=1e-4)
     for plan in (base, bn, sigmoid):
         for spec in expand(plan):
             JobSpec.model_validate(spec)
