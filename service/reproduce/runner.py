@@ -94,6 +94,7 @@ def run_experiment(
     sweep_label: str,
     figures_dir: Path,
     plotted: set[Path],
+    settings: str | None = None,
 ) -> ExperimentResult:
     """Fetch the experiment's comparison of ``runs`` and its figure from the API, then analyse
     the numbers. ``plotted``: figures this suite already wrote (shared by experiments on one
@@ -119,7 +120,7 @@ def run_experiment(
         paper=experiment.paper,
         sweep=" + ".join(experiment.sweeps),
         sweep_id=sweep_label,
-        settings=describe_plan(plan),
+        settings=settings or describe_plan(plan),
         finding=finding,
         figures=[f"{figures_dir.name}/{path.name}" for path in figures],
     )
@@ -204,7 +205,13 @@ def run_suite(
         runs = [run for key in experiment.sweeps for run in runs_of[key]]
         label = ", ".join(dict.fromkeys(labels[key] for key in experiment.sweeps))
         plan = plans[experiment.sweep]
-        results.append(run_experiment(client, experiment, plan, runs, label, figures_dir, plotted))
+        settings = ". ".join(
+            [describe_plan(plan)]
+            + [f"{k}: {describe_plan(plans[k])}" for k in experiment.more_sweeps]
+        )
+        results.append(
+            run_experiment(client, experiment, plan, runs, label, figures_dir, plotted, settings)
+        )
     suite = SuiteResult(
         profile=chosen.name,
         out_dir=out_dir,
