@@ -1,7 +1,8 @@
 """`bnlab reproduce`: the paper's claims checked through the public API, with a report.
 
 Ioffe & Szegedy (2015) make claims bnlab can test on offline data (docs/reproduction.md is the
-latest report). Each claim is an experiment that analyses one sweep; several experiments may
+latest report). Each claim is an experiment that analyses one sweep (or several compared
+together, as the conv-net table's rows); several experiments may
 share a sweep (the Fig. 1 runs answer "faster", "stable distributions" and "inference
 statistics" at once), so each sweep is trained once.
 
@@ -29,19 +30,25 @@ The modules, each importing only those above it (no cycles):
 - ``embedded``: an in-process server, the package's only door to ``service.app``.
 
 Extending the suite: a new sweep is one entry in ``plan.SWEEPS`` and a new experiment one
-entry in ``experiments.EXPERIMENTS``; the runner submits whatever sweeps the selected
-experiments name and the report shows whatever findings come back. For example, the paper's
-MLP protocol on Fashion-MNIST, reusing the faster-training analysis and rule::
+entry in ``experiments.EXPERIMENTS``; the runner trains whatever sweeps the selected
+experiments name and the report shows whatever findings come back. For example, the MNIST
+protocol on MNIST itself (IDX files a user brings to the server's data directory), in the
+paper profile, reusing the horizon analysis and the faster-training rule::
 
-    SweepDesign("fashion-mlp", steps={"full": 3000, "quick": 1000, "tiny": 60},
-                changes={"dataset": "fashion_mnist"})                       # plan.SWEEPS
-    Experiment("faster-training-fashion", "1c. Faster training (Fashion-MNIST)", claim,
-               "Fig. 1a", "fashion-mlp", analyse_faster_training,
+    SweepDesign("mnist-mlp", steps={"paper": 50_000, "tiny": 60},
+                changes={"dataset": "mnist_idx", "data_path": "mnist"},
+                eval_every={"paper": 500})                                  # plan.SWEEPS
+    Experiment("mnist-faster-training", "A2. Faster training (MNIST)", claim,
+               "Fig. 1a", "mnist-mlp", analyse_faster_training_horizons,
                _recheck_faster)                                             # EXPERIMENTS
 
-A claim that needs new numbers adds an ``analyse_*`` in ``analyses`` (reading arms with
+A sweep runs in the profiles its ``steps`` name, and an experiment in the profiles all its
+sweeps run in. A claim that needs new numbers adds an ``analyse_*`` (``analyses`` for toy
+data, ``analyses_real`` for real data; reading arms with
 ``SweepData.arm(bn=..., where={"model.dropout": 0.5})``), its rule, wording and thresholds in
-``verdicts`` (``THRESHOLDS`` puts them in the report), and its ``recheck`` in the entry.
+``verdicts`` (``THRESHOLDS`` puts them in the report), and its ``recheck`` in the entry. An
+experiment may compare several sweeps (``more_sweeps``), and a sweep may take its learning
+rate from another's result (``SweepDesign.tuned_lr_from``), as the conv-net table does.
 
 This module re-exports the names other code uses. ``embedded_client`` is looked up on first
 use, so importing the suite (for ``--server`` runs, or its plan) does not load the server app.
