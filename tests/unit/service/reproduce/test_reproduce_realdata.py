@@ -11,7 +11,7 @@ from service.reproduce.experiments import select_experiments
 from service.reproduce.plan import DESIGNS, PROFILES, expand, sweep_plans
 from service.reproduce.results import best_baseline_lr
 from service.reproduce.reuse import pick_reusable, stored_form
-from service.reproduce.runner import suite_stages
+from service.reproduce.runner import obtain_runs, suite_stages
 from service.store import expand_grid
 
 REAL = [
@@ -185,3 +185,56 @@ def test_finished_runs_come_before_active_ones_then_the_newest() -> None:
     old, new = _stored("succeeded", "2026-01-01"), _stored("succeeded", "2026-01-02")
     assert pick_reusable(SPEC, [running, old, new]) is new
     assert pick_reusable(SPEC, [running, _stored("failed", "2026-01-04")]) is running
+
+
+class RecordingServer:
+    """Just the three calls ``obtain_runs`` makes, over an in-memory list of runs (the real
+    server needs training processes; what is tested here is which runs get submitted)."""
+
+    def __init__(self, runs: list[dict]) -> None:
+        self.runs = runs
+        self.sweeps: list[str] = []
+        self.submitted: list[str] = []
+
+    def list_runs(self, name: str) -> list[dict]:
+        return [r for r in self.runs if r["name"] == name]
+
+    def sweep(self, name: str, base: dict, grid: dict) -> dict:
+        self.sweeps.append(name)
+        specs = expand_grid(base, grid)
+        return {"id": "new-sweep", "runs": [{"id": f"new-{s['name']}"} for s in specs]}
+
+    def submit(self, spec: dict) -> dict:
+        self.submitted.append(spec["name"])
+        return {"id": f"new-{spec['name']}"}
+
+
+def _finished(spec: dict) -> dict:
+    stored = stored_form(spec)
+    return {
+        "id": f"old-{stored['name']}",
+        "name": stored["name"],
+        "status": "succeeded",
+        "spec": stored,
+        "created_at": "2026-01-01",
+    }
+
+
+def test_an_interrupted_suite_resumes_with_only_the_missing_runs() -> None:
+    plan = sweep_plans(PROFILES["paper"])["fashion-mlp"]
+    specs = expand(plan)
+    server = RecordingServer([_finished(s) for s in specs[:4]])  # 4 of 6 finished before
+    label, ids, reused = obtain_runs(server, plan, "paper", reuse=True)
+    assert (label, reused) == ("reused", 4)
+    assert ids[:4] == [f"old-{s['name']}" for s in specs[:4]]
+    assert server.submitted == [s["name"] for s in specs[4:]] and not server.sweeps
+
+
+def test_nothing_to_reuse_submits_one_sweep_and_reuse_off_ignores_old_runs() -> None:
+    plan = sweep_plans(PROFILES["paper"])["fashion-mlp"]
+    fresh = RecordingServer([])
+    assert obtain_runs(fresh, plan, "paper", reuse=True)[0] == "new-sweep"
+    assert fresh.sweeps == ["reproduce-paper-fashion-mlp"] and not fresh.submitted
+    old = RecordingServer([_finished(s) for s in expand(plan)])
+    label, _, reused = obtain_runs(old, plan, "report", reuse=False)
+    assert (label, reused) == ("new-sweep", 0)
