@@ -32,6 +32,7 @@ from service.reproduce.verdicts import (
     CONV_TABLE_RULE,
     OVERFIT_LOSS_RISE,
     OVERFIT_TRAIN_ACC,
+    near_chance,
     overfits,
     verdict_bn_vs_dropout,
     verdict_faster_training,
@@ -158,7 +159,12 @@ def analyse_conv_table(data: SweepData) -> Finding:
         f"{_fmt_ci(x5['steps_to_target'], 0)} steps, speed-up {speedup}; max accuracy "
         + ", ".join(f"{name} {_fmt(arm['best']['mean'])}" for name, arm in arms.items()),
         reason=f"BN-x5 reached the Baseline's max in {x5['n_reached']}/{x5['n']} seeds; "
-        f"speed-up {speedup}.",
+        f"speed-up {speedup}"
+        + (
+            f"; but the target {c['target']:.3f} is near chance: the Baseline never learned."
+            if c["target"] is not None and near_chance(c["target"])
+            else "."
+        ),
         rule=CONV_TABLE_RULE,
         numbers={
             "target": c["target"],

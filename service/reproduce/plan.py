@@ -123,6 +123,7 @@ class SweepDesign:
         factors = {path: list(values) for path, values in self.factors.items()}
         if self.tuned_lr_from is not None:
             lr = base["optimizer"]["lr"] if tuned_lr is None else tuned_lr
+            base["optimizer"]["lr"] = lr  # what the multipliers multiply, for the description
             factors["optimizer.lr"] = [round_lr(lr * m) for m in self.lr_multipliers]
         return SweepPlan(self.key, base, factors | {"seed": seeds})
 
