@@ -20,12 +20,20 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 def new_id() -> str:
@@ -40,6 +48,7 @@ class Sweep(Base):
     """A set of runs fanned out from one base spec and a grid, compared as one."""
 
     __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_created_id", "created_at", "id"),)  # newest-first pages
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
@@ -61,6 +70,9 @@ class Run(Base):
         ForeignKey("sweeps.id", ondelete="SET NULL"), index=True
     )
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # People's labels, set at creation or later (PATCH); bounds in service.schemas.
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    note: Mapped[str | None] = mapped_column(Text)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -8,13 +8,42 @@ POST /runs and as the base of a sweep.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from bncore.spec import JobSpec
+from bncore.spec import JobSpec, ModelSpec, OptimizerSpec
+from service.vocab import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_SWEEP_RUNS, RunStatus
 
-MAX_SWEEP_RUNS = 1000
+# Bounds of a run's tags and note. They belong with the other shared limits in service.vocab
+# (the CLI and the dashboard need them too); they live here until that file takes them.
+MAX_TAGS = 16
+MAX_TAG_LENGTH = 40
+MAX_NOTE_LENGTH = 2000
+# Letters, digits and a few separators, so a tag is one word in a shell, a URL and a CSV cell
+# (ASCII: JSON Schema, Python and pydantic's Rust regexes agree on what it matches).
+TAG_PATTERN = r"^[A-Za-z0-9._:=+/@-]+$"
+
+Tag = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TAG_LENGTH, pattern=TAG_PATTERN)
+]
+Tags = Annotated[
+    list[Tag],
+    Field(
+        max_length=MAX_TAGS,
+        description=f"At most {MAX_TAGS} tags of 1 to {MAX_TAG_LENGTH} characters: letters, "
+        "digits and . _ : = + / @ - (duplicates are dropped).",
+    ),
+]
+Note = Annotated[
+    str,
+    Field(
+        max_length=MAX_NOTE_LENGTH,
+        pattern=r"^[^\x00]*$",  # PostgreSQL text cannot hold NUL
+        description=f"Free text, at most {MAX_NOTE_LENGTH} characters, no NUL; "
+        "empty or null clears it.",
+    ),
+]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -33,6 +62,8 @@ class RunOut(BaseModel):
     status_reason: str | None = Field(None, description="Why the run is in this state.")
     spec: dict[str, Any]
     sweep_id: str | None = None
+    tags: list[str] = Field(default_factory=list, description="People's labels (PATCH sets them).")
+    note: str | None = Field(None, description="People's note (PATCH sets it).")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -58,6 +89,65 @@ class RunPage(BaseModel):
     next_cursor: str | None = Field(
         None, description="Pass as ?cursor= for the next page; null on the last page."
     )
+
+
+def _spec_field(model: type[BaseModel], name: str) -> Any:
+    """A spec field's type with its bounds, for a query parameter filtering on it (so the
+    filter accepts exactly the values a spec can hold, and says so in the OpenAPI document)."""
+    field = model.model_fields[name]
+    bounded = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return bounded | None
+
+
+class RunQuery(BaseModel):
+    """GET /runs query: every filter given must hold. Spec filters compare with the stored
+    spec (defaults included); ``tag`` may repeat (all must be on the run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: RunStatus | None = None
+    sweep_id: str | None = Field(None, max_length=64)
+    name: str | None = Field(None, max_length=200, description="The exact run name.")
+    dataset: _spec_field(JobSpec, "dataset") = None
+    arch: _spec_field(ModelSpec, "arch") = None
+    activation: _spec_field(ModelSpec, "activation") = None
+    norm: _spec_field(ModelSpec, "norm") = None
+    optimizer: _spec_field(OptimizerSpec, "name") = Field(None, description="Optimizer name.")
+    lr: _spec_field(OptimizerSpec, "lr") = None
+    batch_size: _spec_field(JobSpec, "batch_size") = None
+    seed: _spec_field(JobSpec, "seed") = None
+    tag: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="Repeatable; all must match."
+    )
+    id_prefix: str | None = Field(
+        None,
+        min_length=4,
+        max_length=36,
+        pattern=r"^[0-9a-fA-F-]+$",
+        description="Runs whose id starts with this (a short id as the CLI shows it).",
+    )
+    q: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Substring of the name or the note, any case.",
+    )
+    limit: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(
+        None, max_length=500, description="The next_cursor of the previous page."
+    )
+
+
+class RunPatch(BaseModel):
+    """PATCH /runs/{id}: the fields given replace the run's; the others stay as they are."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"tags": ["baseline", "paper-fig1"], "note": "lr sweep"}]},
+    )
+
+    tags: Tags | None = Field(None, description="The new tags ([] or null removes them all).")
+    note: Note | None = None
 
 
 class KeyInfo(BaseModel):
@@ -112,6 +202,7 @@ class SweepIn(BaseModel):
         f"The product of the list lengths is the number of runs (at most {MAX_SWEEP_RUNS}).",
         max_length=32,
     )
+    tags: Tags = Field(default_factory=list)
 
     @field_validator("grid")
     @classmethod
@@ -152,6 +243,26 @@ class SweepOut(BaseModel):
     counts: dict[str, int] = Field(description="Runs per status.")
 
     _times = field_validator("created_at", mode="after")(_utc)
+
+
+class SweepSummary(BaseModel):
+    """One sweep in a list: what it is and how far its runs got, without the runs."""
+
+    id: str
+    name: str
+    grid: dict[str, list[Any]]
+    created_at: datetime
+    run_count: int
+    counts: dict[str, int] = Field(description="Runs per status (statuses with runs only).")
+
+    _times = field_validator("created_at", mode="after")(_utc)
+
+
+class SweepPage(BaseModel):
+    items: list[SweepSummary]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= for the next page; null on the last page."
+    )
 
 
 class WorkerOut(BaseModel):

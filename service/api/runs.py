@@ -1,4 +1,4 @@
-"""/api/v1/runs: submit, list, get, cancel and delete training runs."""
+"""/api/v1/runs: submit, list (filtered), get, tag/annotate, cancel and delete training runs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from bncore.spec import JobSpec
 from service import store
 from service.api.deps import ExecutorDep, SessionDep, in_session, json_body, json_response
-from service.schemas import Problem, RunOut, RunPage
-from service.store import FINISHED, RunStatus
+from service.schemas import MAX_TAGS, Problem, RunOut, RunPage, RunPatch, RunQuery, Tag
+from service.vocab import FINISHED_STATUSES, RunStatus
 
 log = logging.getLogger("bnlab.api")
 
@@ -73,8 +73,16 @@ def create_run(
             description="Any unique string; a retry with the same key returns the same run.",
         ),
     ] = None,
+    tags: Annotated[
+        list[Tag],
+        Query(
+            alias="tag",
+            max_length=MAX_TAGS,
+            description="Repeatable: the run's tags (the body is the spec alone).",
+        ),
+    ] = [],  # noqa: B006 (FastAPI copies defaults per request)
 ) -> Any:
-    run, created = store.create_run(session, spec, idempotency_key=idempotency_key)
+    run, created = store.create_run(session, spec, idempotency_key=idempotency_key, tags=tags)
     response.headers["Location"] = f"/api/v1/runs/{run.id}"
     if not created:
         if run.spec != spec.model_dump(mode="json"):
@@ -93,21 +101,28 @@ def create_run(
     response_model=RunPage,
     summary="List runs",
     description="Newest first. Follow `next_cursor` (pass it as `cursor`) for the next page; "
-    "it is null on the last page.",
+    "it is null on the last page. Every filter given must hold: spec fields (`dataset`, "
+    "`arch`, `activation`, `norm`, `optimizer`, `lr`, `batch_size`, `seed`) compare with the "
+    "run's spec, `tag` repeats (all must be on the run), `id_prefix` matches short ids, `q` "
+    "searches name and note. An unknown parameter is a 422.",
     responses={400: {**PROBLEM, "description": "Invalid cursor."}},
 )
-async def list_runs(
-    request: Request,
-    status_: Annotated[RunStatus | None, Query(alias="status")] = None,
-    sweep_id: Annotated[str | None, Query(max_length=64)] = None,
-    name: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
-) -> Any:
+async def list_runs(request: Request, query: Annotated[RunQuery, Query()]) -> Any:
+    spec = {field: getattr(query, field) for field in store.SPEC_FILTERS}
+
     def work(session: Session) -> bytes:
         try:
             runs, next_cursor = store.list_runs(
-                session, status=status_, sweep_id=sweep_id, name=name, limit=limit, cursor=cursor
+                session,
+                status=query.status,
+                sweep_id=query.sweep_id,
+                name=query.name,
+                spec={field: value for field, value in spec.items() if value is not None},
+                tags=query.tag,
+                id_prefix=query.id_prefix,
+                q=query.q,
+                limit=query.limit,
+                cursor=query.cursor,
             )
         except ValueError as exc:
             detail = f"cursor: {exc}; pass the next_cursor of a previous page"
@@ -125,6 +140,24 @@ async def get_run(run_id: RunId, request: Request) -> Any:
     return json_response(await in_session(request, work))
 
 
+@router.patch(
+    "/{run_id}",
+    response_model=RunOut,
+    summary="Tag or annotate a run",
+    description="Replaces the tags and/or the note of a run of any status; a field left out "
+    'stays as it is. `tags: []` (or null) removes every tag; `note: ""` (or null) removes '
+    "the note.",
+    responses={**NOT_FOUND, 422: {**PROBLEM, "description": "A tag or the note out of bounds."}},
+)
+def annotate_run(run_id: RunId, body: RunPatch, session: SessionDep) -> Any:
+    given = body.model_fields_set
+    tags = (body.tags or []) if "tags" in given else None
+    note = (body.note or "") if "note" in given else None
+    run = store.annotate_run(session, run_id, tags=tags, note=note)
+    log.info("run %s annotated (%s)", run_id, ", ".join(sorted(given)) or "nothing")
+    return run
+
+
 @router.post(
     "/{run_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
@@ -139,7 +172,7 @@ def cancel_run(run_id: RunId, session: SessionDep) -> Any:
     run = store.get_run(session, run_id)
     if run.status == RunStatus.cancelled:
         return run
-    if run.status in FINISHED:
+    if run.status in FINISHED_STATUSES:
         raise HTTPException(409, f"run {run_id} already finished ({run.status})")
     run = store.request_cancel(session, run_id)
     if run.status == RunStatus.cancelled:

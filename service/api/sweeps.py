@@ -1,4 +1,4 @@
-"""/api/v1/sweeps: fan a base spec out over a grid, one run per combination."""
+"""/api/v1/sweeps: fan a base spec out over a grid, one run per combination; list sweeps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, status
 from pydantic import ValidationError
 
 from bncore.spec import JobSpec
@@ -15,7 +15,16 @@ from service.api.deps import ExecutorDep, SessionDep
 from service.api.runs import PROBLEM, submit_run
 from service.models import Run, Sweep
 from service.problems import ApiError, clean_errors, one_line
-from service.schemas import MAX_SWEEP_RUNS, SWEEP_EXAMPLE, RunOut, SweepIn, SweepOut
+from service.schemas import (
+    MAX_SWEEP_RUNS,
+    SWEEP_EXAMPLE,
+    RunOut,
+    SweepIn,
+    SweepOut,
+    SweepPage,
+    SweepSummary,
+)
+from service.vocab import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 log = logging.getLogger("bnlab.api")
 
@@ -66,7 +75,7 @@ def create_sweep(
             errors = clean_errors(exc.errors(), prefix=["body", "grid", index])
             detail = f"combination {index} ({combo}): " + one_line(clean_errors(exc.errors()))
             raise ApiError(422, detail, title="Validation failed", errors=errors) from exc
-    sweep, runs = store.create_sweep(session, body.name, base, body.grid, specs)
+    sweep, runs = store.create_sweep(session, body.name, base, body.grid, specs, tags=body.tags)
     log.info(
         "sweep %s created (%s, %d runs over %s)",
         sweep.id,
@@ -88,6 +97,41 @@ def _combination(grid: dict[str, list[Any]], spec: dict[str, Any]) -> str:
             node = node.get(part) if isinstance(node, dict) else None
         parts.append(f"{path}={node}")
     return ", ".join(parts)
+
+
+@router.get(
+    "",
+    response_model=SweepPage,
+    summary="List sweeps",
+    description="Newest first, each with its run count and runs per status (not the runs: "
+    "`GET /sweeps/{id}` or `GET /runs?sweep_id=` have them). Follow `next_cursor` (pass it as "
+    "`cursor`) for the next page; it is null on the last page.",
+    responses={400: {**PROBLEM, "description": "Invalid cursor."}},
+)
+def list_sweeps(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None, Query(max_length=500, description="The next_cursor of the previous page.")
+    ] = None,
+) -> Any:
+    try:
+        page, next_cursor = store.list_sweeps(session, limit=limit, cursor=cursor)
+    except ValueError as exc:
+        detail = f"cursor: {exc}; pass the next_cursor of a previous page"
+        raise HTTPException(400, detail) from exc
+    items = [
+        SweepSummary(
+            id=sweep.id,
+            name=sweep.name,
+            grid=sweep.grid,
+            created_at=sweep.created_at,
+            run_count=sum(counts.values()),
+            counts=counts,
+        )
+        for sweep, counts in page
+    ]
+    return SweepPage(items=items, next_cursor=next_cursor)
 
 
 @router.get(

@@ -1,5 +1,7 @@
-"""store.get_metrics on PostgreSQL (arrays read in binary) against the reference filter of
-tests/unit/test_store_metrics.py: the same points, in the same order, as on SQLite."""
+"""The store on PostgreSQL against the reference checks of the SQLite unit tests:
+get_metrics (arrays read in binary; tests/unit/service/store/test_store_metrics.py) and the
+run filters and sweep pages (JSON path expressions, JSONB tag containment;
+tests/unit/service/store/test_store_queries.py): the same rows, in the same order."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.db import make_engine
-from tests.unit.test_store_metrics import check_get_metrics
+from tests.unit.service.store.test_store_metrics import check_get_metrics
+from tests.unit.service.store.test_store_queries import check_run_filters, check_sweep_pages
 
 
 @pytest.fixture
@@ -32,3 +35,11 @@ def test_driver_errors_are_sqlalchemy_errors(session: Session) -> None:
         store._raw_binary(session, "SELECT 1/0", {})
     session.rollback()
     assert store.get_metrics(session, "no-such-run") == {}
+
+
+def test_run_filters_match_a_reference_filter(session: Session) -> None:
+    check_run_filters(session)
+
+
+def test_sweep_pages_newest_first_with_counts(session: Session) -> None:
+    check_sweep_pages(session)

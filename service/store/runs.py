@@ -1,0 +1,285 @@
+"""Every write to a run: the state machine, creation, deletion. The only writer of ``runs.status``.
+
+Run lifecycle (drawn in ``service.vocab``; guarded in SQL here)::
+
+    queued ──claim──▶ running ──finish──▶ succeeded | failed | diverged | cancelled
+      │                  │
+      └──cancel──▶ cancelled          └──heartbeat lost──▶ queued (retry) | failed
+
+Every status change goes through ``_transition``: one ``UPDATE … WHERE id = :id AND status IN
+(:allowed) [AND guard]``. Whoever loses a race (two workers claiming one run, a cancel racing
+completion, a re-delivered task, a worker that lost its run to the reaper) sees rowcount 0 and
+backs off, so each run has exactly one outcome. Each records a human-readable
+``status_reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bncore.spec import JobSpec
+from service.models import MetricPoint, Run, utcnow
+from service.store.errors import Conflict
+from service.store.queries import get_run
+from service.vocab import FINISHED_STATUSES, WAITING, RunStatus
+
+# ----------------------------------------------------------------------------- transitions
+
+
+def _transition(
+    session: Session,
+    run_id: str,
+    allowed_from: Iterable[RunStatus],
+    to: RunStatus,
+    reason: str | None,
+    *,
+    guard: Iterable[ColumnElement[bool]] = (),
+    **values: Any,
+) -> bool:
+    """The one guarded status UPDATE: ``run_id`` moves to ``to`` only if its status is one of
+    ``allowed_from`` and every ``guard`` condition holds (e.g. it is still this worker's).
+    ``values`` are written with it. True if this caller made the transition."""
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_([s.value for s in allowed_from]), *guard)
+        .values(status=to.value, status_reason=reason, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def claim_run(session: Session, run_id: str, worker: str) -> bool:
+    """queued → running for this worker; False if someone else has it or it was cancelled."""
+    now = utcnow()
+    return _transition(
+        session,
+        run_id,
+        [RunStatus.queued],
+        RunStatus.running,
+        f"running on {worker}",
+        worker=worker,
+        started_at=now,
+        heartbeat_at=now,
+        attempt=Run.attempt + 1,
+    )
+
+
+def finish_run(
+    session: Session,
+    run_id: str,
+    status: RunStatus,
+    reason: str | None,
+    *,
+    worker: str | None = None,
+    **outcome: Any,
+) -> bool:
+    """running → a finished status. With ``worker``, only that worker's attempt may finish it
+    (a worker that lost its run to the reaper must not overwrite the retry's outcome)."""
+    assert status in FINISHED_STATUSES, status
+    guard = [] if worker is None else [Run.worker == worker]
+    return _transition(
+        session,
+        run_id,
+        [RunStatus.running],
+        status,
+        reason,
+        guard=guard,
+        finished_at=utcnow(),
+        **outcome,
+    )
+
+
+def fail_queued(session: Session, run_id: str, reason: str) -> bool:
+    """A queued run that can never start (e.g. the broker refused it)."""
+    return _transition(
+        session, run_id, [RunStatus.queued], RunStatus.failed, reason, finished_at=utcnow()
+    )
+
+
+def release_run(session: Session, run_id: str, worker: str, reason: str) -> bool:
+    """running → queued for a worker that stops on purpose (its process is shutting down)
+    before the run ends. The run is not at fault, so this attempt does not count towards
+    ``max_attempts``; the executor submits queued runs again when it starts."""
+    return _transition(
+        session,
+        run_id,
+        [RunStatus.running],
+        RunStatus.queued,
+        reason,
+        guard=[Run.worker == worker],
+        worker=None,
+        attempt=Run.attempt - 1,
+    )
+
+
+def set_queued_reason(
+    session: Session, run_id: str, reason: str, *, only_if_reason: str | None = None
+) -> bool:
+    """Change the reason of a run that is still queued (its status stays as it is)."""
+    guard = [] if only_if_reason is None else [Run.status_reason == only_if_reason]
+    return _transition(session, run_id, [RunStatus.queued], RunStatus.queued, reason, guard=guard)
+
+
+def request_cancel(session: Session, run_id: str) -> Run:
+    """Queued runs are cancelled at once; running ones are flagged and their worker stops the
+    trainer and records ``cancelled``. Finished runs are left as they are."""
+    run = get_run(session, run_id)
+    if run.status == RunStatus.queued and _transition(
+        session,
+        run_id,
+        [RunStatus.queued],
+        RunStatus.cancelled,
+        "cancelled by request",
+        finished_at=utcnow(),
+    ):
+        return get_run(session, run_id)
+    # Only a flag (the status is the worker's to write once the trainer has stopped).
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.running.value)
+        .values(cancel_requested=True)
+    )
+    session.commit()
+    return get_run(session, run_id)
+
+
+def heartbeat(session: Session, run_id: str, worker: str) -> bool:
+    """Record that ``worker`` is alive on this run. Returns False when the worker should stop:
+    cancellation was requested or the run is no longer its own (reaped, finished)."""
+    now = utcnow()
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.running.value, Run.worker == worker)
+        .values(heartbeat_at=now)
+    )
+    session.commit()
+    row = session.execute(
+        select(Run.status, Run.worker, Run.cancel_requested).where(Run.id == run_id)
+    ).one_or_none()
+    if row is None:
+        return False
+    return row.status == RunStatus.running and row.worker == worker and not row.cancel_requested
+
+
+def reap_stale(
+    session: Session, timeout_s: float, max_attempts: int, *, worker_prefix: str | None = None
+) -> list[tuple[str, RunStatus]]:
+    """Runs whose heartbeat is older than ``timeout_s`` lost their worker: requeue them while
+    attempts remain, otherwise fail them. ``worker_prefix`` limits this to one host's workers
+    (used by the embedded executor on start, with ``timeout_s=0``)."""
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    stale = or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff)
+    query = select(Run.id, Run.attempt, Run.worker, Run.cancel_requested).where(
+        Run.status == RunStatus.running.value, stale
+    )
+    if worker_prefix is not None:
+        query = query.where(Run.worker.startswith(worker_prefix))
+    outcomes: list[tuple[str, RunStatus]] = []
+    for run_id, attempt, worker, cancel_requested in session.execute(query).all():
+        lost = f"worker {worker} lost (no heartbeat for {timeout_s:.0f} s)"
+        if cancel_requested:
+            new, reason = RunStatus.cancelled, f"cancelled by request; {lost}"
+        elif attempt < max_attempts:
+            new, reason = RunStatus.queued, f"{lost}; requeued (attempt {attempt + 1})"
+        else:
+            new, reason = RunStatus.failed, f"{lost} after {attempt} attempt(s)"
+        extra: dict[str, Any] = {"worker": None}
+        if new != RunStatus.queued:
+            extra["finished_at"] = utcnow()
+        # Guard on the stale heartbeat too: a worker that just came back keeps its run.
+        guard = [Run.worker == worker, stale]
+        if _transition(session, run_id, [RunStatus.running], new, reason, guard=guard, **extra):
+            outcomes.append((run_id, new))
+    return outcomes
+
+
+# ----------------------------------------------------------------------------- creation
+
+
+def new_run(
+    spec: JobSpec, *, sweep_id: str | None = None, tags: Sequence[str] = (), **values: Any
+) -> Run:
+    """A queued run for ``spec``, not yet added to a session (a run starts here and nowhere
+    else: ``create_run`` and ``create_sweep`` both build their rows with it)."""
+    return Run(
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        status=RunStatus.queued.value,
+        status_reason=WAITING,
+        sweep_id=sweep_id,
+        tags=_unique(tags),
+        **values,
+    )
+
+
+def _unique(tags: Sequence[str]) -> list[str]:
+    """The tags without repeats, first occurrence first."""
+    return list(dict.fromkeys(tags))
+
+
+def annotate_run(
+    session: Session, run_id: str, *, tags: Sequence[str] | None = None, note: str | None = None
+) -> Run:
+    """Replace a run's tags and/or its note (None leaves that one as it is; an empty note
+    clears it). People's labels, not the state machine's: a run of any status takes them."""
+    get_run(session, run_id)  # NotFound names the id
+    values: dict[str, Any] = {}
+    if tags is not None:
+        values["tags"] = _unique(tags)
+    if note is not None:
+        values["note"] = note or None
+    if values:
+        session.execute(update(Run).where(Run.id == run_id).values(**values))
+        session.commit()
+    return get_run(session, run_id)
+
+
+def create_run(
+    session: Session,
+    spec: JobSpec,
+    *,
+    sweep_id: str | None = None,
+    idempotency_key: str | None = None,
+    tags: Sequence[str] = (),
+) -> tuple[Run, bool]:
+    """Insert a queued run. Returns (run, created); with an ``idempotency_key`` seen before,
+    returns that earlier run (as it is) and created=False."""
+    if idempotency_key is not None:
+        existing = session.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
+        if existing is not None:
+            return existing, False
+    run = new_run(spec, sweep_id=sweep_id, idempotency_key=idempotency_key, tags=tags)
+    session.add(run)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry with the same key won the insert
+        session.rollback()
+        existing = session.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
+        if existing is None:
+            raise
+        return existing, False
+    return run, True
+
+
+def record_start(session: Session, run_id: str, *, device: str, torch_version: str) -> None:
+    session.execute(
+        update(Run).where(Run.id == run_id).values(device=device, torch_version=torch_version)
+    )
+    session.commit()
+
+
+def delete_run(session: Session, run_id: str) -> None:
+    """Delete a finished run and its metrics."""
+    run = get_run(session, run_id)
+    if run.status not in FINISHED_STATUSES:
+        raise Conflict(f"run {run_id} is {run.status}; cancel it before deleting")
+    session.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
+    session.execute(delete(Run).where(Run.id == run_id))
+    session.commit()
