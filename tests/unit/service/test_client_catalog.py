@@ -104,7 +104,7 @@ def test_update_run_sets_and_clears_tags_and_note(api) -> None:
 
 def test_list_runs_filters_by_spec_tags_and_text(api) -> None:
     client, _ = api
-    bn = client.submit(SPEC | {"name": "bn-a", "seed": 1, "optimizer": {"lr": 0.5}}, tags=["paper"])
+    bn = client.submit(SPEC | {"name": "bn-a", "seed": 1, "optimizer": {"lr": 0.25}}, tags=["paper"])
     none = client.submit(SPEC | {"name": "plain", "model": {"norm": "none"}}, tags=["paper"])
     client.update_run(none["id"], note="the baseline")
 
@@ -116,7 +116,7 @@ def test_list_runs_filters_by_spec_tags_and_text(api) -> None:
     assert ids(tags=["paper"]) == {bn["id"], none["id"]}
     assert ids(tags=["paper", "other"]) == set()
     assert ids(q="BASELINE") == {none["id"]} and ids(q="bn-") == {bn["id"]}
-    assert ids(lr=0.5) == {bn["id"]}
+    assert ids(lr=0.25) == {bn["id"]}
     with pytest.raises(TypeError, match="unknown run filter"):
         client.list_runs(colour="red")
 
