@@ -5,8 +5,9 @@ One module per command group, each registering its commands on :data:`app` (defi
 :mod:`service.cli.common` with the global options):
 
 - :mod:`~service.cli.server`: serve, worker, migrate, hash-key (this machine's settings)
-- :mod:`~service.cli.runs`: submit, runs, show, watch, cancel, delete
-- :mod:`~service.cli.sweeps`: sweep
+- :mod:`~service.cli.runs`: submit, show, watch, cancel, delete
+- :mod:`~service.cli.catalog`: runs (filtered), tag, note
+- :mod:`~service.cli.sweeps`: sweep, sweeps
 - :mod:`~service.cli.compare`: compare
 - :mod:`~service.cli.reproduce`: reproduce
 
@@ -26,6 +27,7 @@ did not succeed; 2 invalid input (a bad spec, option, file or id); 130 interrupt
 # isort: off
 from service.cli import server  # noqa: F401
 from service.cli import runs  # noqa: F401
+from service.cli import catalog  # noqa: F401
 from service.cli import sweeps  # noqa: F401
 from service.cli import compare  # noqa: F401
 from service.cli import reproduce  # noqa: F401
