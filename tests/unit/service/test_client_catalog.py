@@ -104,7 +104,9 @@ def test_update_run_sets_and_clears_tags_and_note(api) -> None:
 
 def test_list_runs_filters_by_spec_tags_and_text(api) -> None:
     client, _ = api
-    bn = client.submit(SPEC | {"name": "bn-a", "seed": 1, "optimizer": {"lr": 0.25}}, tags=["paper"])
+    bn = client.submit(
+        SPEC | {"name": "bn-a", "seed": 1, "optimizer": {"lr": 0.25}}, tags=["paper"]
+    )
     none = client.submit(SPEC | {"name": "plain", "model": {"norm": "none"}}, tags=["paper"])
     client.update_run(none["id"], note="the baseline")
 
