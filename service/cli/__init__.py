@@ -11,7 +11,8 @@ One module per command group, each registering its commands on :data:`app` (defi
 - :mod:`~service.cli.compare`: compare
 - :mod:`~service.cli.reproduce`: reproduce
 
-plus :mod:`~service.cli.specs` (spec files, flags and grids → validated specs) and
+plus :mod:`~service.cli.follow` (following runs and sweeps live), :mod:`~service.cli.specs`
+(spec files, flags and grids → validated specs) and
 :mod:`~service.cli.format` (tables and progress bars for 80 columns).
 
 Every command but the server-side ones is an HTTP client of a running server
@@ -34,9 +35,8 @@ from service.cli import reproduce  # noqa: F401
 
 # isort: on
 from service.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, app
-from service.cli.runs import follow_run
+from service.cli.follow import follow_run, follow_sweep
 from service.cli.server import worker_command
-from service.cli.sweeps import follow_sweep
 
 __all__ = [
     "EXIT_FAILED",

@@ -7,9 +7,8 @@ characters): :meth:`service.client.BnlabClient.resolve_run_id` turns it into the
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -17,20 +16,15 @@ from rich.table import Table
 
 from bncore.spec import MAX_DEPTH, MAX_WIDTH, JobSpec, ModelSpec, OptimizerSpec
 from service.cli.common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_INVALID,
     command,
     connected,
     console,
-    err_console,
     examples,
     fail,
 )
+from service.cli.follow import follow_run, follow_sweep
 from service.cli.format import (
-    STATUS_STYLE,
-    NotedProgress,
-    format_metrics,
     key_value_table,
     latest_values,
     run_label,
@@ -39,85 +33,9 @@ from service.cli.format import (
     styled_status,
 )
 from service.cli.specs import field_help, load_spec_file, parse_hidden, set_path, validate_spec
-from service.cli.sweeps import follow_sweep
-from service.client import BnlabClient, RunEvent
-from service.vocab import FINISHED_STATUSES, RunStatus, short_id
+from service.vocab import RunStatus, short_id
 
 RUN_ID_HELP = "The run's id, or a unique prefix of it (the 8 characters tables show)."
-
-
-# ----------------------------------------------------------------------------- watching
-
-
-def report_outcome(run: Mapping[str, Any]) -> int:
-    """Print how a finished run ended; the exit code: 0 only for succeeded."""
-    status = run.get("status")
-    summary = run.get("summary") or {}
-    label = run_label(run)
-    if status == RunStatus.succeeded:
-        best, final = summary.get("best_test_acc"), summary.get("final_test_acc")
-        details = []
-        if isinstance(best, int | float):
-            step = summary.get("best_test_acc_step")
-            details.append(f"best test acc {best:.4f}" + (f" (step {step})" if step else ""))
-        if isinstance(final, int | float):
-            details.append(f"final test acc {final:.4f}")
-        if isinstance(run.get("wall_time"), int | float):
-            details.append(f"{run['wall_time']:.1f}s")
-        console.print(f"[green]✔ {escape(label)} succeeded[/green]  " + ", ".join(details))
-        return 0
-    reason = run.get("error") or run.get("status_reason") or ""
-    where = ""
-    if status == RunStatus.diverged and run.get("diverged_step") is not None:
-        where = f" at step {run['diverged_step']}"
-    message = f"{label} {status}{where}" + (f": {reason}" if reason else "")
-    err_console.print(f"[bold red]✘[/bold red] {escape(message)}", soft_wrap=True)
-    return EXIT_FAILED
-
-
-def follow_run(client: BnlabClient, run_id: str, timeout: float | None = None) -> int:
-    """A live progress bar of a run's steps until it ends, its status and latest loss/accuracy
-    on the line below; returns the exit code."""
-    run = client.get_run(run_id)
-    if run.get("status") in FINISHED_STATUSES:
-        return report_outcome(run)
-    total = int((run.get("spec") or {}).get("steps") or 0) or None
-    latest: dict[str, Any] = {}
-    status = str(run.get("status"))
-
-    def note() -> str:
-        return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]  {format_metrics(latest)}"
-
-    progress = NotedProgress(console)
-    with progress:
-        task = progress.add_task(
-            escape(str(run.get("name"))), total=total, completed=run.get("last_step") or 0, note=""
-        )
-        progress.update(task, note=note())
-
-        def on_event(event: RunEvent) -> None:
-            nonlocal status
-            if event.kind == "metrics":
-                latest.update(event.data.get("values") or {})
-                step = event.data.get("step")
-                if isinstance(step, int):
-                    progress.update(task, completed=step)
-            elif event.kind == "status" and "status" in event.data:
-                status = str(event.data["status"])
-                if isinstance(event.data.get("last_step"), int):
-                    progress.update(task, completed=event.data["last_step"])
-            progress.update(task, note=note())
-
-        try:
-            final = client.wait(run_id, on_event=on_event, timeout=timeout)
-        except KeyboardInterrupt:
-            progress.stop()
-            err_console.print(
-                f"stopped watching; run {run_id} goes on (`bnlab cancel {short_id(run_id)}` "
-                "stops it)"
-            )
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-    return report_outcome(final)
 
 
 # ----------------------------------------------------------------------------- commands

@@ -8,7 +8,6 @@ value is named before anything is created. Sweep ids are taken as unique prefixe
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,91 +17,23 @@ from rich.markup import escape
 from rich.table import Table
 
 from service.cli.common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     command,
     connected,
     console,
     err_console,
     examples,
 )
+from service.cli.follow import follow_sweep, ordered
 from service.cli.format import (
     ID_COLUMN,
     NUMBER,
-    NotedProgress,
     add_columns,
     short_time,
     styled_status,
     table,
 )
 from service.cli.specs import load_spec_file, parse_grid, validate_sweep
-from service.client import BnlabClient, RunEvent
-from service.vocab import ALL_STATUSES, FINISHED_STATUSES, MAX_SWEEP_RUNS, RunStatus, short_id
-
-# Statuses in their life-cycle order (queued, running, then the outcomes), for count columns.
-STATUS_ORDER = {str(status.value): index for index, status in enumerate(ALL_STATUSES)}
-
-
-def follow_sweep(
-    client: BnlabClient, sweep_id: str, poll_interval: float = 2.0, timeout: float | None = None
-) -> int:
-    """A progress bar of finished runs until the whole sweep is done; the exit code: 0 only
-    if every run succeeded.
-
-    Follows the sweep's event stream (status events) through ``BnlabClient.watch_sweep``, which
-    falls back to polling every ``poll_interval`` seconds on a server without one. Without a
-    terminal (a pipe, a file, CI) the bar is drawn once, when the sweep is done."""
-    sweep = client.get_sweep(sweep_id)
-    statuses = {run["id"]: run.get("status") for run in sweep.get("runs") or []}
-    total = len(statuses) or sum((sweep.get("counts") or {}).values())
-    with NotedProgress(console) as progress:
-        task = progress.add_task(escape(str(sweep.get("name"))), total=total, note="")
-
-        def show() -> None:
-            counts = Counter(statuses.values())
-            done = sum(n for status, n in counts.items() if status in FINISHED_STATUSES)
-            progress.update(task, completed=done, note=counts_text(counts))
-
-        def on_event(event: RunEvent) -> None:
-            if event.kind == "status" and "id" in event.data:
-                statuses[event.data["id"]] = event.data.get("status")
-                show()
-            elif event.kind == "deleted":
-                statuses.pop(event.data.get("run_id"), None)
-                show()
-
-        show()
-        try:
-            final = client.watch_sweep(
-                sweep_id, on_event=on_event, timeout=timeout, poll_interval=poll_interval
-            )
-        except KeyboardInterrupt:
-            progress.stop()
-            err_console.print(f"stopped watching; sweep {sweep_id} goes on")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        statuses = {run["id"]: run.get("status") for run in final.get("runs") or []}
-        show()
-    console.print(f"compare with: bnlab compare --sweep {short_id(sweep_id)}")
-    unsuccessful = Counter(s for s in statuses.values() if s != RunStatus.succeeded)
-    if unsuccessful:
-        err_console.print(
-            f"[bold red]✘[/bold red] {sum(unsuccessful.values())} of {len(statuses)} run(s) "
-            f"did not succeed: {counts_text(unsuccessful)}"
-        )
-        return EXIT_FAILED
-    return 0
-
-
-def ordered(counts: Mapping[str, int]) -> list[tuple[str, int]]:
-    """The statuses with runs, in life-cycle order (unknown ones last)."""
-    ranked = sorted(counts.items(), key=lambda pair: STATUS_ORDER.get(str(pair[0]), 99))
-    return [(str(status), n) for status, n in ranked if n]
-
-
-def counts_text(counts: Mapping[str, int]) -> str:
-    """{"succeeded": 4, "failed": 1} → "succeeded 4  failed 1"."""
-    return "  ".join(f"{status} {n}" for status, n in ordered(counts))
-
+from service.vocab import MAX_SWEEP_RUNS, short_id
 
 SWEEP_HELP = f"""Run one training job per combination of the grid values over a base spec.
 
