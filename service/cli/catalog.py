@@ -70,12 +70,23 @@ def runs(
     arch: Annotated[
         str | None, typer.Option(help=field_help(ModelSpec, "arch", "Only this network"))
     ] = None,
+    activation: Annotated[
+        str | None,
+        typer.Option(help=field_help(ModelSpec, "activation", "Only this nonlinearity")),
+    ] = None,
     norm: Annotated[
         str | None, typer.Option(help=field_help(ModelSpec, "norm", "Only this normalization"))
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help=field_help(OptimizerSpec, "name", "Only this optimizer"))
     ] = None,
     lr: Annotated[
         float | None,
         typer.Option(help=field_help(OptimizerSpec, "lr", "Only this learning rate")),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help=field_help(JobSpec, "batch_size", "Only this mini-batch size")),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help=field_help(JobSpec, "seed", "Only this seed"))
@@ -84,7 +95,16 @@ def runs(
 ) -> None:
     """List runs, newest first: short id, name (tags below it), seed, status, step, best
     test accuracy. Every filter given must hold."""
-    spec = {"dataset": dataset, "arch": arch, "norm": norm, "lr": lr, "seed": seed}
+    spec = {
+        "dataset": dataset,
+        "arch": arch,
+        "activation": activation,
+        "norm": norm,
+        "optimizer": optimizer,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
     spec = {field: value for field, value in spec.items() if value is not None}
     with connected(ctx) as client:
         sweep_id = client.resolve_sweep_id(sweep) if sweep else None

@@ -5,6 +5,8 @@ raises :class:`~service.client.errors.BnlabError` for an API problem or a transp
 Waiting for runs and sweeps is :mod:`service.client.follow`; events are
 :mod:`service.client.events`.
 
+Short ids (unique prefixes) are matched by :mod:`service.client.ids`.
+
 Past 400 lines on purpose: it is one class whose methods mirror the API's operations one to
 one (runs, metrics, waiting, sweeps, compare, health); split, a reader would have to look in
 several files for the one surface the CLI, the reproduction and scripts use.
@@ -12,7 +14,6 @@ several files for the one surface the CLI, the reproduction and scripts use.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal
@@ -23,12 +24,11 @@ from bncore.spec import JobSpec
 from service.client.errors import BnlabError
 from service.client.events import EventCallback, RunEvent
 from service.client.follow import Followed, follow
+from service.client.ids import MAX_CANDIDATES, matching, one_id, prefix_of
 from service.vocab import DEFAULT_PAGE_SIZE, FINISHED_STATUSES, MAX_PAGE_SIZE
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"  # where `bnlab serve` listens by default
 API = "/api/v1"
-HEX_DIGITS = frozenset("0123456789abcdef-")  # what a run or sweep id (a UUID) is made of
-MAX_CANDIDATES = 5  # how many ids an ambiguous prefix error names at most
 # GET /runs?id_prefix= takes at least this many characters (service.schemas.RunQuery);
 # a shorter prefix is matched here, over the pages of runs.
 MIN_SERVER_PREFIX = 4
@@ -241,7 +241,7 @@ class BnlabClient:
         Raises BnlabError: status 400 for a malformed or ambiguous prefix (naming the
         candidates), 404 when no run matches.
         """
-        text, prefix = id_or_prefix.strip(), _prefix(id_or_prefix, "run")
+        text, prefix = id_or_prefix.strip(), prefix_of(id_or_prefix, "run")
         if prefix is None:
             return text
         ids: list[str] | None = None
@@ -253,8 +253,8 @@ class BnlabClient:
             if not all(run_id.startswith(prefix) for run_id in ids):  # the filter was ignored
                 ids = None
         if ids is None:
-            ids = _matching(self.iter_runs(page_size=MAX_PAGE_SIZE), prefix)
-        return _one(ids, prefix, "run")
+            ids = matching(self.iter_runs(page_size=MAX_PAGE_SIZE), prefix)
+        return one_id(ids, prefix, "run")
 
     def update_run(
         self, run_id: str, *, tags: Sequence[str] | None = None, note: str | None = None
@@ -455,10 +455,10 @@ class BnlabClient:
         Like :meth:`resolve_run_id`, but GET /sweeps has no prefix filter: a prefix is matched
         over its pages, newest first. Raises BnlabError: status 400 for a malformed or
         ambiguous prefix, 404 when no sweep matches."""
-        text, prefix = id_or_prefix.strip(), _prefix(id_or_prefix, "sweep")
+        text, prefix = id_or_prefix.strip(), prefix_of(id_or_prefix, "sweep")
         if prefix is None:
             return text
-        return _one(_matching(self.iter_sweeps(page_size=MAX_PAGE_SIZE), prefix), prefix, "sweep")
+        return one_id(matching(self.iter_sweeps(page_size=MAX_PAGE_SIZE), prefix), prefix, "sweep")
 
     # ------------------------------------------------------------------------- compare
 
@@ -534,57 +534,6 @@ def _take(items: Iterator[dict[str, Any]], limit: int | None) -> list[dict[str, 
             break
         taken.append(item)
     return taken
-
-
-def _prefix(id_or_prefix: str, noun: str) -> str | None:
-    """None for a whole UUID (used as is); else the lower-case prefix to match, or
-    BnlabError(400) when it cannot be one."""
-    text = id_or_prefix.strip()
-    if _is_uuid(text):
-        return None
-    prefix = text.lower()
-    if not prefix or not set(prefix) <= HEX_DIGITS:
-        raise BnlabError(
-            f"{id_or_prefix!r} is not a {noun} id: give the id or a prefix of it "
-            f"(hex digits, e.g. the 8 characters `bnlab {noun}s` shows)",
-            status=400,
-        )
-    return prefix
-
-
-def _matching(items: Iterator[dict[str, Any]], prefix: str) -> list[str]:
-    """Ids starting with ``prefix``, stopping at MAX_CANDIDATES (enough to name them)."""
-    found: list[str] = []
-    for item in items:
-        if str(item.get("id", "")).startswith(prefix):
-            found.append(str(item["id"]))
-            if len(found) >= MAX_CANDIDATES:
-                break
-    return found
-
-
-def _one(ids: Sequence[str], prefix: str, noun: str) -> str:
-    """The one id a prefix matched; BnlabError 404 (none) or 400 (several, named)."""
-    if len(ids) == 1:
-        return ids[0]
-    if not ids:
-        raise BnlabError(f"no {noun} id starts with {prefix!r}", status=404)
-    raise BnlabError(
-        f"several {noun}s start with {prefix!r}, e.g. {', '.join(ids[:MAX_CANDIDATES])}; "
-        "give more characters of the id",
-        status=400,
-    )
-
-
-def _is_uuid(text: str) -> bool:
-    """A whole UUID in its 36-character form (what the server uses as run ids)."""
-    if len(text) != 36:
-        return False
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _compare_params(

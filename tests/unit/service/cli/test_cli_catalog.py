@@ -198,6 +198,12 @@ def test_runs_filters_by_spec_tags_and_text_at_80_columns(served) -> None:
     assert listed("--norm", "none") == {plain, other}
     assert listed("--seed", "3", "--dataset", "digits") == {bn, plain}
     assert listed("--lr", "0.25", "--arch", "mlp") == {bn}
+    assert listed("--activation", "sigmoid", "--optimizer", "sgd", "--batch-size", "60") == {
+        bn,
+        plain,
+        other,
+    }
+    assert listed("--batch-size", "61") == set()
     assert listed("--tag", "paper") == {bn, plain}
     assert listed("--tag", "paper", "--tag", "baseline") == {plain}
     assert listed("--search", "RERUN") == {other}
