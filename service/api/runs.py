@@ -10,8 +10,18 @@ from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service import store
-from service.api.deps import ExecutorDep, SessionDep, in_session, json_body, json_response
+from service.api.deps import (
+    CallerDep,
+    ExecutorDep,
+    SessionDep,
+    caller_name,
+    ensure_may_change,
+    in_session,
+    json_body,
+    json_response,
+)
 from service.schemas import Problem, RunOut, RunPage, RunPatch, RunQuery, Tag
+from service.store import audit
 from service.vocab import FINISHED_STATUSES, MAX_TAGS, RunStatus
 
 log = logging.getLogger("bnlab.api")
@@ -65,6 +75,7 @@ def create_run(
     response: Response,
     session: SessionDep,
     executor: ExecutorDep,
+    caller: CallerDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -82,7 +93,9 @@ def create_run(
         ),
     ] = [],  # noqa: B006 (FastAPI copies defaults per request)
 ) -> Any:
-    run, created = store.create_run(session, spec, idempotency_key=idempotency_key, tags=tags)
+    run, created = store.create_run(
+        session, spec, idempotency_key=idempotency_key, tags=tags, created_by=caller_name(caller)
+    )
     response.headers["Location"] = f"/api/v1/runs/{run.id}"
     if not created:
         if run.spec != spec.model_dump(mode="json"):
@@ -165,16 +178,24 @@ def annotate_run(run_id: RunId, body: RunPatch, session: SessionDep) -> Any:
     summary="Cancel a run",
     description="A queued run is cancelled at once; a running one is flagged "
     "(`cancel_requested`) and its worker stops the trainer. Cancelling a cancelled run is a "
-    "no-op; any other finished run is a 409.",
-    responses={**NOT_FOUND, 409: {**PROBLEM, "description": "The run already finished."}},
+    "no-op; any other finished run is a 409. A `submit` key may cancel the runs it "
+    "submitted; anyone else's need an `admin` key. Every cancel is in the audit trail.",
+    responses={
+        **NOT_FOUND,
+        403: {**PROBLEM, "description": "Another key's run, and this key is not admin."},
+        409: {**PROBLEM, "description": "The run already finished."},
+    },
 )
-def cancel_run(run_id: RunId, session: SessionDep) -> Any:
+def cancel_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> Any:
     run = store.get_run(session, run_id)
+    ensure_may_change(caller, run.created_by, "cancelling")
     if run.status == RunStatus.cancelled:
         return run
     if run.status in FINISHED_STATUSES:
         raise HTTPException(409, f"run {run_id} already finished ({run.status})")
+    status_before = run.status
     run = store.request_cancel(session, run_id)
+    audit.record(session, "cancel", run_id, caller_name(caller), detail=f"was {status_before}")
     if run.status == RunStatus.cancelled:
         log.info("run %s cancelled", run_id)
     else:
@@ -186,10 +207,20 @@ def cancel_run(run_id: RunId, session: SessionDep) -> Any:
     "/{run_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a finished run",
-    description="Deletes the run and its metrics. Queued or running runs: cancel them first.",
-    responses={**NOT_FOUND, 409: {**PROBLEM, "description": "The run has not finished."}},
+    description="Deletes the run and its metrics. Queued or running runs: cancel them first. "
+    "A `submit` key may delete the runs it submitted; anyone else's need an `admin` key. "
+    "Every delete is in the audit trail.",
+    responses={
+        **NOT_FOUND,
+        403: {**PROBLEM, "description": "Another key's run, and this key is not admin."},
+        409: {**PROBLEM, "description": "The run has not finished."},
+    },
 )
-def delete_run(run_id: RunId, session: SessionDep) -> Response:
+def delete_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> Response:
+    run = store.get_run(session, run_id)
+    ensure_may_change(caller, run.created_by, "deleting")
+    status_before = run.status
     store.delete_run(session, run_id)
+    audit.record(session, "delete", run_id, caller_name(caller), detail=f"was {status_before}")
     log.info("run %s deleted", run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from bncore.spec import JobSpec
 from service import store
-from service.api.deps import ExecutorDep, SessionDep
+from service.api.deps import CallerDep, ExecutorDep, SessionDep, caller_name
 from service.api.runs import PROBLEM, submit_run
 from service.models import Run, Sweep
 from service.problems import ApiError, clean_errors, one_line
@@ -62,6 +62,7 @@ def create_sweep(
     body: Annotated[SweepIn, Body(openapi_examples={"bn-vs-none": {"value": SWEEP_EXAMPLE}})],
     session: SessionDep,
     executor: ExecutorDep,
+    caller: CallerDep,
 ) -> Any:
     base = body.base.model_dump(mode="json")
     if "name" not in body.base.model_fields_set:
@@ -75,7 +76,9 @@ def create_sweep(
             errors = clean_errors(exc.errors(), prefix=["body", "grid", index])
             detail = f"combination {index} ({combo}): " + one_line(clean_errors(exc.errors()))
             raise ApiError(422, detail, title="Validation failed", errors=errors) from exc
-    sweep, runs = store.create_sweep(session, body.name, base, body.grid, specs, tags=body.tags)
+    sweep, runs = store.create_sweep(
+        session, body.name, base, body.grid, specs, tags=body.tags, created_by=caller_name(caller)
+    )
     log.info(
         "sweep %s created (%s, %d runs over %s)",
         sweep.id,
