@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.auth import hash_key
+from service.vocab import MAX_SWEEP_RUNS
 
 __all__ = ["Settings", "get_settings", "hash_key"]  # hash_key: its old home, still imported
 
@@ -44,6 +45,16 @@ class Settings(BaseSettings):
         False,
         description="Let `bnlab serve` bind a non-loopback address without API keys (anyone "
         "who can reach it can then submit, cancel and delete runs). Off: it refuses to start.",
+    )
+    # Per-key limits (service/quotas.py); beyond one: 429 with Retry-After. Not on an open server.
+    quota_active_runs: int = Field(
+        500, ge=1, description="Queued + running runs one API key may have at once."
+    )
+    quota_runs_per_sweep: int = Field(
+        250, ge=1, le=MAX_SWEEP_RUNS, description="Runs one API key may create in one sweep."
+    )
+    quota_posts_per_minute: int = Field(
+        60, ge=1, description="POST requests one API key may make in any 60 seconds."
     )
     data_dir: Path = Field(Path("data"), description="Root for file datasets (mnist_idx, npz).")
 

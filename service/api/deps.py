@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import ApiKey, Caller, Scope, load_keys, match_key
+from service.quotas import RateLimiter, check_rate
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -127,6 +128,17 @@ async def authorize(request: Request, settings: SettingsDep) -> None:
     caller = request.state.caller = Caller(matched.name, matched.scopes)
     if needed is not None and not caller.may(needed):
         raise HTTPException(403, f"the API key {caller.name!r} lacks the {needed} scope")
+    if request.method == "POST":
+        check_rate(rate_limiter(request), caller.name)
+
+
+def rate_limiter(request: Request) -> RateLimiter:
+    """The app's POST rate limiter (one per app; a test may set its own, with a fake clock)."""
+    state = request.app.state
+    limiter = getattr(state, "rate_limiter", None)
+    if limiter is None:
+        limiter = state.rate_limiter = RateLimiter(state.settings.quota_posts_per_minute)
+    return limiter
 
 
 async def get_caller(request: Request) -> Caller | None:

@@ -14,12 +14,14 @@ from service.api.deps import (
     CallerDep,
     ExecutorDep,
     SessionDep,
+    SettingsDep,
     caller_name,
     ensure_may_change,
     in_session,
     json_body,
     json_response,
 )
+from service.quotas import enforce_run_quotas
 from service.schemas import Problem, RunOut, RunPage, RunPatch, RunQuery, Tag
 from service.store import audit
 from service.vocab import FINISHED_STATUSES, MAX_TAGS, RunStatus
@@ -32,6 +34,19 @@ RunId = Annotated[str, Path(max_length=64, description="The run's id (a UUID).")
 
 PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 NOT_FOUND = {404: {**PROBLEM, "description": "No run with this id."}}
+RATE_LIMITED = {
+    429: {
+        **PROBLEM,
+        "description": "Over the API key's POST rate limit (quota_posts_per_minute, default 60 "
+        "a minute; BNLAB_QUOTA_POSTS_PER_MINUTE): try again after `Retry-After` seconds.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+    }
+}
+RUN_QUOTA = (
+    "Per API key (not on an open server), at most `quota_active_runs` queued + running runs "
+    "(default 500; BNLAB_QUOTA_ACTIVE_RUNS) and `quota_posts_per_minute` POSTs a minute "
+    "(default 60): beyond them a 429 with `Retry-After`."
+)
 
 
 def submit_run(session: Session, executor: Any, run_id: str, *, retry: bool = False) -> bool:
@@ -62,12 +77,18 @@ def describe(spec: dict[str, Any]) -> str:
     description="Validates the spec (bounds are enforced: a 422 names the field and the "
     "limit), stores the run as `queued` and hands it to the executor. With an "
     "`Idempotency-Key` header a retry returns the run created the first time (200) instead "
-    "of creating a second one.",
+    "of creating a second one. " + RUN_QUOTA,
     responses={
         200: {"model": RunOut, "description": "Idempotent retry: the existing run."},
         409: {**PROBLEM, "description": "Idempotency-Key reused with a different spec."},
         413: {**PROBLEM, "description": "Body over the size limit."},
         422: {**PROBLEM, "description": "Invalid spec: names the field and the bound."},
+        429: {
+            **RATE_LIMITED[429],
+            "description": "Over a quota of the API key: queued + running runs "
+            "(quota_active_runs) or POSTs a minute (quota_posts_per_minute). `Retry-After` "
+            "says when to try again.",
+        },
     },
 )
 def create_run(
@@ -76,6 +97,7 @@ def create_run(
     session: SessionDep,
     executor: ExecutorDep,
     caller: CallerDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -93,6 +115,7 @@ def create_run(
         ),
     ] = [],  # noqa: B006 (FastAPI copies defaults per request)
 ) -> Any:
+    enforce_run_quotas(session, settings, caller, 1, sweep=False)
     run, created = store.create_run(
         session, spec, idempotency_key=idempotency_key, tags=tags, created_by=caller_name(caller)
     )
@@ -184,6 +207,7 @@ def annotate_run(run_id: RunId, body: RunPatch, session: SessionDep) -> Any:
         **NOT_FOUND,
         403: {**PROBLEM, "description": "Another key's run, and this key is not admin."},
         409: {**PROBLEM, "description": "The run already finished."},
+        **RATE_LIMITED,
     },
 )
 def cancel_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> Any:
