@@ -58,6 +58,7 @@ from urllib.parse import urlencode
 import httpx
 from sqlalchemy import create_engine, text
 
+from bncore import events
 from bncore.spec import JobSpec
 from service import migrate, store
 from service.db import make_engine
@@ -65,8 +66,6 @@ from service.store import RunStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-TRAIN_KEYS = ("train_loss", "train_acc", "grad_norm")
-EVAL_KEYS = ("test_loss", "test_acc", "p15", "p50", "p85")
 EVAL_EVERY = 100
 
 
@@ -106,12 +105,14 @@ def points_for(step: int, rng: random.Random) -> list[tuple[str, int, float | No
         ("grad_norm", step, 1 + rng.random()),
     ]
     if step % EVAL_EVERY == 0:
+        # The trainer's own evaluation keys (bncore.events), so the reads ask for real names.
+        test_loss, test_acc, act_p15, act_p50, act_p85 = events.EVAL_KEYS
         points += [
-            ("test_loss", step, 2.3 * decay + 0.1),
-            ("test_acc", step, 0.95 - 0.85 * decay),
-            ("p15", step, -1 + rng.random() * 0.1),
-            ("p50", step, rng.random() * 0.1),
-            ("p85", step, 1 + rng.random() * 0.1),
+            (test_loss, step, 2.3 * decay + 0.1),
+            (test_acc, step, 0.95 - 0.85 * decay),
+            (act_p15, step, -1 + rng.random() * 0.1),
+            (act_p50, step, rng.random() * 0.1),
+            (act_p85, step, 1 + rng.random() * 0.1),
         ]
     return points
 

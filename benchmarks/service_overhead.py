@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bncore.spec import JobSpec
 from service import migrate, store
-from service.executor import open_session
+from service.db import open_session
 from service.settings import Settings
 
 

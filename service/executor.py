@@ -2,120 +2,74 @@
 
 Two executors behind one protocol (docs/api-contract.md):
 
-* ``CeleryExecutor`` — a thin Celery *client*: it only sends the task "bnlab.run_training" by
+* ``CeleryExecutor`` — a thin Celery *client*: it only sends the task ``vocab.TASK_NAME`` by
   name to the queue; Celery workers (``workers/celery_app.py``) pick it up.
 * ``LocalExecutor`` — the embedded default: a bounded pool of threads, each running
   ``python -m workers.execute RUN_ID`` as a subprocess. The API process never trains, so a
   trainer crash (or CUDA state) cannot take the API down, and the subprocess dies with us
-  (PR_SET_PDEATHSIG) instead of training on as an orphan.
+  (PR_SET_PDEATHSIG, see service/proc.py) instead of training on as an orphan.
 
-``die_with_parent`` and ``settings_env`` are also used by the workers and the tests.
+``submit_run`` is how the API (routers and the maintenance pass) hands a queued run to either:
+a broker that is down leaves the run queued with a reason, to be retried.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
-from service import db, store
-from service.settings import Settings, get_settings
+from service import store
+from service.db import open_session
+from service.proc import die_with_parent, embedded_worker_name, redact_url, settings_env
+from service.settings import Settings
+from service.vocab import SUBMIT_FAILED, TASK_NAME, WAITING, RunStatus
 
 log = logging.getLogger("bnlab.executor")
 
-TASK_NAME = "bnlab.run_training"
-_PR_SET_PDEATHSIG = 1
 CHILD_STOP_GRACE_S = 10.0  # embedded children get this long to stop their trainer and release
 RESUBMIT_MAX_S = 3600.0  # the longest wait between two resends of one queued run
 
 
 class Executor(Protocol):
-    def submit(self, run_id: str) -> None: ...  # never blocks on training
+    def submit(self, run_id: str) -> None: ...  # never blocks on training; raises if refused
     def start(self) -> None: ...  # called in the API lifespan startup
     def shutdown(self) -> None: ...
     def broker_ok(self) -> bool: ...  # for /readyz
 
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive SIGKILL when the thread that spawned it
-    dies (Linux ``PR_SET_PDEATHSIG``). Spawn from a thread that lives as long as the child
-    must: the signal follows the *thread*, not the process. None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)  # resolved before fork: no loading in the child
-    parent = os.getpid()
-
-    def _preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return _preexec
+    def resubmit_due(self, queued: Sequence[str]) -> list[str]:
+        """Which of these queued runs to send again now, because their message may have been
+        lost on the way to a worker (asked by every maintenance pass)."""
+        ...
 
 
-def set_parent_death_signal() -> None:
-    """In an already forked child (a Celery pool process): SIGKILL us when our parent dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-
-def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment under which ``get_settings()`` in a child process equals ``settings``
-    (the only way settings reach a subprocess; ``None`` fields are removed)."""
-    env = dict(os.environ if base is None else base)
-    for name, value in settings.model_dump(mode="json").items():
-        key = f"BNLAB_{name.upper()}"
-        if value is None:
-            env.pop(key, None)
-        elif isinstance(value, bool):
-            env[key] = "true" if value else "false"
-        elif isinstance(value, list):
-            env[key] = ",".join(str(v) for v in value)
-        else:
-            env[key] = str(value)
-    return env
-
-
-_engines: dict[str, Any] = {}
-_engines_lock = threading.Lock()
-
-
-def open_session(settings: Settings) -> Session:
-    """A session on ``settings.database_url``: the process-wide engine when these are the
-    process settings, else one engine per URL (tests and apps with their own settings)."""
-    if settings.database_url == get_settings().database_url:
-        return db.new_session()
-    with _engines_lock:
-        engine = _engines.get(settings.database_url)
-        if engine is None:
-            engine = _engines[settings.database_url] = db.make_engine(settings.database_url)
-    return Session(engine, expire_on_commit=False)
-
-
-def embedded_worker_name() -> str:
-    return f"embedded@{socket.gethostname()}"
+def submit_run(session: Session, executor: Executor, run_id: str, *, retry: bool = False) -> bool:
+    """Hand a queued run to the executor. If the broker is down the run stays queued with the
+    reason ``SUBMIT_FAILED`` and the maintenance pass tries again later (``retry=True``)."""
+    try:
+        executor.submit(run_id)
+    except Exception as exc:
+        log.warning("run %s: submit failed (%s); will retry", run_id, exc)
+        store.set_queued_reason(session, run_id, SUBMIT_FAILED)
+        return False
+    if retry:  # it was refused before: it is now simply waiting
+        store.set_queued_reason(session, run_id, WAITING, only_if_reason=SUBMIT_FAILED)
+    return True
 
 
 # ----------------------------------------------------------------------------- Celery
 
 
 class CeleryExecutor:
-    """Sends "bnlab.run_training" by name; never imports the task code.
+    """Sends ``TASK_NAME`` by name; never imports the task code.
 
     A message can be lost after it was sent: a Redis without persistence forgets its queue on
     restart (and the unacknowledged messages of running tasks). The database still says
@@ -215,7 +169,7 @@ class CeleryExecutor:
                 client.close()
         except Exception as exc:
             if not self._seen_down:
-                log.warning("broker %s unreachable: %s", _redact(url), exc)
+                log.warning("broker %s unreachable: %s", redact_url(url), exc)
             self._seen_down = True
             return False, False
         # Unknown before (we started while it was down) counts as a restart: its queue may
@@ -242,16 +196,8 @@ class CeleryExecutor:
                 conn.ensure_connection(max_retries=1, timeout=1)
             return True
         except Exception as exc:  # any failure means "not ready"
-            log.warning("broker %s unreachable: %s", _redact(url), exc)
+            log.warning("broker %s unreachable: %s", redact_url(url), exc)
             return False
-
-
-def _redact(url: str) -> str:
-    """The broker URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
 
 
 # ----------------------------------------------------------------------------- embedded
@@ -319,6 +265,11 @@ class LocalExecutor:
     def broker_ok(self) -> bool:
         return True  # no broker: the pool lives in this process
 
+    def resubmit_due(self, queued: Sequence[str]) -> list[str]:
+        """Nothing: no message can get lost between this process and its own pool (start()
+        submits what a previous process left queued)."""
+        return []
+
     def _execute(self, run_id: str) -> None:
         """Runs in a pool thread, which lives for the whole child (PDEATHSIG follows it)."""
         try:
@@ -359,7 +310,7 @@ class LocalExecutor:
         log.error("run %s: %s", run_id, reason)
         with open_session(self.settings) as session:
             if not store.finish_run(
-                session, run_id, store.RunStatus.failed, reason, worker=self.worker_name
+                session, run_id, RunStatus.failed, reason, worker=self.worker_name
             ):
                 store.fail_queued(session, run_id, reason)
 

@@ -1,5 +1,9 @@
-"""Bring a database to the newest schema with Alembic (``bnlab migrate``; ``bnlab serve`` and
-workers call it on start, so the embedded default needs no separate step)."""
+"""Bring a database to the newest schema with Alembic.
+
+Who calls it: ``bnlab migrate``; the API on start when ``settings.auto_migrate`` (the default;
+the one place a server migrates, whether started by ``bnlab serve`` or plain uvicorn); and each
+Celery worker on start. So the embedded default needs no separate step.
+"""
 
 from __future__ import annotations
 

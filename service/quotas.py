@@ -27,6 +27,18 @@ from service.auth import Caller
 from service.settings import Settings
 from service.store import audit
 
+# For the routes' documentation (/docs).
+RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+RATE_LIMIT_DOC = (
+    "Over the API key's POST rate limit (quota_posts_per_minute, default 60 a minute; "
+    "BNLAB_QUOTA_POSTS_PER_MINUTE): try again after `Retry-After` seconds."
+)
+RUN_QUOTA_DOC = (
+    "Per API key (not on an open server), at most `quota_active_runs` queued + running runs "
+    "(default 500; BNLAB_QUOTA_ACTIVE_RUNS) and `quota_posts_per_minute` POSTs a minute "
+    "(default 60): beyond them a 429 with `Retry-After`."
+)
+
 WINDOW_S = 60.0
 # When a run slot frees depends on training times; a client retrying sooner only asks again.
 ACTIVE_RUNS_RETRY_S = 60

@@ -18,8 +18,10 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from service import db, store
-from service.executor import open_session, set_parent_death_signal
+from service.db import open_session
+from service.proc import set_parent_death_signal
 from service.settings import get_settings
+from workers.device import detect_device  # nvidia-smi, never torch
 
 log = logging.getLogger("bnlab.worker")
 
@@ -62,7 +64,7 @@ def _migrate(**_kwargs) -> None:  # noqa: ANN003
 @worker_process_init.connect
 def _after_fork(**_kwargs) -> None:  # noqa: ANN003
     # Connections inherited from the parent must not be shared across processes.
-    db.reset_engine()
+    db.reset_engines()
     # If the main worker process is killed, its pool child (and so the trainer, through its
     # own PDEATHSIG) goes too, instead of training on unsupervised.
     set_parent_death_signal()
@@ -102,8 +104,6 @@ def _register(sender=None, **_kwargs) -> None:  # noqa: ANN001, ANN003
     global _heartbeat
     if _heartbeat is not None:  # ready again after a broker reconnect: already beating
         return
-    from workers.execute import detect_device  # nvidia-smi, never torch
-
     name = getattr(sender, "hostname", None) or "celery"
     device = detect_device()
     try:

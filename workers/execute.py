@@ -8,16 +8,16 @@ embedded executor's subprocess):
 * claim the run with a guarded UPDATE; a re-delivered task finds it taken and returns;
 * spawn ``python -m bncore.train SPEC.json --data-dir DIR`` in its own process group, with
   PR_SET_PDEATHSIG so it never outlives the thread that spawned it (the one running here);
-* read its JSON lines: the start event → device and torch version; metrics → buffered and
-  written in batches by a writer thread that retries through a database outage (writes are
-  idempotent upserts, so a retried batch changes nothing);
-* a heartbeat thread keeps the run's heartbeat (and the worker's row) fresh; when the store
-  says stop (cancel requested, or the run was reaped and given to someone else) it kills the
-  trainer's process group: SIGTERM, then SIGKILL after a grace period;
+* read its JSON lines: the start event → device and torch version; metrics → the batching
+  writer in ``workers/ingest.py``;
+* ``workers/heartbeat.py`` keeps the run's heartbeat (and the worker's row) fresh; when the
+  store says stop (cancel requested, or the run was reaped and given to someone else) this
+  module kills the trainer's process group: SIGTERM, then SIGKILL after a grace period;
 * record exactly one outcome: the trainer's end event (succeeded / diverged), cancelled, or
   failed with the exit code and the tail of stderr. Every exception path ends the run too.
 
-The worker never imports torch: the trainer subprocess is the only place CUDA is touched.
+The worker never imports torch: the trainer subprocess is the only place CUDA is touched
+(``workers/device.py`` names the device without it).
 """
 
 from __future__ import annotations
@@ -28,39 +28,32 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from bncore import events
 from service import store
-from service.executor import die_with_parent, embedded_worker_name, open_session
+from service.db import first_line, open_session, with_db_retry
+from service.proc import die_with_parent, embedded_worker_name
 from service.settings import Settings, get_settings
-from service.store import RunStatus
+from service.vocab import RunStatus
+from workers.device import detect_device
+from workers.heartbeat import Heartbeat
+from workers.ingest import FINAL_WRITE_DEADLINE_S, MetricWriter
 
 log = logging.getLogger("bnlab.execute")
 
-FLUSH_INTERVAL_S = 0.5  # metric points reach the database at most this late...
-FLUSH_POINTS = 500  # ...or as soon as this many are waiting
-WRITE_BATCH = 5_000  # rows per INSERT when a backlog built up during an outage
-FINAL_WRITE_DEADLINE_S = 120.0  # how long the last flush and the outcome retry a down database
 KILL_GRACE_S = 5.0  # SIGTERM → SIGKILL
 STDERR_TAIL_LINES = 30
 STDERR_LINE_CHARS = 2_000
-DB_ERRORS = (OperationalError, InterfaceError)  # connection trouble: worth retrying
-
-T = TypeVar("T")
 
 
 class Interrupted(BaseException):
@@ -69,53 +62,6 @@ class Interrupted(BaseException):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def with_db_retry(
-    settings: Settings, what: str, fn: Callable[[Session], T], *, deadline_s: float
-) -> T:
-    """Run ``fn`` in a fresh session, retrying connection errors with backoff for up to
-    ``deadline_s`` (a PostgreSQL restart costs a few seconds, not the run)."""
-    delay, start = 0.2, time.monotonic()
-    while True:
-        try:
-            with open_session(settings) as session:
-                return fn(session)
-        except DB_ERRORS as exc:
-            if time.monotonic() - start + delay > deadline_s:
-                raise
-            log.warning("%s failed (%s); retrying in %.1f s", what, _first_line(exc), delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-@lru_cache
-def detect_device() -> str:
-    """What this worker trains on, without importing torch (a forked worker must never
-    initialise CUDA): "cuda:0 (NVIDIA H100 80GB HBM3)" from ``nvidia-smi -L``, else "cpu"."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return "cpu"
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            listing = subprocess.run(
-                [smi, "-L"], capture_output=True, text=True, timeout=5, check=True
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            listing = ""
-        for line in listing.splitlines():  # "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-…)"
-            if line.startswith("GPU "):
-                name = line.split(":", 1)[1].split("(UUID", 1)[0].strip()
-                return f"cuda:0 ({name})"[:64]
-    if visible:
-        return "cuda:0"
-    return "cpu"
 
 
 def _exit_description(code: int) -> str:
@@ -127,159 +73,6 @@ def _exit_description(code: int) -> str:
         hint = " (out of memory?)" if name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
     return f"exited with code {code}"
-
-
-# ----------------------------------------------------------------------------- threads
-
-
-class MetricWriter(threading.Thread):
-    """Writes buffered metric points (and the start event's facts) in batches, every
-    FLUSH_INTERVAL_S or FLUSH_POINTS. A database error keeps the points buffered and retries
-    with backoff, so the reader (and the trainer behind it) never waits on the database."""
-
-    def __init__(self, run_id: str, settings: Settings) -> None:
-        super().__init__(name=f"metrics-{run_id[:8]}", daemon=True)
-        self.run_id = run_id
-        self.settings = settings
-        self.max_step: int | None = None
-        self.written = 0
-        self._points: list[tuple[str, int, float | None]] = []
-        self._start: dict[str, str] | None = None
-        self._cond = threading.Condition()
-        self._closing = False
-        self._deadline = float("inf")
-
-    def add(self, step: int, values: dict[str, Any]) -> None:
-        points = [(key, step, _as_float(value)) for key, value in values.items()]
-        with self._cond:
-            self._points.extend(points)
-            self.max_step = step if self.max_step is None else max(self.max_step, step)
-            if len(self._points) >= FLUSH_POINTS:
-                self._cond.notify()
-
-    def set_start(self, device: str, torch_version: str) -> None:
-        with self._cond:
-            self._start = {"device": device[:32], "torch_version": torch_version[:32]}
-            self._cond.notify()
-
-    def close(self, deadline_s: float = FINAL_WRITE_DEADLINE_S) -> int:
-        """Flush what is left (retrying until the deadline) and stop. Returns the number of
-        points that could not be written (0 unless the database stayed down)."""
-        with self._cond:
-            self._closing = True
-            self._deadline = time.monotonic() + deadline_s
-            self._cond.notify()
-        if self.is_alive():
-            self.join()
-        with self._cond:
-            return len(self._points)
-
-    def run(self) -> None:
-        delay = 0.2
-        while True:
-            with self._cond:
-                self._cond.wait_for(
-                    lambda: self._closing or len(self._points) >= FLUSH_POINTS,
-                    timeout=FLUSH_INTERVAL_S,
-                )
-                if self._closing and not self._points and self._start is None:
-                    return
-                batch, self._points = self._points, []
-                start, self._start = self._start, None
-            try:
-                self._write(start, batch)
-                delay = 0.2
-            except Exception as exc:
-                with self._cond:  # keep them, in order, ahead of anything newer
-                    self._points[:0] = batch
-                    if start is not None and self._start is None:
-                        self._start = start
-                    pending, closing = len(self._points), self._closing
-                if closing and time.monotonic() > self._deadline:
-                    log.error(
-                        "run %s: giving up on %d metric point(s): %s",
-                        self.run_id,
-                        pending,
-                        _first_line(exc),
-                    )
-                    return
-                retryable = isinstance(exc, DB_ERRORS)
-                log.warning(
-                    "run %s: writing metrics failed (%s); %d point(s) kept, retrying in %.1f s",
-                    self.run_id,
-                    _first_line(exc),
-                    pending,
-                    delay,
-                )
-                if not retryable and closing:
-                    return  # e.g. the run was deleted under us: retrying cannot help
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _write(self, start: dict[str, str] | None, batch: list[tuple[str, int, float | None]]):
-        with open_session(self.settings) as session:
-            if start is not None:
-                store.record_start(session, self.run_id, **start)
-            for i in range(0, len(batch), WRITE_BATCH):
-                store.add_metrics(session, self.run_id, batch[i : i + WRITE_BATCH])
-        self.written += len(batch)
-
-
-def _as_float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-class Heartbeat(threading.Thread):
-    """Every ``heartbeat_interval_s``: refresh the run's heartbeat and the worker's row. When
-    the store answers "stop", calls ``on_stop("cancel" | "lost")`` once and ends."""
-
-    def __init__(
-        self,
-        run_id: str,
-        worker: str,
-        device: str,
-        settings: Settings,
-        on_stop: Callable[[str], None],
-    ) -> None:
-        super().__init__(name=f"heartbeat-{run_id[:8]}", daemon=True)
-        self.run_id, self.worker, self.device = run_id, worker, device
-        self.settings = settings
-        self.on_stop = on_stop
-        self._stopped = threading.Event()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            # Bounded: a heartbeat stuck on an unreachable database must not hold up the
-            # outcome; once stopped it never calls on_stop.
-            self.join(timeout=self.settings.heartbeat_interval_s + 30)
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.settings.heartbeat_interval_s):
-            try:
-                with open_session(self.settings) as session:
-                    keep_going = store.heartbeat(session, self.run_id, self.worker)
-                    store.worker_seen(
-                        session, self.worker, device=self.device, current_run_id=self.run_id
-                    )
-                    why = None if keep_going else self._why_stop(session)
-            except Exception as exc:  # the reaper decides about silent workers, not us
-                log.warning("run %s: heartbeat failed: %s", self.run_id, _first_line(exc))
-                continue
-            if why is not None and not self._stopped.is_set():
-                self.on_stop(why)
-                return
-
-    def _why_stop(self, session: Session) -> str:
-        try:
-            run = store.get_run(session, self.run_id)
-        except store.NotFound:
-            return "lost"
-        mine = run.status == RunStatus.running and run.worker == self.worker
-        return "cancel" if mine and run.cancel_requested else "lost"
 
 
 def _read_stderr(stream, tail: collections.deque[str], run_id: str) -> None:  # noqa: ANN001
@@ -347,7 +140,7 @@ class _Execution:
             writer.close(deadline_s=30)
             status = self._record(
                 RunStatus.failed,
-                f"worker error: {_first_line(exc)}"[:500],
+                f"worker error: {first_line(exc)}"[:500],
                 error=f"{type(exc).__name__}: {exc}\n" + "\n".join(self.stderr_tail),
             )
             raise
@@ -536,14 +329,14 @@ class _Execution:
                     worker=self.worker,
                 )
         except Exception as exc:  # the reaper will find it by its stale heartbeat
-            log.error("run %s: could not record any outcome: %s", self.run_id, _first_line(exc))
+            log.error("run %s: could not record any outcome: %s", self.run_id, first_line(exc))
 
     def _worker_idle(self) -> None:
         try:
             with open_session(self.settings) as session:
                 store.worker_seen(session, self.worker, device=self.device, current_run_id=None)
         except Exception as exc:
-            log.warning("worker %s: could not update its row: %s", self.worker, _first_line(exc))
+            log.warning("worker %s: could not update its row: %s", self.worker, first_line(exc))
 
 
 def execute_run(run_id: str, worker_name: str, settings: Settings | None = None) -> str:

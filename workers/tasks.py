@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from service.vocab import TASK_NAME
 from workers.celery_app import app
 from workers.execute import execute_run
 
 
 @app.task(
-    name="bnlab.run_training",
+    name=TASK_NAME,  # what service/executor.py sends
     bind=True,
     # Only claiming can raise these (execution retries its own writes): the database was
     # down before the run started, so trying again later is safe.

@@ -8,15 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.api.common import PROBLEM
 from service.api.deps import SessionDep, require_admin
 from service.models import as_utc
-from service.schemas import Problem
 from service.store import audit
 from service.vocab import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 router = APIRouter(prefix="/audit", tags=["audit"], dependencies=[Depends(require_admin)])
 
-PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 
 
 class AuditEventOut(BaseModel):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service import store
+from service.api.common import NOT_FOUND, PROBLEM, RunId
 from service.api.deps import (
     CallerDep,
     ExecutorDep,
@@ -21,8 +22,9 @@ from service.api.deps import (
     json_body,
     json_response,
 )
-from service.quotas import enforce_run_quotas
-from service.schemas import Problem, RunOut, RunPage, RunPatch, RunQuery, Tag
+from service.executor import submit_run
+from service.quotas import RATE_LIMIT_DOC, RETRY_AFTER, RUN_QUOTA_DOC, enforce_run_quotas
+from service.schemas import RunOut, RunPage, RunPatch, RunQuery, Tag
 from service.store import audit
 from service.vocab import FINISHED_STATUSES, MAX_TAGS, RunStatus
 
@@ -30,37 +32,7 @@ log = logging.getLogger("bnlab.api")
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
-RunId = Annotated[str, Path(max_length=64, description="The run's id (a UUID).")]
-
-PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
-NOT_FOUND = {404: {**PROBLEM, "description": "No run with this id."}}
-RATE_LIMITED = {
-    429: {
-        **PROBLEM,
-        "description": "Over the API key's POST rate limit (quota_posts_per_minute, default 60 "
-        "a minute; BNLAB_QUOTA_POSTS_PER_MINUTE): try again after `Retry-After` seconds.",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
-    }
-}
-RUN_QUOTA = (
-    "Per API key (not on an open server), at most `quota_active_runs` queued + running runs "
-    "(default 500; BNLAB_QUOTA_ACTIVE_RUNS) and `quota_posts_per_minute` POSTs a minute "
-    "(default 60): beyond them a 429 with `Retry-After`."
-)
-
-
-def submit_run(session: Session, executor: Any, run_id: str, *, retry: bool = False) -> bool:
-    """Hand a queued run to the executor. If the broker is down the run stays queued with the
-    reason ``store.SUBMIT_FAILED`` and the maintenance loop tries again later."""
-    try:
-        executor.submit(run_id)
-    except Exception as exc:
-        log.warning("run %s: submit failed (%s); will retry", run_id, exc)
-        store.set_queued_reason(session, run_id, store.SUBMIT_FAILED)
-        return False
-    if retry:  # it was refused before: it is now simply waiting
-        store.set_queued_reason(session, run_id, store.WAITING, only_if_reason=store.SUBMIT_FAILED)
-    return True
+RATE_LIMITED = {429: {**PROBLEM, "description": RATE_LIMIT_DOC, "headers": RETRY_AFTER}}
 
 
 def describe(spec: dict[str, Any]) -> str:
@@ -77,14 +49,15 @@ def describe(spec: dict[str, Any]) -> str:
     description="Validates the spec (bounds are enforced: a 422 names the field and the "
     "limit), stores the run as `queued` and hands it to the executor. With an "
     "`Idempotency-Key` header a retry returns the run created the first time (200) instead "
-    "of creating a second one. " + RUN_QUOTA,
+    "of creating a second one. " + RUN_QUOTA_DOC,
     responses={
         200: {"model": RunOut, "description": "Idempotent retry: the existing run."},
         409: {**PROBLEM, "description": "Idempotency-Key reused with a different spec."},
         413: {**PROBLEM, "description": "Body over the size limit."},
         422: {**PROBLEM, "description": "Invalid spec: names the field and the bound."},
         429: {
-            **RATE_LIMITED[429],
+            **PROBLEM,
+            "headers": RETRY_AFTER,
             "description": "Over a quota of the API key: queued + running runs "
             "(quota_active_runs) or POSTs a minute (quota_posts_per_minute). `Retry-After` "
             "says when to try again.",

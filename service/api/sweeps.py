@@ -6,16 +6,17 @@ import logging
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, status
+from fastapi import APIRouter, Body, HTTPException, Query, status
 from pydantic import ValidationError
 
 from bncore.spec import JobSpec
 from service import store
+from service.api.common import PROBLEM, SweepId
 from service.api.deps import CallerDep, ExecutorDep, SessionDep, SettingsDep, caller_name
-from service.api.runs import PROBLEM, RUN_QUOTA, submit_run
+from service.executor import submit_run
 from service.models import Run, Sweep
 from service.problems import ApiError, clean_errors, one_line
-from service.quotas import enforce_run_quotas
+from service.quotas import RETRY_AFTER, RUN_QUOTA_DOC, enforce_run_quotas
 from service.schemas import (
     MAX_SWEEP_RUNS,
     SWEEP_EXAMPLE,
@@ -30,8 +31,6 @@ from service.vocab import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 log = logging.getLogger("bnlab.api")
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
-
-SweepId = Annotated[str, Path(max_length=64, description="The sweep's id (a UUID).")]
 
 
 def sweep_out(sweep: Sweep, runs: list[Run]) -> SweepOut:
@@ -55,7 +54,7 @@ def sweep_out(sweep: Sweep, runs: list[Run]) -> SweepOut:
     f"combination, at most {MAX_SWEEP_RUNS}. Every expanded spec is validated before "
     "anything is stored; a 422 names the failing combination, the field and the bound. "
     "A key may create at most `quota_runs_per_sweep` runs per sweep (default 250; "
-    "BNLAB_QUOTA_RUNS_PER_SWEEP). " + RUN_QUOTA,
+    "BNLAB_QUOTA_RUNS_PER_SWEEP). " + RUN_QUOTA_DOC,
     responses={
         413: {**PROBLEM, "description": "Body over the size limit."},
         422: {**PROBLEM, "description": "Invalid grid or an invalid combination."},
@@ -64,7 +63,7 @@ def sweep_out(sweep: Sweep, runs: list[Run]) -> SweepOut:
             "description": "Over a quota of the API key: runs per sweep "
             "(quota_runs_per_sweep), queued + running runs (quota_active_runs) or POSTs a "
             "minute (quota_posts_per_minute). `Retry-After` says when to try again.",
-            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+            "headers": RETRY_AFTER,
         },
     },
 )

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from statistics import mean
 from typing import Any
 
-from service.compare import bootstrap_ci, mean_ci, speedup_ci
+from service.analysis.stats import bootstrap_ci, mean_ci, speedup_ci
 from service.reproduce.results import (
     Finding,
     SweepData,

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from procs import celery_worker_command, spawn
 
-from service import migrate
-from service.executor import settings_env
+from service import db, migrate
+from service.proc import settings_env
 from service.settings import Settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -79,11 +79,7 @@ def pg_url(services: None) -> Iterator[str]:
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     migrate.upgrade(url)
     yield url
-    from service.executor import _engines
-
-    engine = _engines.pop(url, None)
-    if engine is not None:
-        engine.dispose()
+    db.dispose_engine(url)  # close this process's connections, or DROP waits on them
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -186,7 +182,5 @@ def api(int_settings: Settings, worker: CeleryWorker) -> Iterator:
 
 @pytest.fixture
 def pg_session(int_settings: Settings) -> Iterator:
-    from service.executor import open_session
-
-    with open_session(int_settings) as session:
+    with db.open_session(int_settings) as session:
         yield session

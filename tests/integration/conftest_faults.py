@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from procs import REPO, celery_worker_command, spawn
 
-from service import migrate
-from service.executor import settings_env
+from service import db, migrate
+from service.proc import settings_env
 from service.settings import Settings
 
 
@@ -237,10 +237,9 @@ def private_pg() -> Iterator[PrivatePostgres]:
         server.start()
         yield server
     finally:
-        from service.executor import _engines
-
-        for url in [u for u in _engines if f":{server.port}/" in u]:
-            _engines.pop(url).dispose()
+        for url in db.engine_urls():
+            if f":{server.port}/" in url:
+                db.dispose_engine(url)
         server.destroy()
 
 

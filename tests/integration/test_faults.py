@@ -27,8 +27,10 @@ from sqlalchemy import func, select, update
 
 from bncore.spec import JobSpec
 from service import store
-from service.executor import CeleryExecutor, open_session, settings_env
+from service.db import open_session
+from service.executor import CeleryExecutor
 from service.models import MetricPoint, Run, Worker, utcnow
+from service.proc import settings_env
 
 # A sibling module (pytest puts this folder on sys.path), also loaded as a plugin below for its
 # fixtures; its asserts are rewritten only if registered before the import.

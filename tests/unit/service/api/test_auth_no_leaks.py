@@ -83,7 +83,7 @@ def test_serve_logs_a_key_count_not_the_keys(monkeypatch) -> None:  # noqa: ANN0
         _env_file=None, database_url="sqlite:///unused.db", api_key_hashes=entries
     )
     monkeypatch.setattr(server, "get_settings", lambda: configured)
-    monkeypatch.setattr(server, "upgrade_database", lambda url: None)
+    monkeypatch.setattr(server, "check_database", lambda url: None)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
     result = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -16,9 +16,10 @@ from sqlalchemy.exc import OperationalError
 
 from bncore.spec import JobSpec
 from service import migrate, store
-from service.executor import open_session
+from service.db import open_session
 from service.settings import Settings
-from workers.execute import MetricWriter, execute_run
+from workers.execute import execute_run
+from workers.ingest import MetricWriter
 
 WORKER = "test-worker@host"
 TINY = {

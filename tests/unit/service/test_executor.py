@@ -14,14 +14,9 @@ import pytest
 
 from bncore.spec import JobSpec
 from service import migrate, store
-from service.executor import (
-    CeleryExecutor,
-    LocalExecutor,
-    embedded_worker_name,
-    make_executor,
-    open_session,
-    settings_env,
-)
+from service.db import open_session
+from service.executor import CeleryExecutor, LocalExecutor, make_executor
+from service.proc import embedded_worker_name, settings_env
 from service.settings import Settings
 
 LONG = {

@@ -1,0 +1,125 @@
+"""Trainer metric points → ``store.add_metrics``, in batches, through database outages.
+
+The reader (``workers/execute.py``) hands every metrics event to a ``MetricWriter`` and never
+waits: the writer thread flushes every FLUSH_INTERVAL_S or FLUSH_POINTS, and a database error
+keeps the points buffered, in order, and retries with backoff. Writes are idempotent upserts, so
+a retried batch changes nothing. The start event's facts (device, torch version) ride along.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from service import store
+from service.db import DB_ERRORS, first_line, open_session
+from service.settings import Settings
+
+log = logging.getLogger("bnlab.execute")
+
+FLUSH_INTERVAL_S = 0.5  # metric points reach the database at most this late...
+FLUSH_POINTS = 500  # ...or as soon as this many are waiting
+WRITE_BATCH = 5_000  # rows per INSERT when a backlog built up during an outage
+FINAL_WRITE_DEADLINE_S = 120.0  # how long the last flush (and the outcome) retry a down database
+
+
+class MetricWriter(threading.Thread):
+    """Writes buffered metric points (and the start event's facts) in batches, every
+    FLUSH_INTERVAL_S or FLUSH_POINTS. A database error keeps the points buffered and retries
+    with backoff, so the reader (and the trainer behind it) never waits on the database."""
+
+    def __init__(self, run_id: str, settings: Settings) -> None:
+        super().__init__(name=f"metrics-{run_id[:8]}", daemon=True)
+        self.run_id = run_id
+        self.settings = settings
+        self.max_step: int | None = None
+        self.written = 0
+        self._points: list[tuple[str, int, float | None]] = []
+        self._start: dict[str, str] | None = None
+        self._cond = threading.Condition()
+        self._closing = False
+        self._deadline = float("inf")
+
+    def add(self, step: int, values: dict[str, Any]) -> None:
+        points = [(key, step, _as_float(value)) for key, value in values.items()]
+        with self._cond:
+            self._points.extend(points)
+            self.max_step = step if self.max_step is None else max(self.max_step, step)
+            if len(self._points) >= FLUSH_POINTS:
+                self._cond.notify()
+
+    def set_start(self, device: str, torch_version: str) -> None:
+        with self._cond:
+            self._start = {"device": device[:32], "torch_version": torch_version[:32]}
+            self._cond.notify()
+
+    def close(self, deadline_s: float = FINAL_WRITE_DEADLINE_S) -> int:
+        """Flush what is left (retrying until the deadline) and stop. Returns the number of
+        points that could not be written (0 unless the database stayed down)."""
+        with self._cond:
+            self._closing = True
+            self._deadline = time.monotonic() + deadline_s
+            self._cond.notify()
+        if self.is_alive():
+            self.join()
+        with self._cond:
+            return len(self._points)
+
+    def run(self) -> None:
+        delay = 0.2
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._closing or len(self._points) >= FLUSH_POINTS,
+                    timeout=FLUSH_INTERVAL_S,
+                )
+                if self._closing and not self._points and self._start is None:
+                    return
+                batch, self._points = self._points, []
+                start, self._start = self._start, None
+            try:
+                self._write(start, batch)
+                delay = 0.2
+            except Exception as exc:
+                with self._cond:  # keep them, in order, ahead of anything newer
+                    self._points[:0] = batch
+                    if start is not None and self._start is None:
+                        self._start = start
+                    pending, closing = len(self._points), self._closing
+                if closing and time.monotonic() > self._deadline:
+                    log.error(
+                        "run %s: giving up on %d metric point(s): %s",
+                        self.run_id,
+                        pending,
+                        first_line(exc),
+                    )
+                    return
+                retryable = isinstance(exc, DB_ERRORS)
+                log.warning(
+                    "run %s: writing metrics failed (%s); %d point(s) kept, retrying in %.1f s",
+                    self.run_id,
+                    first_line(exc),
+                    pending,
+                    delay,
+                )
+                if not retryable and closing:
+                    return  # e.g. the run was deleted under us: retrying cannot help
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _write(self, start: dict[str, str] | None, batch: list[tuple[str, int, float | None]]):
+        with open_session(self.settings) as session:
+            if start is not None:
+                store.record_start(session, self.run_id, **start)
+            for i in range(0, len(batch), WRITE_BATCH):
+                store.add_metrics(session, self.run_id, batch[i : i + WRITE_BATCH])
+        self.written += len(batch)
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
