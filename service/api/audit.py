@@ -17,7 +17,6 @@ from service.vocab import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 router = APIRouter(prefix="/audit", tags=["audit"], dependencies=[Depends(require_admin)])
 
 
-
 class AuditEventOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
