@@ -1,4 +1,5 @@
-"""ORM tables: runs, sweeps, metric points, workers. Schemas for the API live in schemas.py.
+"""ORM tables: runs, sweeps, metric points, workers, the audit trail. Schemas for the API
+live in schemas.py.
 
 Ids are UUID strings; times are timezone-aware UTC. Metric points are keyed by
 (run_id, key, step), so writing the same batch twice changes nothing.
@@ -73,6 +74,8 @@ class Run(Base):
     # People's labels, set at creation or later (PATCH); bounds in service.schemas.
     tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     note: Mapped[str | None] = mapped_column(Text)
+    # The name of the API key that submitted the run (service.auth); null on an open server.
+    created_by: Mapped[str | None] = mapped_column(String(64), index=True)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -113,3 +116,17 @@ class Worker(Base):
     current_run_id: Mapped[str | None] = mapped_column(String(36))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who cancelled or deleted which run, when: one row per action, never updated. Kept apart
+    from runs so that a deleted run's deletion is still on record."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    key_name: Mapped[str | None] = mapped_column(String(64), index=True)  # null: open server
+    action: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str] = mapped_column(String(36), index=True)
+    detail: Mapped[str | None] = mapped_column(Text)

@@ -6,7 +6,6 @@ they arrive in each job's spec.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,10 +13,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.auth import hash_key
+from service.vocab import MAX_SWEEP_RUNS
 
-def hash_key(key: str) -> str:
-    """API keys are kept and compared as SHA-256 digests, never in clear."""
-    return hashlib.sha256(key.encode()).hexdigest()
+__all__ = ["Settings", "get_settings", "hash_key"]  # hash_key: its old home, still imported
 
 
 class Settings(BaseSettings):
@@ -31,10 +30,32 @@ class Settings(BaseSettings):
     )
     api_key_hashes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated SHA-256 hex digests of accepted API keys "
-        "(`bnlab hash-key KEY` prints one). Empty: no authentication (the embedded default).",
+        description="Comma-separated API key entries, `NAME:SCOPES:SHA256` as `bnlab hash-key "
+        "NAME --scope SCOPE` prints them (scopes read, submit, admin, joined by +), or bare "
+        "SHA-256 digests (keys with every scope). No keys here or in api_key_file: no "
+        "authentication (the embedded default; `bnlab serve` then refuses non-loopback addresses).",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="A file of API key entries, one per line (# comments), added to those "
+        "of api_key_hashes: keeps the digests out of the environment.",
     )
     auth_reads: bool = Field(False, description="Require a key for reads too, not only writes.")
+    allow_open: bool = Field(
+        False,
+        description="Let `bnlab serve` bind a non-loopback address without API keys (anyone "
+        "who can reach it can then submit, cancel and delete runs). Off: it refuses to start.",
+    )
+    # Per-key limits (service/quotas.py); beyond one: 429 with Retry-After. Not on an open server.
+    quota_active_runs: int = Field(
+        500, ge=1, description="Queued + running runs one API key may have at once."
+    )
+    quota_runs_per_sweep: int = Field(
+        250, ge=1, le=MAX_SWEEP_RUNS, description="Runs one API key may create in one sweep."
+    )
+    quota_posts_per_minute: int = Field(
+        60, ge=1, description="POST requests one API key may make in any 60 seconds."
+    )
     data_dir: Path = Field(Path("data"), description="Root for file datasets (mnist_idx, npz).")
 
     heartbeat_interval_s: float = Field(5.0, gt=0)
@@ -77,8 +98,13 @@ class Settings(BaseSettings):
     @field_validator("api_key_hashes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
+        # Bare digests are lower-cased here; NAME:SCOPES:DIGEST entries are checked by
+        # service.auth.load_keys, whose errors never quote an entry (it may be a pasted key).
         if isinstance(value, str):
-            return [part.strip().lower() for part in value.split(",") if part.strip()]
+            value = value.split(",")
+        if isinstance(value, list):
+            parts = [str(part).strip() for part in value if str(part).strip()]
+            return [part if ":" in part else part.lower() for part in parts]
         return value
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.api import compare, events, health, metrics, runs, sweeps
+from service.api import audit, compare, events, health, metrics, runs, sweeps
 from service.api.deps import authorize
 
 API_PREFIX = "/api/v1"
@@ -19,5 +19,6 @@ api_router.include_router(events.sweep_router)
 api_router.include_router(sweeps.router)
 api_router.include_router(compare.router)
 api_router.include_router(health.workers_router)
+api_router.include_router(audit.router)
 
 __all__ = ["API_PREFIX", "api_router", "health"]

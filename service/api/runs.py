@@ -11,14 +11,28 @@ from sqlalchemy.orm import Session
 from bncore.spec import JobSpec
 from service import store
 from service.api.common import NOT_FOUND, PROBLEM, RunId
-from service.api.deps import ExecutorDep, SessionDep, in_session, json_body, json_response
+from service.api.deps import (
+    CallerDep,
+    ExecutorDep,
+    SessionDep,
+    SettingsDep,
+    caller_name,
+    ensure_may_change,
+    in_session,
+    json_body,
+    json_response,
+)
 from service.executor import submit_run
+from service.quotas import RATE_LIMIT_DOC, RETRY_AFTER, RUN_QUOTA_DOC, enforce_run_quotas
 from service.schemas import RunOut, RunPage, RunPatch, RunQuery, Tag
+from service.store import audit
 from service.vocab import FINISHED_STATUSES, MAX_TAGS, RunStatus
 
 log = logging.getLogger("bnlab.api")
 
 router = APIRouter(prefix="/runs", tags=["runs"])
+
+RATE_LIMITED = {429: {**PROBLEM, "description": RATE_LIMIT_DOC, "headers": RETRY_AFTER}}
 
 
 def describe(spec: dict[str, Any]) -> str:
@@ -35,12 +49,19 @@ def describe(spec: dict[str, Any]) -> str:
     description="Validates the spec (bounds are enforced: a 422 names the field and the "
     "limit), stores the run as `queued` and hands it to the executor. With an "
     "`Idempotency-Key` header a retry returns the run created the first time (200) instead "
-    "of creating a second one.",
+    "of creating a second one. " + RUN_QUOTA_DOC,
     responses={
         200: {"model": RunOut, "description": "Idempotent retry: the existing run."},
         409: {**PROBLEM, "description": "Idempotency-Key reused with a different spec."},
         413: {**PROBLEM, "description": "Body over the size limit."},
         422: {**PROBLEM, "description": "Invalid spec: names the field and the bound."},
+        429: {
+            **PROBLEM,
+            "headers": RETRY_AFTER,
+            "description": "Over a quota of the API key: queued + running runs "
+            "(quota_active_runs) or POSTs a minute (quota_posts_per_minute). `Retry-After` "
+            "says when to try again.",
+        },
     },
 )
 def create_run(
@@ -48,6 +69,8 @@ def create_run(
     response: Response,
     session: SessionDep,
     executor: ExecutorDep,
+    caller: CallerDep,
+    settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -65,7 +88,10 @@ def create_run(
         ),
     ] = [],  # noqa: B006 (FastAPI copies defaults per request)
 ) -> Any:
-    run, created = store.create_run(session, spec, idempotency_key=idempotency_key, tags=tags)
+    enforce_run_quotas(session, settings, caller, 1, sweep=False)
+    run, created = store.create_run(
+        session, spec, idempotency_key=idempotency_key, tags=tags, created_by=caller_name(caller)
+    )
     response.headers["Location"] = f"/api/v1/runs/{run.id}"
     if not created:
         if run.spec != spec.model_dump(mode="json"):
@@ -148,16 +174,25 @@ def annotate_run(run_id: RunId, body: RunPatch, session: SessionDep) -> Any:
     summary="Cancel a run",
     description="A queued run is cancelled at once; a running one is flagged "
     "(`cancel_requested`) and its worker stops the trainer. Cancelling a cancelled run is a "
-    "no-op; any other finished run is a 409.",
-    responses={**NOT_FOUND, 409: {**PROBLEM, "description": "The run already finished."}},
+    "no-op; any other finished run is a 409. A `submit` key may cancel the runs it "
+    "submitted; anyone else's need an `admin` key. Every cancel is in the audit trail.",
+    responses={
+        **NOT_FOUND,
+        403: {**PROBLEM, "description": "Another key's run, and this key is not admin."},
+        409: {**PROBLEM, "description": "The run already finished."},
+        **RATE_LIMITED,
+    },
 )
-def cancel_run(run_id: RunId, session: SessionDep) -> Any:
+def cancel_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> Any:
     run = store.get_run(session, run_id)
+    ensure_may_change(caller, run.created_by, "cancelling")
     if run.status == RunStatus.cancelled:
         return run
     if run.status in FINISHED_STATUSES:
         raise HTTPException(409, f"run {run_id} already finished ({run.status})")
+    status_before = run.status
     run = store.request_cancel(session, run_id)
+    audit.record(session, "cancel", run_id, caller_name(caller), detail=f"was {status_before}")
     if run.status == RunStatus.cancelled:
         log.info("run %s cancelled", run_id)
     else:
@@ -169,10 +204,20 @@ def cancel_run(run_id: RunId, session: SessionDep) -> Any:
     "/{run_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a finished run",
-    description="Deletes the run and its metrics. Queued or running runs: cancel them first.",
-    responses={**NOT_FOUND, 409: {**PROBLEM, "description": "The run has not finished."}},
+    description="Deletes the run and its metrics. Queued or running runs: cancel them first. "
+    "A `submit` key may delete the runs it submitted; anyone else's need an `admin` key. "
+    "Every delete is in the audit trail.",
+    responses={
+        **NOT_FOUND,
+        403: {**PROBLEM, "description": "Another key's run, and this key is not admin."},
+        409: {**PROBLEM, "description": "The run has not finished."},
+    },
 )
-def delete_run(run_id: RunId, session: SessionDep) -> Response:
+def delete_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> Response:
+    run = store.get_run(session, run_id)
+    ensure_may_change(caller, run.created_by, "deleting")
+    status_before = run.status
     store.delete_run(session, run_id)
+    audit.record(session, "delete", run_id, caller_name(caller), detail=f"was {status_before}")
     log.info("run %s deleted", run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

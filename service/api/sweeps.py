@@ -12,10 +12,11 @@ from pydantic import ValidationError
 from bncore.spec import JobSpec
 from service import store
 from service.api.common import PROBLEM, SweepId
-from service.api.deps import ExecutorDep, SessionDep
+from service.api.deps import CallerDep, ExecutorDep, SessionDep, SettingsDep, caller_name
 from service.executor import submit_run
 from service.models import Run, Sweep
 from service.problems import ApiError, clean_errors, one_line
+from service.quotas import RETRY_AFTER, RUN_QUOTA_DOC, enforce_run_quotas
 from service.schemas import (
     MAX_SWEEP_RUNS,
     SWEEP_EXAMPLE,
@@ -51,16 +52,27 @@ def sweep_out(sweep: Sweep, runs: list[Run]) -> SweepOut:
     summary="Create a sweep",
     description="Expands `grid` (dotted spec path → values) over `base`: one run per "
     f"combination, at most {MAX_SWEEP_RUNS}. Every expanded spec is validated before "
-    "anything is stored; a 422 names the failing combination, the field and the bound.",
+    "anything is stored; a 422 names the failing combination, the field and the bound. "
+    "A key may create at most `quota_runs_per_sweep` runs per sweep (default 250; "
+    "BNLAB_QUOTA_RUNS_PER_SWEEP). " + RUN_QUOTA_DOC,
     responses={
         413: {**PROBLEM, "description": "Body over the size limit."},
         422: {**PROBLEM, "description": "Invalid grid or an invalid combination."},
+        429: {
+            **PROBLEM,
+            "description": "Over a quota of the API key: runs per sweep "
+            "(quota_runs_per_sweep), queued + running runs (quota_active_runs) or POSTs a "
+            "minute (quota_posts_per_minute). `Retry-After` says when to try again.",
+            "headers": RETRY_AFTER,
+        },
     },
 )
 def create_sweep(
     body: Annotated[SweepIn, Body(openapi_examples={"bn-vs-none": {"value": SWEEP_EXAMPLE}})],
     session: SessionDep,
     executor: ExecutorDep,
+    caller: CallerDep,
+    settings: SettingsDep,
 ) -> Any:
     base = body.base.model_dump(mode="json")
     if "name" not in body.base.model_fields_set:
@@ -74,7 +86,10 @@ def create_sweep(
             errors = clean_errors(exc.errors(), prefix=["body", "grid", index])
             detail = f"combination {index} ({combo}): " + one_line(clean_errors(exc.errors()))
             raise ApiError(422, detail, title="Validation failed", errors=errors) from exc
-    sweep, runs = store.create_sweep(session, body.name, base, body.grid, specs, tags=body.tags)
+    enforce_run_quotas(session, settings, caller, len(specs), sweep=True)
+    sweep, runs = store.create_sweep(
+        session, body.name, base, body.grid, specs, tags=body.tags, created_by=caller_name(caller)
+    )
     log.info(
         "sweep %s created (%s, %d runs over %s)",
         sweep.id,

@@ -14,6 +14,7 @@ opens the database first, to turn an unreachable one into a one-line error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Sequence
@@ -21,9 +22,10 @@ from typing import Annotated
 
 import typer
 
+from service.auth import ApiKey, Scope, check_name, hash_key, load_keys, new_key
 from service.cli.common import command, console, examples, fail, log_line
 from service.client import DEFAULT_SERVER
-from service.settings import get_settings, hash_key
+from service.settings import Settings, get_settings
 
 APP_FACTORY = "service.app:create_app"  # imported by uvicorn, in the server process
 UVICORN_STARTUP_FAILED = 3  # uvicorn's exit status when the app's lifespan startup raised
@@ -65,10 +67,37 @@ def display_url(url: str) -> str:
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host``: localhost or a loopback address (127.x, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def configured_keys(settings: Settings) -> int:
+    """How many API keys the server will accept; a malformed entry or key file ends the
+    command with the reason (before anything starts)."""
+    try:
+        return len(load_keys(settings.api_key_hashes, settings.api_key_file))
+    except ValueError as exc:
+        fail(str(exc))
+
+
+OPEN_BIND_REFUSED = (
+    "refusing to serve on {host} without API keys: anyone who can reach it could submit, "
+    "cancel and delete runs. Create a key with `bnlab hash-key NAME --scope admin` and put the "
+    "printed entry in BNLAB_API_KEY_HASHES (or BNLAB_API_KEY_FILE), or bind 127.0.0.1. To "
+    "serve an open API on purpose: --allow-open (or BNLAB_ALLOW_OPEN=true)."
+)
+
+
 @command(
     epilog=examples(
         f"bnlab serve                    # {DEFAULT_SERVER} (dashboard at /)",
-        "bnlab serve --host 0.0.0.0 --port 8080",
+        "BNLAB_API_KEY_HASHES=… bnlab serve --host 0.0.0.0 --port 8080",
         "BNLAB_BROKER_URL=redis://127.0.0.1:6379/0 bnlab serve   # for Celery",
     )
 )
@@ -76,6 +105,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0: all).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+    allow_open: Annotated[
+        bool,
+        typer.Option(
+            help="Serve a non-loopback address without API keys (default: refuse; "
+            "also BNLAB_ALLOW_OPEN=true).",
+        ),
+    ] = False,
 ) -> None:
     """Run the API and the dashboard (uvicorn); the app migrates the database as it starts.
 
@@ -84,6 +120,9 @@ def serve(
     Clients find a server started on another host or port through --server or BNLAB_SERVER.
     """
     settings = get_settings()
+    key_count = configured_keys(settings)
+    if not key_count and not is_loopback(host) and not (allow_open or settings.allow_open):
+        fail(OPEN_BIND_REFUSED.format(host=host))
     database = display_url(settings.database_url)
     log_line(f"database   {database}")
     try:
@@ -104,7 +143,8 @@ def serve(
             f"mode       Celery: runs are queued on {display_url(settings.broker_url or '')}; "
             "start workers with `bnlab worker`"
         )
-    auth = "API key required for writes" if settings.api_key_hashes else "open (no API keys)"
+    needed = "reads and writes" if settings.auth_reads else "writes"
+    auth = f"{key_count} API key(s), required for {needed}" if key_count else "open (no API keys)"
     log_line(f"auth       {auth}")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown_host}:{port}"
@@ -205,13 +245,50 @@ def migrate() -> None:
     console.print(f"{display_url(url)}: schema up to date")
 
 
-@command("hash-key", epilog=examples("bnlab hash-key s3cret   # → put in BNLAB_API_KEY_HASHES"))
+@command(
+    "hash-key",
+    epilog=examples(
+        "bnlab hash-key alice --scope submit   # a new key for alice, and its entry",
+        "bnlab hash-key ci --scope read --scope submit",
+        'printf %s "$KEY" | bnlab hash-key ops --scope admin --key-stdin   # entry only',
+    ),
+)
 def hash_key_command(
-    key: Annotated[str, typer.Argument(help="The API key clients will send.")],
+    name: Annotated[str, typer.Argument(help="The key's name: recorded on runs and in the audit.")],
+    scope: Annotated[
+        list[Scope] | None,
+        typer.Option(
+            "--scope",
+            "-s",
+            help="What the key may do (repeatable): read; submit (also cancel/delete its own "
+            "runs); admin (anyone's runs, the audit trail). Default: read.",
+            show_default=False,
+        ),
+    ] = None,
+    key_stdin: Annotated[
+        bool,
+        typer.Option(help="Read an existing key from stdin instead of making a new one."),
+    ] = False,
 ) -> None:
-    """Print the SHA-256 digest of an API key, for the server's BNLAB_API_KEY_HASHES.
+    """Make an API key and print its entry for the server: NAME:SCOPES:SHA256.
 
-    The server keeps digests only (comma-separated in BNLAB_API_KEY_HASHES); clients send the
-    key itself with --api-key or BNLAB_API_KEY.
+    The server keeps only entries (comma-separated in BNLAB_API_KEY_HASHES, or one per line
+    in BNLAB_API_KEY_FILE); clients send the key itself with --api-key or BNLAB_API_KEY.
+    A new key is printed once, on the first line; it is stored nowhere.
     """
-    typer.echo(hash_key(key))
+    try:
+        check_name(name)
+    except ValueError as exc:
+        fail(f"NAME: {exc}", code=2)
+    if key_stdin:
+        key = sys.stdin.read().strip()
+        if not key:
+            fail("--key-stdin: stdin is empty", code=2)
+    else:
+        key = new_key()
+    entry = ApiKey(name, frozenset(scope or [Scope.read]), hash_key(key)).entry()
+    if key_stdin:
+        typer.echo(entry)
+        return
+    typer.echo(f"key    {key}")
+    typer.echo(f"entry  {entry}")

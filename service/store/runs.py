@@ -248,14 +248,17 @@ def create_run(
     sweep_id: str | None = None,
     idempotency_key: str | None = None,
     tags: Sequence[str] = (),
+    created_by: str | None = None,
 ) -> tuple[Run, bool]:
-    """Insert a queued run. Returns (run, created); with an ``idempotency_key`` seen before,
-    returns that earlier run (as it is) and created=False."""
+    """Insert a queued run, submitted by the API key named ``created_by`` (None: an open
+    server). Returns (run, created); with an ``idempotency_key`` seen before, returns that
+    earlier run (as it is) and created=False."""
     if idempotency_key is not None:
         existing = session.scalar(select(Run).where(Run.idempotency_key == idempotency_key))
         if existing is not None:
             return existing, False
     run = new_run(spec, sweep_id=sweep_id, idempotency_key=idempotency_key, tags=tags)
+    run.created_by = created_by
     session.add(run)
     try:
         session.commit()

@@ -53,13 +53,16 @@ def create_sweep(
     specs: Sequence[JobSpec],
     *,
     tags: Sequence[str] = (),
+    created_by: str | None = None,
 ) -> tuple[Sweep, list[Run]]:
     """Insert a sweep and its (already validated) run specs in one transaction; every run
-    carries ``tags``."""
+    carries ``tags`` and the name of the API key that created it (``created_by``)."""
     sweep = Sweep(name=name, base_spec=base, grid=grid)
     session.add(sweep)
     session.flush()
     runs = [new_run(spec, sweep_id=sweep.id, tags=tags) for spec in specs]
+    for run in runs:
+        run.created_by = created_by
     session.add_all(runs)
     session.commit()
     return sweep, runs
