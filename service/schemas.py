@@ -78,6 +78,7 @@ class RunOut(BaseModel):
     wall_time: float | None = None
     summary: dict[str, Any] | None = None
     error: str | None = None
+    created_by: str | None = Field(None, description="Name of the API key that submitted it.")
 
     _times = field_validator(
         "created_at", "started_at", "finished_at", "heartbeat_at", mode="after"

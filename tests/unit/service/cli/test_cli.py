@@ -4,7 +4,6 @@ load no server code. The client commands against a server: test_cli_served.py.""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 
@@ -51,12 +50,6 @@ def test_help_mentions_an_example(command: str | None) -> None:
     assert result.exit_code == 0, result.output
     assert "Examples" in result.output
     assert "bnlab " in result.output.split("Examples", 1)[1]
-
-
-def test_hash_key_prints_the_sha256() -> None:
-    result = invoke("hash-key", "s3cret")
-    assert result.exit_code == 0
-    assert result.stdout.strip() == hashlib.sha256(b"s3cret").hexdigest()
 
 
 def test_submit_invalid_flag_value_names_the_field_and_sends_nothing(monkeypatch) -> None:
