@@ -95,6 +95,25 @@ MUTANTS = [
         "        worker=None,\n",
         STORE_TESTS + GUARD_TESTS,
     ),
+    Mutant(
+        "heartbeat-any-worker",
+        "service/store/runs.py",
+        ".where(Run.id == run_id, Run.status == RunStatus.running.value, Run.worker == worker)\n"
+        "        .values(heartbeat_at=now)",
+        ".where(Run.id == run_id, Run.status == RunStatus.running.value)\n"
+        "        .values(heartbeat_at=now)",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "cancel-flags-finished-runs",
+        "service/store/runs.py",
+        ".where(Run.id == run_id, Run.status == RunStatus.running.value)\n"
+        "        .values(cancel_requested=True)",
+        ".where(Run.id == run_id)\n        .values(cancel_requested=True)",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    # (Not listed: skipping create_run's look-up of an idempotency key seen before is an
+    # equivalent mutant; the insert then hits the unique key and returns the earlier run.)
     # ------------------------------------------------------------- metric writes
     Mutant(
         "metrics-on-conflict",
@@ -115,6 +134,13 @@ MUTANTS = [
         "service/store/metrics.py",
         "query = query.where(MetricPoint.step > after_step)",
         "query = query.where(MetricPoint.step >= after_step)",
+        METRIC_TESTS,
+    ),
+    Mutant(
+        "metrics-limit-off-by-one",
+        "service/store/metrics.py",
+        ".where(ranked.c.rank <= limit)",
+        ".where(ranked.c.rank < limit)",
         METRIC_TESTS,
     ),
     # ------------------------------------------------------------- BN math (bncore)
@@ -153,6 +179,34 @@ MUTANTS = [
         "b = -a * mean + k * sum_dy / m",
         BN_TESTS,
     ),
+    Mutant(
+        "eval-eps-dropped",
+        "bncore/functional.py",
+        "invstd = var.to(acc).add(eps).rsqrt_()",
+        "invstd = var.to(acc).rsqrt_()",
+        BN_TESTS,
+    ),
+    Mutant(
+        "single-value-batch-allowed",
+        "bncore/functional.py",
+        "    if values == 1:\n",
+        "    if values == 0:\n",
+        BN_TESTS,
+    ),
+    Mutant(
+        "population-var-biased",
+        "bncore/nn.py",
+        "self.sum_var += var * (m / (m - 1))",
+        "self.sum_var += var",
+        BN_TESTS + ("tests/unit/test_bn_population.py",),
+    ),
+    Mutant(
+        "cumulative-momentum-off-by-one",
+        "bncore/nn.py",
+        "momentum = 1.0 / float(self.num_batches_tracked)",
+        "momentum = 1.0 / (float(self.num_batches_tracked) + 1)",
+        BN_TESTS,
+    ),
     # ------------------------------------------------------------- compare maths (analysis)
     Mutant(
         "steps-to-target-strict",
@@ -182,6 +236,20 @@ MUTANTS = [
         'bound = "lower" if censored else ("upper" if base_censored else None)',
         ANALYSIS_TESTS,
     ),
+    Mutant(
+        "censored-counted-as-zero",
+        "service/analysis/compare.py",
+        "float(h.steps_to_target if h.reached else r.budget)",
+        "float(h.steps_to_target if h.reached else 0)",
+        ANALYSIS_TESTS,
+    ),
+    Mutant(
+        "mann-whitney-all-tied",
+        "service/analysis/stats.py",
+        "if not baseline or not arm or len(set(values)) == 1:",
+        "if not baseline or not arm:",
+        ANALYSIS_TESTS,
+    ),
     # ------------------------------------------------------------- auth
     Mutant(
         "auth-last-key-only",
@@ -202,6 +270,13 @@ MUTANTS = [
         "service/api/deps.py",
         "if request.method not in WRITE_METHODS and not settings.auth_reads:",
         "if request.method not in WRITE_METHODS:",
+        AUTH_TESTS,
+    ),
+    Mutant(
+        "auth-bearer-case-sensitive",
+        "service/api/deps.py",
+        'if scheme.lower() == "bearer" and value.strip():',
+        'if scheme == "Bearer" and value.strip():',
         AUTH_TESTS,
     ),
 ]

@@ -21,10 +21,12 @@ from service.db import make_engine
 from service.settings import Settings
 from tests.conftest import RecordingExecutor
 from tests.unit.service.store.test_store_guards import (
+    check_cancel_leaves_finished_runs_alone,
     check_concurrent_duplicate_batches,
     check_distinct_workers_race_to_finish,
     check_resent_batch_changes_nothing,
     check_retry_limit_at_its_boundary,
+    check_stale_heartbeat_keeps_nothing_alive,
     check_stale_worker_cannot_finish,
 )
 
@@ -52,6 +54,14 @@ def test_stale_worker_cannot_finish(engine: Engine) -> None:
 
 def test_distinct_workers_race_to_finish(engine: Engine) -> None:
     check_distinct_workers_race_to_finish(engine)
+
+
+def test_stale_heartbeat_keeps_nothing_alive(engine: Engine) -> None:
+    check_stale_heartbeat_keeps_nothing_alive(engine)
+
+
+def test_cancel_leaves_finished_runs_alone(engine: Engine) -> None:
+    check_cancel_leaves_finished_runs_alone(engine)
 
 
 @pytest.mark.parametrize("max_attempts", [1, 2])

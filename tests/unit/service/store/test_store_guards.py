@@ -101,6 +101,29 @@ def check_distinct_workers_race_to_finish(engine: Engine) -> None:
             assert (run.status, run.status_reason) == ("succeeded", "by w2")
 
 
+def check_stale_heartbeat_keeps_nothing_alive(engine: Engine) -> None:
+    """The stale w1 keeps sending heartbeats for a run that w2 now owns: each is refused and
+    none refreshes the run, so if w2 dies the run is still reaped."""
+    with Session(engine, expire_on_commit=False) as session:
+        run_id = _reclaimed_by_second_worker(session, "stale-heartbeat")
+        owner_beat = store.get_run(session, run_id).heartbeat_at
+        assert not store.heartbeat(session, run_id, "w1")
+        assert store.get_run(session, run_id).heartbeat_at == owner_beat
+        assert store.heartbeat(session, run_id, "w2")
+        assert store.get_run(session, run_id).heartbeat_at > owner_beat
+
+
+def check_cancel_leaves_finished_runs_alone(engine: Engine) -> None:
+    """A cancel request for a run that has finished changes nothing (no cancel flag on a
+    succeeded run)."""
+    with Session(engine, expire_on_commit=False) as session:
+        run_id = _queued(session, "finished-then-cancelled")
+        assert store.claim_run(session, run_id, "w1")
+        assert store.finish_run(session, run_id, RunStatus.succeeded, "done", worker="w1")
+        run = store.request_cancel(session, run_id)
+        assert (run.status, run.status_reason, run.cancel_requested) == ("succeeded", "done", False)
+
+
 # ----------------------------------------------------------------------------- metric batches
 
 
@@ -208,3 +231,11 @@ def test_resent_batch_changes_nothing(engine: Engine) -> None:
 
 def test_concurrent_duplicate_batches(engine: Engine) -> None:
     check_concurrent_duplicate_batches(engine)
+
+
+def test_stale_heartbeat_keeps_nothing_alive(engine: Engine) -> None:
+    check_stale_heartbeat_keeps_nothing_alive(engine)
+
+
+def test_cancel_leaves_finished_runs_alone(engine: Engine) -> None:
+    check_cancel_leaves_finished_runs_alone(engine)
