@@ -9,6 +9,7 @@ checks on the real PostgreSQL.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,11 @@ from service.db import make_engine
 from service.settings import Settings
 from service.store import RunStatus
 
+# Worker names unique to this test session, and every reap limited to them: on the shared
+# PostgreSQL database of an integration session, a reap with timeout 0 would otherwise take
+# other tests' running runs too.
+PREFIX = f"guards-{uuid.uuid4().hex[:8]}-"
+W1, W2 = PREFIX + "w1", PREFIX + "w2"
 RACES = 12  # rounds per race; without the guard the stale worker wins about half of them
 
 
@@ -57,9 +63,11 @@ def _race(engine: Engine, *calls: Callable[[Session], Any]) -> list[Any]:
 def _reclaimed_by_second_worker(session: Session, name: str) -> str:
     """A run that w1 claimed, lost to the reaper, and w2 claimed again (attempt 2)."""
     run_id = _queued(session, name)
-    assert store.claim_run(session, run_id, "w1")
-    assert store.reap_stale(session, 0.0, max_attempts=3) == [(run_id, RunStatus.queued)]
-    assert store.claim_run(session, run_id, "w2")
+    assert store.claim_run(session, run_id, W1)
+    assert store.reap_stale(session, 0.0, max_attempts=3, worker_prefix=PREFIX) == [
+        (run_id, RunStatus.queued)
+    ]
+    assert store.claim_run(session, run_id, W2)
     return run_id
 
 
@@ -71,10 +79,10 @@ def check_stale_worker_cannot_finish(engine: Engine) -> None:
     outcome recorded is the one of w2, which owns the run now."""
     with Session(engine, expire_on_commit=False) as session:
         run_id = _reclaimed_by_second_worker(session, "stale")
-        assert not store.finish_run(session, run_id, RunStatus.failed, "stale", worker="w1")
+        assert not store.finish_run(session, run_id, RunStatus.failed, "stale", worker=W1)
         run = store.get_run(session, run_id)
-        assert (run.status, run.worker, run.finished_at) == ("running", "w2", None)
-        assert store.finish_run(session, run_id, RunStatus.succeeded, "done", worker="w2")
+        assert (run.status, run.worker, run.finished_at) == ("running", W2, None)
+        assert store.finish_run(session, run_id, RunStatus.succeeded, "done", worker=W2)
         run = store.get_run(session, run_id)
         assert (run.status, run.status_reason) == ("succeeded", "done")
 
@@ -92,13 +100,13 @@ def check_distinct_workers_race_to_finish(engine: Engine) -> None:
 
         stale, owner = _race(
             engine,
-            _finish(run_id, "w1", RunStatus.failed),
-            _finish(run_id, "w2", RunStatus.succeeded),
+            _finish(run_id, W1, RunStatus.failed),
+            _finish(run_id, W2, RunStatus.succeeded),
         )
         assert (stale, owner) == (False, True), f"round {round_}"
         with Session(engine, expire_on_commit=False) as session:
             run = store.get_run(session, run_id)
-            assert (run.status, run.status_reason) == ("succeeded", "by w2")
+            assert (run.status, run.status_reason) == ("succeeded", f"by {W2}")
 
 
 def check_stale_heartbeat_keeps_nothing_alive(engine: Engine) -> None:
@@ -107,10 +115,11 @@ def check_stale_heartbeat_keeps_nothing_alive(engine: Engine) -> None:
     with Session(engine, expire_on_commit=False) as session:
         run_id = _reclaimed_by_second_worker(session, "stale-heartbeat")
         owner_beat = store.get_run(session, run_id).heartbeat_at
-        assert not store.heartbeat(session, run_id, "w1")
+        assert not store.heartbeat(session, run_id, W1)
         assert store.get_run(session, run_id).heartbeat_at == owner_beat
-        assert store.heartbeat(session, run_id, "w2")
+        assert store.heartbeat(session, run_id, W2)
         assert store.get_run(session, run_id).heartbeat_at > owner_beat
+        assert store.finish_run(session, run_id, RunStatus.succeeded, "done", worker=W2)
 
 
 def check_cancel_leaves_finished_runs_alone(engine: Engine) -> None:
@@ -118,8 +127,8 @@ def check_cancel_leaves_finished_runs_alone(engine: Engine) -> None:
     succeeded run)."""
     with Session(engine, expire_on_commit=False) as session:
         run_id = _queued(session, "finished-then-cancelled")
-        assert store.claim_run(session, run_id, "w1")
-        assert store.finish_run(session, run_id, RunStatus.succeeded, "done", worker="w1")
+        assert store.claim_run(session, run_id, W1)
+        assert store.finish_run(session, run_id, RunStatus.succeeded, "done", worker=W1)
         run = store.request_cancel(session, run_id)
         assert (run.status, run.status_reason, run.cancel_requested) == ("succeeded", "done", False)
 
@@ -174,14 +183,16 @@ def check_retry_limit_at_its_boundary(session: Session, max_attempts: int) -> No
     the attempt that reaches it: exactly ``max_attempts`` claims, never one more."""
     run_id = _queued(session, f"retry-{max_attempts}")
     for attempt in range(1, max_attempts + 1):
-        assert store.claim_run(session, run_id, f"w{attempt}")
+        assert store.claim_run(session, run_id, f"{PREFIX}w{attempt}")
         assert store.get_run(session, run_id).attempt == attempt
         outcome = RunStatus.queued if attempt < max_attempts else RunStatus.failed
-        assert store.reap_stale(session, 0.0, max_attempts) == [(run_id, outcome)]
+        assert store.reap_stale(session, 0.0, max_attempts, worker_prefix=PREFIX) == [
+            (run_id, outcome)
+        ]
     run = store.get_run(session, run_id)
     assert run.status == "failed"
     assert run.status_reason.endswith(f"after {max_attempts} attempt(s)")
-    assert not store.claim_run(session, run_id, "one-more")
+    assert not store.claim_run(session, run_id, PREFIX + "one-more")
 
 
 @pytest.mark.parametrize("max_attempts", [1, 2, 3])
@@ -193,17 +204,19 @@ def test_a_cancelled_run_is_not_retried(session: Session) -> None:
     """A lost worker whose run was flagged for cancellation: cancelled, not requeued, even
     with attempts left."""
     run_id = _queued(session, "cancel-lost")
-    assert store.claim_run(session, run_id, "w1")
+    assert store.claim_run(session, run_id, W1)
     store.request_cancel(session, run_id)
-    assert store.reap_stale(session, 0.0, max_attempts=5) == [(run_id, RunStatus.cancelled)]
+    assert store.reap_stale(session, 0.0, max_attempts=5, worker_prefix=PREFIX) == [
+        (run_id, RunStatus.cancelled)
+    ]
 
 
 def test_a_fresh_heartbeat_keeps_the_run(session: Session) -> None:
     """Only runs silent for longer than the timeout are reaped."""
     run_id = _queued(session, "alive")
-    assert store.claim_run(session, run_id, "w1")
-    assert store.heartbeat(session, run_id, "w1")
-    assert store.reap_stale(session, 3600.0, max_attempts=1) == []
+    assert store.claim_run(session, run_id, W1)
+    assert store.heartbeat(session, run_id, W1)
+    assert store.reap_stale(session, 3600.0, max_attempts=1, worker_prefix=PREFIX) == []
     assert store.get_run(session, run_id).status == "running"
 
 
