@@ -1,0 +1,384 @@
+"""Mutation testing over bnlab's core modules, with the standard library only.
+
+Each mutant is one small, plausible bug: an exact piece of text in one file replaced by another
+(a guard dropped, ``<`` turned into ``<=``, a sign flipped). The repository's files (tracked and
+untracked-but-not-ignored) are copied once to a temporary folder; each mutant is applied there
+alone, the tests that should notice it run with ``PYTHONPATH`` pointed at the copy, and the
+file is restored. A mutant is *killed* when its tests fail, *survived* when they pass (a gap in
+the tests, or a change that does not matter), and *not applied* when its text is not found
+exactly once (the code moved on: update the mutant).
+
+    python benchmarks/mutants.py              # every mutant; prints the survivors at the end
+    python benchmarks/mutants.py --list       # names, files and tests, nothing run
+    python benchmarks/mutants.py --only finish-worker-guard --only retry-limit
+
+Run it with the project's Python (the shared venv): the tests run under ``sys.executable``.
+The exit status is 1 if any mutant survived or could not be applied, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+STORE_TESTS = ("tests/unit/service/store/test_store_runs.py",)
+GUARD_TESTS = ("tests/unit/service/store/test_store_guards.py",)
+METRIC_TESTS = ("tests/unit/service/store/test_store_metrics.py",)
+BN_TESTS = (
+    "tests/unit/bncore/test_half_precision.py",
+    "tests/unit/test_bn_functional.py",
+    "tests/unit/test_bn_modules.py",
+)
+ANALYSIS_TESTS = ("tests/unit/service/analysis",)
+AUTH_TESTS = ("tests/unit/test_auth.py",)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    # ------------------------------------------------------------- run state machine (store)
+    Mutant(
+        "finish-worker-guard",
+        "service/store/runs.py",
+        "guard = [] if worker is None else [Run.worker == worker]",
+        "guard = []",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "retry-limit",
+        "service/store/runs.py",
+        "elif attempt < max_attempts:",
+        "elif attempt <= max_attempts:",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "claim-from-running",
+        "service/store/runs.py",
+        "        [RunStatus.queued],\n        RunStatus.running,",
+        "        [RunStatus.queued, RunStatus.running],\n        RunStatus.running,",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "heartbeat-ignores-cancel",
+        "service/store/runs.py",
+        "row.worker == worker and not row.cancel_requested",
+        "row.worker == worker",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "reap-ignores-cancel",
+        "service/store/runs.py",
+        "        if cancel_requested:\n",
+        "        if False:\n",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "release-spends-attempt",
+        "service/store/runs.py",
+        "        worker=None,\n        attempt=Run.attempt - 1,\n",
+        "        worker=None,\n",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "heartbeat-any-worker",
+        "service/store/runs.py",
+        ".where(Run.id == run_id, Run.status == RunStatus.running.value, Run.worker == worker)\n"
+        "        .values(heartbeat_at=now)",
+        ".where(Run.id == run_id, Run.status == RunStatus.running.value)\n"
+        "        .values(heartbeat_at=now)",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "cancel-flags-finished-runs",
+        "service/store/runs.py",
+        ".where(Run.id == run_id, Run.status == RunStatus.running.value)\n"
+        "        .values(cancel_requested=True)",
+        ".where(Run.id == run_id)\n        .values(cancel_requested=True)",
+        STORE_TESTS + GUARD_TESTS,
+    ),
+    # (Not listed: skipping create_run's look-up of an idempotency key seen before is an
+    # equivalent mutant; the insert then hits the unique key and returns the earlier run.)
+    # ------------------------------------------------------------- metric writes
+    Mutant(
+        "metrics-on-conflict",
+        "service/store/metrics.py",
+        "insert(MetricPoint).on_conflict_do_nothing()",
+        "insert(MetricPoint)",
+        METRIC_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "metrics-last-step-regresses",
+        "service/store/metrics.py",
+        "Run.last_step < newest",
+        "Run.last_step != newest",
+        METRIC_TESTS + GUARD_TESTS,
+    ),
+    Mutant(
+        "metrics-after-step-inclusive",
+        "service/store/metrics.py",
+        "query = query.where(MetricPoint.step > after_step)",
+        "query = query.where(MetricPoint.step >= after_step)",
+        METRIC_TESTS,
+    ),
+    Mutant(
+        "metrics-limit-off-by-one",
+        "service/store/metrics.py",
+        ".where(ranked.c.rank <= limit)",
+        ".where(ranked.c.rank < limit)",
+        METRIC_TESTS,
+    ),
+    # ------------------------------------------------------------- BN math (bncore)
+    Mutant(
+        "half-accumulation",
+        "bncore/functional.py",
+        "return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype",
+        "return dtype",
+        BN_TESTS,
+    ),
+    Mutant(
+        "eps-outside-sqrt",
+        "bncore/functional.py",
+        "invstd = torch.rsqrt(var + eps)",
+        "invstd = torch.rsqrt(var) + eps",
+        BN_TESTS,
+    ),
+    Mutant(
+        "running-var-biased",
+        "bncore/functional.py",
+        "unbiased = var * (m / (m - 1))",
+        "unbiased = var",
+        BN_TESTS,
+    ),
+    Mutant(
+        "running-momentum-swapped",
+        "bncore/functional.py",
+        "running_mean.lerp_(mean.to(running_mean.dtype), momentum)",
+        "running_mean.lerp_(mean.to(running_mean.dtype), 1 - momentum)",
+        BN_TESTS,
+    ),
+    Mutant(
+        "backward-dbeta-sign",
+        "bncore/functional.py",
+        "b = -a * mean - k * sum_dy / m",
+        "b = -a * mean + k * sum_dy / m",
+        BN_TESTS,
+    ),
+    Mutant(
+        "eval-eps-dropped",
+        "bncore/functional.py",
+        "invstd = var.to(acc).add(eps).rsqrt_()",
+        "invstd = var.to(acc).rsqrt_()",
+        BN_TESTS,
+    ),
+    Mutant(
+        "single-value-batch-allowed",
+        "bncore/functional.py",
+        "    if values == 1:\n",
+        "    if values == 0:\n",
+        BN_TESTS,
+    ),
+    Mutant(
+        "population-var-biased",
+        "bncore/nn.py",
+        "self.sum_var += var * (m / (m - 1))",
+        "self.sum_var += var",
+        BN_TESTS + ("tests/unit/test_bn_population.py",),
+    ),
+    Mutant(
+        "cumulative-momentum-off-by-one",
+        "bncore/nn.py",
+        "momentum = 1.0 / float(self.num_batches_tracked)",
+        "momentum = 1.0 / (float(self.num_batches_tracked) + 1)",
+        BN_TESTS,
+    ),
+    # ------------------------------------------------------------- compare maths (analysis)
+    Mutant(
+        "steps-to-target-strict",
+        "service/analysis/runs.py",
+        "(value >= target) if higher_is_better else (value <= target)",
+        "(value > target) if higher_is_better else (value < target)",
+        ANALYSIS_TESTS,
+    ),
+    Mutant(
+        "speedup-inverted",
+        "service/analysis/stats.py",
+        "mean = np.mean(baseline) / np.mean(arm)",
+        "mean = np.mean(arm) / np.mean(baseline)",
+        ANALYSIS_TESTS,
+    ),
+    Mutant(
+        "loss-target-fraction",
+        "service/analysis/targets.py",
+        "return base * fraction if up else base / fraction",
+        "return base * fraction",
+        ANALYSIS_TESTS,
+    ),
+    Mutant(
+        "censored-bound-swapped",
+        "service/analysis/compare.py",
+        'bound = "upper" if censored else ("lower" if base_censored else None)',
+        'bound = "lower" if censored else ("upper" if base_censored else None)',
+        ANALYSIS_TESTS,
+    ),
+    Mutant(
+        "censored-counted-as-zero",
+        "service/analysis/compare.py",
+        "float(h.steps_to_target if h.reached else r.budget)",
+        "float(h.steps_to_target if h.reached else 0)",
+        ANALYSIS_TESTS,
+    ),
+    Mutant(
+        "mann-whitney-all-tied",
+        "service/analysis/stats.py",
+        "if not baseline or not arm or len(set(values)) == 1:",
+        "if not baseline or not arm:",
+        ANALYSIS_TESTS,
+    ),
+    # ------------------------------------------------------------- auth
+    Mutant(
+        "auth-last-key-only",
+        "service/api/deps.py",
+        "found |= hmac.compare_digest(digest, stored)",
+        "found = hmac.compare_digest(digest, stored)",
+        AUTH_TESTS,
+    ),
+    Mutant(
+        "auth-delete-open",
+        "service/api/deps.py",
+        'WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})',
+        'WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})',
+        AUTH_TESTS,
+    ),
+    Mutant(
+        "auth-reads-ignored",
+        "service/api/deps.py",
+        "if request.method not in WRITE_METHODS and not settings.auth_reads:",
+        "if request.method not in WRITE_METHODS:",
+        AUTH_TESTS,
+    ),
+    Mutant(
+        "auth-bearer-case-sensitive",
+        "service/api/deps.py",
+        'if scheme.lower() == "bearer" and value.strip():',
+        'if scheme == "Bearer" and value.strip():',
+        AUTH_TESTS,
+    ),
+]
+
+
+def copy_repo(dest: Path) -> None:
+    """Tracked files and untracked ones git does not ignore (the tests being written too)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for raw in filter(None, listed):
+        rel = raw.decode()
+        source = REPO / rel
+        if not source.is_file():  # deleted in the working tree
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[str, float]:
+    """'passed', 'failed', 'timeout', or 'error N' (pytest's exit status: 2-5 mean the tests
+    could not run, e.g. none collected), and the seconds it took."""
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("CI", None)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", *tests]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, cwd=copy, env=env, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - started
+    elapsed = time.monotonic() - started
+    outcome = {0: "passed", 1: "failed"}.get(done.returncode, f"error {done.returncode}")
+    return outcome, elapsed
+
+
+def run_mutant(copy: Path, mutant: Mutant, timeout_s: float) -> str:
+    path = copy / mutant.path
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        return f"not applied ({original.count(mutant.old)} matches)"
+    path.write_text(original.replace(mutant.old, mutant.new))
+    try:
+        outcome, elapsed = run_tests(copy, mutant.tests, timeout_s)
+    finally:
+        path.write_text(original)
+    verdict = {"failed": "killed", "timeout": "killed", "passed": "SURVIVED"}.get(outcome)
+    if verdict is None:  # a mutant that breaks the import kills the tests too; 4/5 do not
+        verdict = "killed" if outcome == "error 2" else f"not run ({outcome})"
+    return f"{verdict} ({outcome}, {elapsed:.0f} s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only NAME")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip checking the tests pass unmutated"
+    )
+    args = parser.parse_args(argv)
+
+    known = {m.name for m in MUTANTS}
+    unknown = sorted(set(args.only or []) - known)
+    if unknown:
+        parser.error(f"--only: unknown mutant(s) {', '.join(unknown)}; see --list")
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:30} {m.path}\n{'':30} tests: {' '.join(m.tests)}")
+        return 0
+
+    results: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="bnlab-mutants-") as tmp:
+        copy = Path(tmp)
+        copy_repo(copy)
+        if not args.no_baseline:
+            selections = sorted({t for m in chosen for t in m.tests})
+            outcome, elapsed = run_tests(copy, tuple(selections), args.timeout)
+            print(f"baseline (unmutated): {outcome} in {elapsed:.0f} s", flush=True)
+            if outcome != "passed":
+                print("the selected tests fail without any mutant: fix that first")
+                return 2
+        for m in chosen:
+            results[m.name] = run_mutant(copy, m, args.timeout)
+            print(f"{m.name:30} {results[m.name]}", flush=True)
+
+    killed = [n for n, r in results.items() if r.startswith("killed")]
+    survived = [n for n, r in results.items() if r.startswith("SURVIVED")]
+    other = [n for n in results if n not in killed and n not in survived]
+    print(
+        f"\n{len(killed)} killed, {len(survived)} survived, {len(other)} not run, of {len(results)}"
+    )
+    if survived:
+        print("survivors: " + ", ".join(survived))
+    if other:
+        print("not run (update the mutant or its tests): " + ", ".join(other))
+    return 1 if survived or other else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
