@@ -18,7 +18,6 @@ from service.models import as_utc
 from service.store.cursors import decode_cursor, encode_cursor
 from service.store.errors import Conflict, NotFound
 from service.store.metrics import (
-    _raw_binary,
     add_metrics,
     count_metrics,
     delete_metrics_after,
@@ -66,7 +65,6 @@ __all__ = [
     "Conflict",
     "NotFound",
     "RunStatus",
-    "_raw_binary",
     "add_metrics",
     "annotate_run",
     "as_utc",

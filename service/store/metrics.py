@@ -1,31 +1,73 @@
-"""Metric points: batched, idempotent, fenced writes and the reads behind the metrics, events
-and compare routes.
+"""Metric points: batched, idempotent, fenced writes (reads: ``service.store.metric_reads``).
 
 Points are stored per (run, key) series in packed chunks (``service.store.series`` explains the
 layout). A step is stored at most once per series: points of a batch whose step is already
-stored are dropped, so a re-sent batch changes nothing. A write that carries the attempt's
-claim token changes nothing unless the run still holds that token. Reads return per-key series
-ordered by step, exact.
+stored are dropped, so a re-sent batch changes nothing. A write that carries the attempt's claim
+token changes nothing unless the run still holds that token.
 
-Every write first updates the run row (``last_step``, guarded by the token): on PostgreSQL that
-row lock orders concurrent writers of one run, so two batches of a run never interleave.
+A write is a few fixed statements on the driver connection (``service.store.raw`` says why):
+the guarded run-row update first (on PostgreSQL its row lock orders concurrent writers of one
+run, so two batches of a run never interleave), one read of the run's series with each one's
+newest chunk, then per key an update of that chunk while it has room and inserts of new chunks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, case, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from service.models import MetricChunk, MetricSeries, Run
 from service.store import series as packing
+from service.store.metric_reads import (
+    count_metrics,
+    get_metric_arrays,
+    get_metrics,
+    metric_summary,
+    metric_versions,
+    read_series,
+)
+from service.store.raw import Raw, Statement
+
+__all__ = [
+    "add_metrics",
+    "count_metrics",
+    "delete_metrics_after",
+    "get_metric_arrays",
+    "get_metrics",
+    "metric_summary",
+    "metric_versions",
+    "read_series",
+]
 
 Point = tuple[str, int, float | None]
+CHUNK_COLUMNS = (
+    "first_step",
+    "last_step",
+    "count",
+    "steps",
+    '"values"',
+    "min_value",
+    "max_value",
+    "mean_value",
+)
+INSERT_CHUNK = (
+    f"INSERT INTO metric_chunks (series_id, {', '.join(CHUNK_COLUMNS)}) "
+    f"VALUES (%s, {', '.join(['%s'] * len(CHUNK_COLUMNS))})"
+)
+UPDATE_CHUNK = (
+    f"UPDATE metric_chunks SET {', '.join(f'{c} = %s' for c in CHUNK_COLUMNS)} "
+    "WHERE series_id = %s AND first_step = %s"
+)
+BUMP_REVISION = "UPDATE metric_series SET revision = revision + 1 WHERE id = %s"
+# Each series of the run, with its newest chunk (the one with the highest last step) if any.
+SERIES_AND_TAILS = (
+    'SELECT s.key, s.id, c.first_step, c.last_step, c.count, c.steps, c."values" '
+    "FROM metric_series s LEFT JOIN metric_chunks c ON c.series_id = s.id AND c.last_step = "
+    "(SELECT max(m.last_step) FROM metric_chunks m WHERE m.series_id = s.id) "
+    "WHERE s.run_id = %s"
+)
 
 
 def add_metrics(
@@ -33,119 +75,110 @@ def add_metrics(
 ) -> int:
     """Store (key, step, value) points and commit; returns how many were new. Points already
     stored are left as they are (a re-sent batch changes nothing). With ``token``, nothing is
-    written unless the run's ``claim_token`` is that token (a lost attempt's late flush)."""
+    written unless the run's ``claim_token`` is that token (a lost attempt's late flush), nor
+    when the run no longer exists."""
     batch = packing.group_points(points)
     if not batch:
         return 0
+    raw = Raw(session)
     newest = max(int(steps[-1]) for steps, _ in batch.values())
-    if not _touch_run(session, run_id, newest, token):
+    touched, rows = raw.batch([_touch_run(run_id, newest, token), _tails(run_id)])
+    if not touched:
         session.rollback()
         return 0
-    ids = _series_ids(session, run_id, list(batch))
-    tails = _tails(session, list(ids.values()))
+    series = _by_key(rows)
+    missing = [k for k in batch if k not in series]
+    if missing:
+        create = Statement(
+            "INSERT INTO metric_series (run_id, key, revision) VALUES (%s, %s, 0) "
+            "ON CONFLICT DO NOTHING",
+            [(run_id, k) for k in missing],
+            many=True,
+        )
+        series = _by_key(raw.batch([create, _tails(run_id)])[1])
+    inserts: list[tuple] = []
+    updates: list[tuple] = []
+    changed: list[tuple[int]] = []
     written = 0
-    changed = []
     for key, (steps, values) in batch.items():
-        n = _write_series(session, ids[key], steps, values, tails.get(ids[key]))
+        series_id, tail = series[key]
+        n = _plan(raw, series_id, steps, values, tail, inserts, updates)
         if n:
             written += n
-            changed.append(ids[key])
-    if changed:
-        session.execute(
-            update(MetricSeries)
-            .where(MetricSeries.id.in_(changed))
-            .values(revision=MetricSeries.revision + 1)
-        )
+            changed.append((series_id,))
+    writes = [(UPDATE_CHUNK, updates), (INSERT_CHUNK, inserts), (BUMP_REVISION, changed)]
+    raw.batch([Statement(sql, rows, many=True) for sql, rows in writes if rows])
     session.commit()
     return written
 
 
-def _touch_run(session: Session, run_id: str, newest: int, token: str | None) -> bool:
-    """Raise the run's last_step to ``newest``; False if the run is gone or, with ``token``,
-    no longer held by it. Always updates the row (when it matches) to take its lock first."""
-    guard = [Run.id == run_id]
+def _touch_run(run_id: str, newest: int, token: str | None) -> Statement:
+    """Raise the run's last_step to ``newest``; its rowcount is 0 if the run is gone or, with
+    ``token``, no longer held by it. Updates the row whenever it matches, to take its lock."""
+    sql = (
+        "UPDATE runs SET last_step = CASE WHEN last_step IS NULL OR last_step < %s THEN %s "
+        "ELSE last_step END WHERE id = %s"
+    )
+    params: list[Any] = [newest, newest, run_id]
     if token is not None:
-        guard.append(Run.claim_token == token)
-    last = case((Run.last_step.is_(None) | (Run.last_step < newest), newest), else_=Run.last_step)
-    return session.execute(update(Run).where(*guard).values(last_step=last)).rowcount > 0
+        sql += " AND claim_token = %s"
+        params.append(token)
+    return Statement(sql, params)
 
 
-def _series_ids(session: Session, run_id: str, keys: list[str]) -> dict[str, int]:
-    """The series id of each key of the run, creating the missing series."""
-    query = select(MetricSeries.key, MetricSeries.id).where(
-        MetricSeries.run_id == run_id, MetricSeries.key.in_(keys)
-    )
-    ids = {key: id_ for key, id_ in session.execute(query)}
-    missing = [k for k in keys if k not in ids]
-    if missing:
-        dialect = session.get_bind().dialect.name
-        upsert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-        rows = [{"run_id": run_id, "key": k, "revision": 0} for k in missing]
-        session.execute(upsert(MetricSeries).on_conflict_do_nothing(), rows)
-        ids = {key: id_ for key, id_ in session.execute(query)}
-    return ids
+def _tails(run_id: str) -> Statement:
+    return Statement(SERIES_AND_TAILS, (run_id,), fetch=True)
 
 
-def _tails(session: Session, series_ids: list[int]) -> dict[int, Any]:
-    """Each series' chunk with the highest last step (the one appends go to)."""
-    tail = MetricChunk.__table__.alias("tail")
-    newest = (
-        select(func.max(MetricChunk.last_step))
-        .where(MetricChunk.series_id == tail.c.series_id)
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        select(tail).where(tail.c.series_id.in_(series_ids), tail.c.last_step == newest)
-    ).all()
-    return {row.series_id: row for row in rows}
+def _by_key(rows: list[Any]) -> dict[str, tuple[int, Any]]:
+    """Per key: its series id and its newest chunk row (None for a series with no points)."""
+    return {row[0]: (row[1], row if row[2] is not None else None) for row in rows}
 
 
-def _write_series(
-    session: Session, series_id: int, steps: np.ndarray, values: np.ndarray, tail: Any
+def _plan(
+    raw: Raw,
+    series_id: int,
+    steps: np.ndarray,
+    values: np.ndarray,
+    tail: Any,
+    inserts: list[tuple],
+    updates: list[tuple],
 ) -> int:
-    """Store the points of one series that are not stored yet; returns how many."""
-    rows = []
+    """Add to ``inserts``/``updates`` the chunk rows that store the points of one series not
+    stored yet; returns how many points that is. ``tail`` is the row of SERIES_AND_TAILS."""
+    parts: list[packing.Arrays] = []
     written = 0
-    if tail is not None and steps[0] <= tail.last_step:
+    if tail is not None and steps[0] <= tail[3]:
         # Points not after the newest stored one: a re-send, or a missing step filled late.
         # Those not stored yet go to chunks of their own (chunks may then overlap in range).
-        old = steps <= tail.last_step
-        stored = _stored_steps(session, series_id, int(steps[0]), int(tail.last_step))
+        old = steps <= tail[3]
+        stored = _stored_steps(raw, series_id, int(steps[0]), int(tail[3]))
         fresh = old & ~np.isin(steps, stored)
-        rows += packing.split(steps[fresh], values[fresh])
+        parts += packing.split(steps[fresh], values[fresh])
         written += int(fresh.sum())
         steps, values = steps[~old], values[~old]
     written += len(steps)
-    if len(steps) and tail is not None and tail.count < packing.CHUNK_POINTS:
-        room = packing.CHUNK_POINTS - tail.count  # fill the unfilled newest chunk first
-        tail_steps, tail_values = packing.unpack(tail.steps, tail.values)
+    if len(steps) and tail is not None and tail[4] < packing.CHUNK_POINTS:
+        room = packing.CHUNK_POINTS - tail[4]  # fill the newest chunk first
+        tail_steps, tail_values = packing.unpack(tail[5], tail[6])
         merged = packing.pack(
             np.concatenate((tail_steps, steps[:room])), np.concatenate((tail_values, values[:room]))
         )
-        session.execute(
-            update(MetricChunk)
-            .where(MetricChunk.series_id == series_id, MetricChunk.first_step == tail.first_step)
-            .values(**merged)
-        )
+        updates.append((*merged.values(), series_id, tail[2]))
         steps, values = steps[room:], values[room:]
-    rows += packing.split(steps, values)
-    if rows:
-        session.execute(
-            insert(MetricChunk), [{"series_id": series_id, **packing.pack(*r)} for r in rows]
-        )
+    parts += packing.split(steps, values)
+    inserts += [(series_id, *packing.pack(*part).values()) for part in parts]
     return written
 
 
-def _stored_steps(session: Session, series_id: int, lo: int, hi: int) -> np.ndarray:
+def _stored_steps(raw: Raw, series_id: int, lo: int, hi: int) -> np.ndarray:
     """The steps of the series stored within [lo, hi] (and around it, by whole chunks)."""
-    blobs = session.execute(
-        select(MetricChunk.steps).where(
-            MetricChunk.series_id == series_id,
-            MetricChunk.last_step >= lo,
-            MetricChunk.first_step <= hi,
-        )
-    ).scalars()
-    parts = [np.frombuffer(blob, dtype=packing.STEP_DTYPE) for blob in blobs]
+    rows = raw.fetchall(
+        "SELECT steps FROM metric_chunks WHERE series_id = %s AND last_step >= %s "
+        "AND first_step <= %s",
+        (series_id, lo, hi),
+    )
+    parts = [np.frombuffer(blob, dtype=packing.STEP_DTYPE) for (blob,) in rows]
     return np.concatenate(parts) if parts else np.empty(0, dtype=packing.STEP_DTYPE)
 
 
@@ -153,214 +186,28 @@ def delete_metrics_after(session: Session, run_id: str, step: int) -> int:
     """Remove the run's points after ``step`` (a lost attempt's, before its successor resumes
     from ``step``) and commit; returns how many were removed. The run's last_step is lowered
     to ``step`` if it was past it."""
-    ids = select(MetricSeries.id).where(MetricSeries.run_id == run_id)
-    chunks = session.execute(
-        select(MetricChunk).where(MetricChunk.series_id.in_(ids), MetricChunk.last_step > step)
-    ).scalars()
+    raw = Raw(session)
+    chunks = raw.fetchall(
+        'SELECT c.series_id, c.first_step, c.count, c.steps, c."values" FROM metric_chunks c '
+        "JOIN metric_series s ON s.id = c.series_id WHERE s.run_id = %s AND c.last_step > %s",
+        (run_id, step),
+    )
     removed = 0
-    changed = set()
-    for chunk in chunks.all():
-        changed.add(chunk.series_id)
-        if chunk.first_step > step:
-            removed += chunk.count
-            session.delete(chunk)
+    drops, updates = [], []
+    for series_id, first_step, count, steps_blob, values_blob in chunks:
+        if first_step > step:
+            removed += count
+            drops.append((series_id, first_step))
             continue
-        steps, values = packing.unpack(chunk.steps, chunk.values)
+        steps, values = packing.unpack(steps_blob, values_blob)
         keep = steps <= step
         removed += int((~keep).sum())
-        for name, value in packing.pack(steps[keep], values[keep]).items():
-            setattr(chunk, name, value)
-    if changed:
-        session.execute(
-            update(MetricSeries)
-            .where(MetricSeries.id.in_(changed))
-            .values(revision=MetricSeries.revision + 1)
-        )
-    session.execute(
-        update(Run).where(Run.id == run_id, Run.last_step > step).values(last_step=step)
+        updates.append((*packing.pack(steps[keep], values[keep]).values(), series_id, first_step))
+    raw.executemany("DELETE FROM metric_chunks WHERE series_id = %s AND first_step = %s", drops)
+    raw.executemany(UPDATE_CHUNK, updates)
+    raw.executemany(BUMP_REVISION, sorted({(row[0],) for row in chunks}))
+    raw.execute(
+        "UPDATE runs SET last_step = %s WHERE id = %s AND last_step > %s", (step, run_id, step)
     )
     session.commit()
     return removed
-
-
-# --- reads ---------------------------------------------------------------------------------
-
-
-def metric_summary(session: Session, run_id: str) -> dict[str, dict[str, int]]:
-    """For each key: number of points and first/last step."""
-    return {key: info for key, (info, _) in _summary(session, [run_id]).get(run_id, {}).items()}
-
-
-def metric_versions(session: Session, run_ids: Sequence[str]) -> dict[str, tuple]:
-    """Per run, a value that changes whenever any of its points change (for ETags and cache
-    keys): each key's count, step range and write revision. Runs without points map to ()."""
-    versions = {run_id: () for run_id in run_ids}
-    for run_id, keys in _summary(session, run_ids).items():
-        versions[run_id] = tuple(
-            (key, info["count"], info["first_step"], info["last_step"], revision)
-            for key, (info, revision) in keys.items()
-        )
-    return versions
-
-
-def _summary(session: Session, run_ids: Sequence[str]) -> dict[str, dict[str, tuple]]:
-    rows = session.execute(
-        select(
-            MetricSeries.run_id,
-            MetricSeries.key,
-            MetricSeries.revision,
-            func.sum(MetricChunk.count),
-            func.min(MetricChunk.first_step),
-            func.max(MetricChunk.last_step),
-        )
-        .join(MetricChunk, MetricChunk.series_id == MetricSeries.id)
-        .where(MetricSeries.run_id.in_(list(run_ids)))
-        .group_by(MetricSeries.run_id, MetricSeries.key, MetricSeries.revision)
-        .order_by(MetricSeries.run_id, MetricSeries.key)
-    ).all()
-    out: dict[str, dict[str, tuple]] = {}
-    for run_id, key, revision, n, lo, hi in rows:
-        info = {"count": int(n), "first_step": lo, "last_step": hi}
-        out.setdefault(run_id, {})[key] = (info, revision)
-    return out
-
-
-def get_metrics(
-    session: Session,
-    run_id: str,
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-    after_step: int | None = None,
-    limit: int | None = None,
-) -> dict[str, list[tuple[int, float | None]]]:
-    """Series per key as (step, value) pairs, ordered by step (keys in order).
-    ``after_step``/``limit`` page through long series (``limit`` counts points per key)."""
-    arrays = get_metric_arrays(
-        session,
-        run_id,
-        keys=keys,
-        step_min=step_min,
-        step_max=step_max,
-        after_step=after_step,
-        limit=limit,
-    )
-    return {key: list(zip(steps, values, strict=True)) for key, (steps, values) in arrays.items()}
-
-
-def get_metric_arrays(
-    session: Session,
-    run_id: str,
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-    after_step: int | None = None,
-    limit: int | None = None,
-) -> dict[str, tuple[list[int], list[float | None]]]:
-    """get_metrics as two lists per key, steps and values (no pair per point: cheaper when
-    the caller wants columns anyway, as the downsampling and the JSON series do)."""
-    series = read_series(
-        session, [run_id], keys=keys, step_min=step_min, step_max=step_max, after_step=after_step
-    ).get(run_id, {})
-    out = {}
-    for key, (steps, values) in series.items():
-        if limit is not None:
-            steps, values = steps[:limit], values[:limit]
-        out[key] = packing.as_lists(steps, values)
-    return out
-
-
-def read_series(
-    session: Session,
-    run_ids: Sequence[str],
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-    after_step: int | None = None,
-) -> dict[str, dict[str, packing.Arrays]]:
-    """Per run, per key (in order): the points within the bounds as numpy arrays (steps
-    int64, values float64 with NaN for a missing value), in one query for all the runs."""
-    lo = step_min
-    if after_step is not None:
-        lo = after_step + 1 if lo is None else max(lo, after_step + 1)
-    query = (
-        select(MetricSeries.run_id, MetricSeries.key, MetricChunk.steps, MetricChunk.values)
-        .join(MetricChunk, MetricChunk.series_id == MetricSeries.id)
-        .where(MetricSeries.run_id.in_(list(run_ids)))
-        .order_by(MetricSeries.run_id, MetricSeries.key, MetricChunk.first_step)
-    )
-    if keys:
-        query = query.where(MetricSeries.key.in_(list(keys)))
-    if lo is not None:
-        query = query.where(MetricChunk.last_step >= lo)
-    if step_max is not None:
-        query = query.where(MetricChunk.first_step <= step_max)
-    parts: dict[str, dict[str, list[packing.Arrays]]] = {}
-    for run_id, key, steps, values in _rows(session, query):
-        parts.setdefault(run_id, {}).setdefault(key, []).append(packing.unpack(steps, values))
-    out: dict[str, dict[str, packing.Arrays]] = {}
-    for run_id, by_key in parts.items():
-        for key, chunks in by_key.items():
-            steps, values = packing.concat(chunks)
-            if lo is not None or step_max is not None:
-                start = 0 if lo is None else int(np.searchsorted(steps, lo, "left"))
-                end = (
-                    len(steps)
-                    if step_max is None
-                    else int(np.searchsorted(steps, step_max, "right"))
-                )
-                steps, values = steps[start:end], values[start:end]
-            if len(steps):
-                out.setdefault(run_id, {})[key] = (steps, values)
-    return out
-
-
-def count_metrics(
-    session: Session,
-    run_id: str,
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-) -> dict[str, int]:
-    """Points per key within a step range (for ``total_points`` of a paged series)."""
-    if step_min is None and step_max is None:
-        summary = metric_summary(session, run_id)
-        return {k: v["count"] for k, v in summary.items() if not keys or k in keys}
-    series = read_series(session, [run_id], keys=keys, step_min=step_min, step_max=step_max)
-    return {key: len(steps) for key, (steps, _) in series.get(run_id, {}).items()}
-
-
-def _rows(session: Session, query: Select) -> list[Any]:
-    """Rows of ``query``; on PostgreSQL read in binary (bytea as bytes, not hex text)."""
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        return connection.execute(query).all()
-    compiled = query.compile(
-        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-    )
-    return _raw_binary(session, str(compiled), compiled.params)
-
-
-def _raw_binary(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` from a binary psycopg cursor on the session's connection (in its
-    transaction). SQLAlchemy reads results as text; binary arrays decode several times faster.
-    Driver errors are raised as SQLAlchemy's (OperationalError, DataError, ...), as any other
-    query's are, so the API maps them the same way (503, 400)."""
-    connection = session.connection()
-    dbapi = connection.dialect.loaded_dbapi
-    raw = connection.connection.dbapi_connection
-    try:
-        with raw.cursor(binary=True) as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
-    except dbapi.Error as exc:
-        lost = connection.dialect.is_disconnect(exc, raw, None)
-        if lost:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(
-            sql, params, exc, dbapi.Error, connection_invalidated=lost, dialect=connection.dialect
-        ) from exc

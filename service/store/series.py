@@ -38,22 +38,24 @@ Arrays = tuple[np.ndarray, np.ndarray]  # steps (int64), values (float64, NaN = 
 def group_points(points: Iterable[tuple[str, int, float | None]]) -> dict[str, Arrays]:
     """A batch of (key, step, value) as sorted arrays per key, each step once: the first
     occurrence in the batch wins, as a re-sent point never replaces a stored one."""
-    grouped: dict[str, tuple[list[int], list[float | None]]] = {}
-    for key, step, value in points:
-        steps, values = grouped.setdefault(key, ([], []))
-        steps.append(step)
-        values.append(value)
-    out = {}
-    for key, (steps, values) in grouped.items():
-        s = np.asarray(steps, dtype=np.int64)
-        v = np.asarray(values, dtype=np.float64)  # None becomes NaN
-        if len(s) > 1 and not bool(np.all(s[1:] > s[:-1])):
-            order = np.argsort(s, kind="stable")
-            s, v = s[order], v[order]
-            first = np.concatenate(([True], s[1:] != s[:-1]))
-            s, v = s[first], v[first]
-        out[key] = (s, v)
-    return out
+    columns = list(zip(*points, strict=True))
+    if not columns:
+        return {}
+    keys, steps, values = columns
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, len(keys))
+    step_array = np.asarray(steps, dtype=np.int64)
+    value_array = np.asarray(values, dtype=np.float64)  # None becomes NaN
+    order = np.lexsort((step_array, codes))  # by key, then step; stable: first occurrence first
+    codes, step_array, value_array = codes[order], step_array[order], value_array[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (codes[1:] != codes[:-1]) | (step_array[1:] != step_array[:-1])
+    codes, step_array, value_array = codes[first], step_array[first], value_array[first]
+    bounds = np.searchsorted(codes, np.arange(len(index) + 1))
+    return {
+        key: (step_array[bounds[i] : bounds[i + 1]], value_array[bounds[i] : bounds[i + 1]])
+        for key, i in index.items()
+    }
 
 
 def pack(steps: np.ndarray, values: np.ndarray) -> dict[str, Any]:

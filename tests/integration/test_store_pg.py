@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.db import make_engine
+from service.store.raw import Raw
 from tests.unit.service.store.test_store_metrics import check_get_metrics
 from tests.unit.service.store.test_store_migration_series import check_migration
 from tests.unit.service.store.test_store_queries import check_run_filters, check_sweep_pages
@@ -42,7 +43,7 @@ def test_get_metrics_matches_a_reference_filter(session: Session) -> None:
 def test_driver_errors_are_sqlalchemy_errors(session: Session) -> None:
     """The binary read raises what any other query raises, so the API maps it alike."""
     with pytest.raises(DBAPIError):
-        store._raw_binary(session, "SELECT 1/0", {})
+        Raw(session).fetchall("SELECT 1/0")
     session.rollback()
     assert store.get_metrics(session, "no-such-run") == {}
 
