@@ -21,13 +21,20 @@ from service import store
 from service.analysis.compare import Comparison, ComparisonError, RunData, compare
 from service.analysis.table import to_csv
 from service.analysis.targets import DEFAULT_FRACTIONS, MAX_TARGETS
-from service.api.cache import FinishedCache, finished_cache, heavy_slot
+from service.api.cache import (
+    etag,
+    finished_cache,
+    heavy_slot,
+    live_cache,
+    not_modified,
+)
 from service.api.deps import SessionDep, in_session
 from service.api.runs import PROBLEM
 from service.models import Run
 from service.problems import ApiError
 from service.schemas import MAX_SWEEP_RUNS
 from service.store import FINISHED
+from service.store.series import as_lists
 
 router = APIRouter(prefix="/compare", tags=["compare"])
 
@@ -118,7 +125,7 @@ def _numbers(field: str, text: str | None) -> list[float] | None:
 
 
 def load_runs(session: Session, query: CompareQuery) -> list[RunData]:
-    return [run_data(session, run) for run in load_rows(session, query)]
+    return run_data(session, load_rows(session, query))
 
 
 def load_rows(session: Session, query: CompareQuery) -> list[Run]:
@@ -139,42 +146,80 @@ def load_rows(session: Session, query: CompareQuery) -> list[Run]:
     return rows
 
 
-def run_data(session: Session, run: Run) -> RunData:
-    return RunData(
-        id=run.id,
-        name=run.name,
-        spec=run.spec,
-        status=run.status,
-        summary=run.summary or {},
-        torch_version=run.torch_version,
-        device=run.device,
-        wall_time=run.wall_time,
-        diverged_step=run.diverged_step,
-        metrics=store.get_metrics(session, run.id),
-    )
+def run_data(session: Session, rows: list[Run]) -> list[RunData]:
+    """The runs with their metrics, read in one query for all of them."""
+    series = store.read_series(session, [run.id for run in rows])
+    return [
+        RunData(
+            id=run.id,
+            name=run.name,
+            spec=run.spec,
+            status=run.status,
+            summary=run.summary or {},
+            torch_version=run.torch_version,
+            device=run.device,
+            wall_time=run.wall_time,
+            diverged_step=run.diverged_step,
+            metrics={
+                key: list(zip(*as_lists(steps, values), strict=True))
+                for key, (steps, values) in series.get(run.id, {}).items()
+            },
+        )
+        for run in rows
+    ]
+
+
+def comparison_tag(session: Session, rows: list[Run], query: CompareQuery, form: str) -> str:
+    """The ETag of a comparison: what it depends on, the query, each run's row and the version
+    of each run's points (one small query), so a repeat is known current before computing."""
+    versions = store.metric_versions(session, [run.id for run in rows])
+    facts = [
+        (
+            run.id,
+            run.name,
+            repr(run.spec),
+            run.status,
+            repr(run.summary),
+            run.torch_version,
+            run.device,
+            run.wall_time,
+            run.diverged_step,
+            versions[run.id],
+        )
+        for run in rows
+    ]
+    return etag("compare", form, facts, *query.key())
 
 
 def run_comparison(
     session: Session,
     query: CompareQuery,
-    cache: FinishedCache | None = None,
+    caches: Request | None = None,
     render: Callable[[Comparison], Any] = lambda comparison: comparison,
     form: str = "comparison",
     slot: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-) -> Any:
-    """``render(comparison)``; over finished runs only, a repeat of the same query and
-    ``form`` (the rendered body: JSON, CSV, an image) comes from ``cache``. The computation
-    runs inside ``slot()`` (the API bounds how many run at once)."""
+    request: Request | None = None,
+) -> tuple[str, Any]:
+    """(ETag, ``render(comparison)``), the rendered body (JSON, CSV, an image) None when
+    ``request`` already has this version (If-None-Match). With ``caches`` (the request whose
+    app holds them), a repeat of the same query and ``form`` over unchanged runs and points
+    comes from memory: over finished runs from the large cache, over live runs from the small
+    one (a new point changes the key). The computation runs inside ``slot()`` (the API bounds
+    how many run at once)."""
     rows = load_rows(session, query)
+    tag = comparison_tag(session, rows, query, form)
+    if request is not None and not_modified(request, tag):
+        return tag, None
 
     def compute() -> Any:
         with slot():
             return render(_compare(session, rows, query))
 
-    if cache is None or not all(run.status in FINISHED for run in rows):
-        return compute()
-    key = ("compare", form, tuple((run.id, run.last_step) for run in rows), *query.key())
-    return cache.get_or_compute(key, compute)
+    if caches is None:
+        return tag, compute()
+    live = not all(run.status in FINISHED for run in rows)
+    cache = live_cache(caches) if live else finished_cache(caches)
+    return tag, cache.get_or_compute(("compare", tag), compute)
 
 
 def _json(content: Any) -> bytes:
@@ -182,7 +227,7 @@ def _json(content: Any) -> bytes:
 
 
 def _compare(session: Session, rows: list[Run], query: CompareQuery) -> Comparison:
-    runs = [run_data(session, run) for run in rows]
+    runs = run_data(session, rows)
     try:
         return compare(
             runs,
@@ -215,25 +260,23 @@ async def get_comparison(
     query: Annotated[CompareQuery, Depends()],
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Response:
-    cache = finished_cache(request)
     slot = functools.partial(heavy_slot, request)
     if format == "csv":
-        csv = await in_session(
-            request, lambda session: run_comparison(session, query, cache, to_csv, "csv", slot)
-        )
-        return Response(
-            csv,
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="comparison.csv"'},
-        )
+        render: Callable[[Comparison], Any] = to_csv
+        media_type = "text/csv; charset=utf-8"
+        headers = {"Content-Disposition": 'attachment; filename="comparison.csv"'}
+    else:
+        render = lambda comparison: _json(comparison.to_dict())  # noqa: E731
+        media_type, headers = "application/json", {}
 
-    def to_json(comparison: Comparison) -> bytes:
-        return _json(comparison.to_dict())
+    def work(session: Session) -> tuple[str, Any]:
+        return run_comparison(session, query, request, render, format, slot, request)
 
-    body = await in_session(
-        request, lambda session: run_comparison(session, query, cache, to_json, "json", slot)
-    )
-    return Response(body, media_type="application/json")
+    tag, body = await in_session(request, work)
+    headers |= {"ETag": tag, "Cache-Control": "no-cache"}
+    if body is None:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 @router.get(
@@ -254,6 +297,9 @@ def plot_comparison(
 
     render = lambda comparison: comparison_figure(comparison, format)  # noqa: E731
     slot = functools.partial(heavy_slot, request)
-    image = run_comparison(session, query, finished_cache(request), render, format, slot)
+    tag, image = run_comparison(session, query, request, render, format, slot, request)
     media_type = "image/png" if format == "png" else "image/svg+xml"
-    return Response(image, media_type=media_type)
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if image is None:
+        return Response(status_code=304, headers=headers)
+    return Response(image, media_type=media_type, headers=headers)
