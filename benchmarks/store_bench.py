@@ -271,8 +271,8 @@ def mlflow_side(url: str, tmp: Path) -> dict[str, Any] | None:
         for j in range(0, len(pts), 1000):
             metrics = [Metric(k, v, 0, s) for k, s, v in pts[j : j + 1000]]
             tracking.log_batch(run_id, metrics=metrics, params=[], tags=[])
-    history = timed(lambda: tracking.get_metric_history(run_ids[0], "train_loss"), 20)
-    compare = timed(lambda: [tracking.get_metric_history(r, k) for r in run_ids for k in KEYS], 5)
+    history = timed(lambda: tracking.get_metric_history(run_ids[0], "train_loss"), 10)
+    compare = timed(lambda: [tracking.get_metric_history(r, k) for r in run_ids for k in KEYS], 3)
     return {"ingest_points_per_s": ingest, "history_10k": history, "compare_10x10k_reads": compare}
 
 

@@ -177,14 +177,19 @@ def _get_metrics(
         if cursor is not None:
             raise HTTPException(400, "cursor: not used with max_points (nothing is paged)")
         n = min(max_points, cap)
-        full = store.read_series(
-            session, [run_id], keys=wanted, step_min=step_min, step_max=step_max
-        ).get(run_id, {})
+        full = store.get_metric_arrays(
+            session, run_id, keys=wanted, step_min=step_min, step_max=step_max
+        )
         series = {}
         for key in _ordered_keys(wanted, full):
-            steps, values = full.get(key, EMPTY)
-            kept = np.asarray(_downsample(steps, values, n), dtype=np.int64)
-            series[key] = _series_out(steps[kept], values[kept], len(steps), len(kept) < len(steps))
+            steps, values = full.get(key, ([], []))
+            kept = downsample_indices(steps, values, n)
+            series[key] = SeriesOut.model_construct(
+                steps=[steps[i] for i in kept],
+                values=[values[i] for i in kept],
+                total_points=len(steps),
+                downsampled=len(kept) < len(steps),
+            )
         return MetricsOut(run_id=run_id, keys=key_info, series=series, next_cursor=None)
 
     after = None
@@ -212,13 +217,6 @@ def _get_metrics(
     }
     next_cursor = encode_step_cursor(boundary) if boundary is not None else None
     return MetricsOut(run_id=run_id, keys=key_info, series=series, next_cursor=next_cursor)
-
-
-def _downsample(steps: np.ndarray, values: np.ndarray, n: int) -> list[int]:
-    """downsample_indices on arrays; a missing value (NaN here) is None there."""
-    if bool(np.isnan(values).any()):
-        return downsample_indices(steps.tolist(), as_lists(steps, values)[1], n)
-    return downsample_indices(steps, values, n)
 
 
 def _ordered_keys(wanted: list[str] | None, present: dict[str, Any]) -> list[str]:
