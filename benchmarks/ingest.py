@@ -1,5 +1,5 @@
 """Metric ingest throughput: points/s through ``store.add_metrics`` (the worker's write path:
-an upsert batch plus the run's last_step) on SQLite and PostgreSQL, batch sizes 100 and 1000.
+chunked series, see service/store/series.py) on SQLite and PostgreSQL, batch sizes 100 and 1000.
 Also times re-writing the same batches (a re-delivered batch must change nothing, cheaply).
 
     python benchmarks/ingest.py [--points 50000] [--pg postgresql://postgres@127.0.0.1/test]
@@ -19,13 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service import migrate, store
 from service.db import make_engine
-from service.models import MetricPoint
 
 KEYS = ("train_loss", "train_acc", "lr", "grad_norm", "steps_per_sec")
 
@@ -72,9 +70,7 @@ def bench(url: str, total: int, size: int) -> tuple[float, float]:
             for batch in work:
                 store.add_metrics(session, run_id, batch)
             again = total / (time.perf_counter() - started)
-            stored = session.scalar(
-                select(func.count()).select_from(MetricPoint).where(MetricPoint.run_id == run_id)
-            )
+            stored = sum(c["count"] for c in store.metric_summary(session, run_id).values())
             assert stored == total, (stored, total)
         return fresh, again
     finally:

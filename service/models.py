@@ -1,8 +1,10 @@
 """ORM tables: runs, sweeps, metric points, workers, the audit trail. Schemas for the API
 live in schemas.py.
 
-Ids are UUID strings; times are timezone-aware UTC. Metric points are keyed by
-(run_id, key, step), so writing the same batch twice changes nothing.
+Ids are UUID strings; times are timezone-aware UTC. Metric points are stored as series
+(one row per run and key, with an integer id) cut into chunks of consecutive points packed as
+arrays (``service.store.series`` says why and how); a step is stored at most once per series,
+so writing the same batch twice changes nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -85,6 +89,9 @@ class Run(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The current attempt's owner (durable runs: a metric write with another token changes
+    # nothing). Added here and by the durable-runs migration alike; the lead keeps one.
+    claim_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     # Outcome, filled as the trainer reports it.
     last_step: Mapped[int | None] = mapped_column(Integer)
@@ -96,14 +103,39 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-class MetricPoint(Base):
-    __tablename__ = "metric_points"
+class MetricSeries(Base):
+    """One metric key of one run; its points live in ``metric_chunks`` under ``id`` (an
+    integer, so chunks do not repeat the 36-character run id and the key)."""
 
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    step: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # None where the trainer reported a non-finite value (JSON and SQLite have no NaN).
-    value: Mapped[float | None] = mapped_column(Float)
+    __tablename__ = "metric_series"
+    __table_args__ = (UniqueConstraint("run_id", "key", name="uq_metric_series_run_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    # Bumped by every write that changes the series: with the counts, it tells a reader (ETag,
+    # cache key) whether the points changed, also when points were removed and written again.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class MetricChunk(Base):
+    """Consecutive points of one series: steps (int32) and values (float64, NaN for a missing
+    value) packed little-endian, with their step range, count and finite min/max/mean."""
+
+    __tablename__ = "metric_chunks"
+    __table_args__ = (Index("ix_metric_chunks_series_last", "series_id", "last_step"),)
+
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("metric_series.id", ondelete="CASCADE"), primary_key=True
+    )
+    first_step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_step: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[bytes] = mapped_column(LargeBinary)
+    values: Mapped[bytes] = mapped_column(LargeBinary)
+    min_value: Mapped[float | None] = mapped_column(Float)
+    max_value: Mapped[float | None] = mapped_column(Float)
+    mean_value: Mapped[float | None] = mapped_column(Float)
 
 
 class Worker(Base):

@@ -16,6 +16,11 @@ A live run's metrics are kept separately (``app.state.live_cache``, smaller: its
 stale at every write), keyed by the run's per-key point counts: points are only ever added,
 never changed or removed while a run is live, so equal counts mean the same points.
 
+``etag`` and ``not_modified`` answer conditional requests: the metrics and compare routes make
+an ETag from what their body depends on (the query and the points' versions, see
+``store.metric_versions``) before computing anything, so a poller whose copy is current gets a
+304 for the price of one small query.
+
 ``heavy_slot`` bounds how many requests compute (read and downsample thousands of points, run a
 comparison) at once: beyond a couple, more threads computing under the GIL only make every
 request slower, the cheap ones (a list, a cached answer) most of all.
@@ -24,6 +29,7 @@ request slower, the cheap ones (a list, a cached answer) most of all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -97,3 +103,18 @@ def heavy_slot(request: Request) -> Iterator[None]:
     while they are all taken)."""
     with request.app.state.heavy_slots:
         yield
+
+
+def etag(*parts: Any) -> str:
+    """A strong ETag for a body that is a function of ``parts`` (reprs of plain values)."""
+    return '"' + hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest() + '"'
+
+
+def not_modified(request: Request, tag: str) -> bool:
+    """Whether the request's If-None-Match names ``tag`` (or is ``*``); weak tags compare by
+    their opaque part, as RFC 9110 says If-None-Match does."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    names = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return "*" in names or tag in names

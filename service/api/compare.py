@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NoReturn
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
@@ -21,17 +23,19 @@ from service import store
 from service.analysis.compare import Comparison, ComparisonError, RunData, compare
 from service.analysis.table import to_csv
 from service.analysis.targets import DEFAULT_FRACTIONS, MAX_TARGETS
-from service.api.cache import FinishedCache, finished_cache, heavy_slot
+from service.api.cache import etag, finished_cache, heavy_slot, live_cache, not_modified
 from service.api.common import PROBLEM
 from service.api.deps import SessionDep, in_session
 from service.models import Run
 from service.problems import ApiError
 from service.schemas import MAX_SWEEP_RUNS
 from service.store import FINISHED
+from service.store.series import Arrays, as_lists
 
 router = APIRouter(prefix="/compare", tags=["compare"])
 
 MAX_POINTS = 5000
+EMPTY: Arrays = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
 ERRORS = {
     400: {**PROBLEM, "description": "Neither or both of runs and sweep; bad baseline."},
     404: {**PROBLEM, "description": "An unknown run or sweep id."},
@@ -118,7 +122,7 @@ def _numbers(field: str, text: str | None) -> list[float] | None:
 
 
 def load_runs(session: Session, query: CompareQuery) -> list[RunData]:
-    return [run_data(session, run) for run in load_rows(session, query)]
+    return run_data(session, load_rows(session, query))
 
 
 def load_rows(session: Session, query: CompareQuery) -> list[Run]:
@@ -139,42 +143,125 @@ def load_rows(session: Session, query: CompareQuery) -> list[Run]:
     return rows
 
 
-def run_data(session: Session, run: Run) -> RunData:
-    return RunData(
-        id=run.id,
-        name=run.name,
-        spec=run.spec,
-        status=run.status,
-        summary=run.summary or {},
-        torch_version=run.torch_version,
-        device=run.device,
-        wall_time=run.wall_time,
-        diverged_step=run.diverged_step,
-        metrics=store.get_metrics(session, run.id),
-    )
+def run_data(session: Session, rows: list[Run]) -> list[RunData]:
+    """The runs with their metrics, read in one query for all of them."""
+    series = store.read_series(session, [run.id for run in rows])
+    return [
+        StoredRun(
+            id=run.id,
+            name=run.name,
+            spec=run.spec,
+            status=run.status,
+            summary=run.summary or {},
+            torch_version=run.torch_version,
+            device=run.device,
+            wall_time=run.wall_time,
+            diverged_step=run.diverged_step,
+            arrays=series.get(run.id, {}),
+        )
+        for run in rows
+    ]
+
+
+class _Pairs(Mapping[str, list]):
+    """A run's series as (step, value) pairs per key, each built from the stored arrays only
+    when something asks for it (the comparison mostly asks for keys and ``series``)."""
+
+    def __init__(self, arrays: dict[str, Arrays]) -> None:
+        self._arrays = arrays
+        self._built: dict[str, list] = {}
+
+    def __getitem__(self, key: str) -> list:
+        if key not in self._built:
+            self._built[key] = list(zip(*as_lists(*self._arrays[key]), strict=True))
+        return self._built[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+
+@dataclass
+class StoredRun(RunData):
+    """A RunData over the store's arrays: ``series(key)`` (the finite points in step order, as
+    ``clean`` makes them) is computed once per key with numpy, not once per use from pairs.
+    A comparison asks for each series several times; over 10 runs x 10k steps that repetition
+    was most of its time."""
+
+    arrays: dict[str, Arrays] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metrics = _Pairs(self.arrays)
+        self._clean: dict[str, list] = {}
+
+    def series(self, key: str) -> list:
+        if key not in self._clean:
+            steps, values = self.arrays.get(key, EMPTY)
+            finite = np.isfinite(values)
+            self._clean[key] = list(
+                zip(steps[finite].tolist(), values[finite].tolist(), strict=True)
+            )
+        return list(self._clean[key])  # a copy: callers own what they get, as from clean()
+
+    @property
+    def budget(self) -> int:
+        last = max((int(steps[-1]) for steps, _ in self.arrays.values() if len(steps)), default=0)
+        return max(int(self.spec.get("steps") or 0), last)
+
+
+def comparison_tag(session: Session, rows: list[Run], query: CompareQuery, form: str) -> str:
+    """The ETag of a comparison: what it depends on, the query, each run's row and the version
+    of each run's points (one small query), so a repeat is known current before computing."""
+    versions = store.metric_versions(session, [run.id for run in rows])
+    facts = [
+        (
+            run.id,
+            run.name,
+            repr(run.spec),
+            run.status,
+            repr(run.summary),
+            run.torch_version,
+            run.device,
+            run.wall_time,
+            run.diverged_step,
+            versions[run.id],
+        )
+        for run in rows
+    ]
+    return etag("compare", form, facts, *query.key())
 
 
 def run_comparison(
     session: Session,
     query: CompareQuery,
-    cache: FinishedCache | None = None,
+    caches: Request | None = None,
     render: Callable[[Comparison], Any] = lambda comparison: comparison,
     form: str = "comparison",
     slot: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-) -> Any:
-    """``render(comparison)``; over finished runs only, a repeat of the same query and
-    ``form`` (the rendered body: JSON, CSV, an image) comes from ``cache``. The computation
-    runs inside ``slot()`` (the API bounds how many run at once)."""
+    request: Request | None = None,
+) -> tuple[str, Any]:
+    """(ETag, ``render(comparison)``), the rendered body (JSON, CSV, an image) None when
+    ``request`` already has this version (If-None-Match). With ``caches`` (the request whose
+    app holds them), a repeat of the same query and ``form`` over unchanged runs and points
+    comes from memory: over finished runs from the large cache, over live runs from the small
+    one (a new point changes the key). The computation runs inside ``slot()`` (the API bounds
+    how many run at once)."""
     rows = load_rows(session, query)
+    tag = comparison_tag(session, rows, query, form)
+    if request is not None and not_modified(request, tag):
+        return tag, None
 
     def compute() -> Any:
         with slot():
             return render(_compare(session, rows, query))
 
-    if cache is None or not all(run.status in FINISHED for run in rows):
-        return compute()
-    key = ("compare", form, tuple((run.id, run.last_step) for run in rows), *query.key())
-    return cache.get_or_compute(key, compute)
+    if caches is None:
+        return tag, compute()
+    live = not all(run.status in FINISHED for run in rows)
+    cache = live_cache(caches) if live else finished_cache(caches)
+    return tag, cache.get_or_compute(("compare", tag), compute)
 
 
 def _json(content: Any) -> bytes:
@@ -182,7 +269,7 @@ def _json(content: Any) -> bytes:
 
 
 def _compare(session: Session, rows: list[Run], query: CompareQuery) -> Comparison:
-    runs = [run_data(session, run) for run in rows]
+    runs = run_data(session, rows)
     try:
         return compare(
             runs,
@@ -215,25 +302,23 @@ async def get_comparison(
     query: Annotated[CompareQuery, Depends()],
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Response:
-    cache = finished_cache(request)
     slot = functools.partial(heavy_slot, request)
     if format == "csv":
-        csv = await in_session(
-            request, lambda session: run_comparison(session, query, cache, to_csv, "csv", slot)
-        )
-        return Response(
-            csv,
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="comparison.csv"'},
-        )
+        render: Callable[[Comparison], Any] = to_csv
+        media_type = "text/csv; charset=utf-8"
+        headers = {"Content-Disposition": 'attachment; filename="comparison.csv"'}
+    else:
+        render = lambda comparison: _json(comparison.to_dict())  # noqa: E731
+        media_type, headers = "application/json", {}
 
-    def to_json(comparison: Comparison) -> bytes:
-        return _json(comparison.to_dict())
+    def work(session: Session) -> tuple[str, Any]:
+        return run_comparison(session, query, request, render, format, slot, request)
 
-    body = await in_session(
-        request, lambda session: run_comparison(session, query, cache, to_json, "json", slot)
-    )
-    return Response(body, media_type="application/json")
+    tag, body = await in_session(request, work)
+    headers |= {"ETag": tag, "Cache-Control": "no-cache"}
+    if body is None:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
 
 
 @router.get(
@@ -254,6 +339,9 @@ def plot_comparison(
 
     render = lambda comparison: comparison_figure(comparison, format)  # noqa: E731
     slot = functools.partial(heavy_slot, request)
-    image = run_comparison(session, query, finished_cache(request), render, format, slot)
+    tag, image = run_comparison(session, query, request, render, format, slot, request)
     media_type = "image/png" if format == "png" else "image/svg+xml"
-    return Response(image, media_type=media_type)
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if image is None:
+        return Response(status_code=304, headers=headers)
+    return Response(image, media_type=media_type, headers=headers)

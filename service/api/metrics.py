@@ -6,21 +6,25 @@ import base64
 import re
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from service import store
 from service.analysis.downsample import downsample_indices
-from service.api.cache import finished_cache, heavy_slot, live_cache
+from service.api.cache import etag, finished_cache, heavy_slot, live_cache, not_modified
 from service.api.common import MAX_STEP, NOT_FOUND, PROBLEM, RunId
-from service.api.deps import SettingsDep, in_session, json_body, json_response
+from service.api.deps import SettingsDep, in_session, json_body
 from service.schemas import KeyInfo, MetricsOut, SeriesOut
 from service.settings import Settings
 from service.store import FINISHED
+from service.store.series import Arrays, as_lists
 
 router = APIRouter(prefix="/runs", tags=["metrics"])
 
 Points = list[tuple[int, float | None]]
+EMPTY: Arrays = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
 Summary = dict[str, dict[str, int]]
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # Steps are 32-bit integer columns: a larger bound overflows the database driver (SQLite:
@@ -45,18 +49,31 @@ def decode_step_cursor(cursor: str) -> int:
 
 
 def page_series(series: dict[str, Points], limit: int) -> tuple[dict[str, Points], int | None]:
-    """Cut series fetched with ``limit + 1`` points per key into one page.
-
-    Keys are paged together by step: the page ends at the smallest last step among the keys
-    that have more than ``limit`` points, and every key is cut there. So a dense key (every
-    step) and a sparse one (every 100th) both continue from the same step on the next page:
-    no point is skipped and none is sent twice. Returns (page, step to continue after or None).
-    """
+    """page_arrays for (step, value) pairs (the event stream pages these)."""
     truncated = [points[limit - 1][0] for points in series.values() if len(points) > limit]
     if not truncated:
         return series, None
     boundary = min(truncated)
     return {k: [p for p in pts if p[0] <= boundary] for k, pts in series.items()}, boundary
+
+
+def page_arrays(series: dict[str, Arrays], limit: int) -> tuple[dict[str, Arrays], int | None]:
+    """Cut series (steps and values arrays per key, after the cursor) into one page.
+
+    Keys are paged together by step: the page ends at the smallest ``limit``-th step among the
+    keys that have more than ``limit`` points, and every key is cut there. So a dense key (every
+    step) and a sparse one (every 100th) both continue from the same step on the next page:
+    no point is skipped and none is sent twice. Returns (page, step to continue after or None).
+    """
+    truncated = [int(steps[limit - 1]) for steps, _ in series.values() if len(steps) > limit]
+    if not truncated:
+        return series, None
+    boundary = min(truncated)
+    page = {}
+    for key, (steps, values) in series.items():
+        end = int(np.searchsorted(steps, boundary, "right"))
+        page[key] = (steps[:end], values[:end])
+    return page, boundary
 
 
 def parse_keys(keys: str | None) -> list[str] | None:
@@ -96,22 +113,23 @@ async def get_metrics(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int | None, Query(ge=1, description="Points per key per page.")] = None,
 ) -> Any:
-    def work(session: Session) -> bytes:
+    def work(session: Session) -> tuple[str, bytes | None]:
         run = store.get_run(session, run_id)  # 404 before anything else
+        # What the body depends on: the query and the version of the run's points (their
+        # counts, step ranges and write revisions), read in one small query. A poller whose
+        # copy is current gets a 304 without the points being read; otherwise the body comes
+        # from memory while the points are unchanged (a finished run's stay so).
+        version = store.metric_versions(session, [run_id])[run_id]
         query = (keys, step_min, step_max, max_points, cursor, limit, settings.max_metric_points)
-        if run.status in FINISHED:
-            # Its points no longer change: a repeat is served from memory, already encoded.
-            key = ("metrics", run_id, run.last_step, *query)
-            return finished_cache(request).get_or_compute(
-                key, lambda: compute(session, store.metric_summary(session, run_id))
-            )
-        # A live run: points are only ever added (never changed, never removed while it
-        # runs), so the per-key counts identify its points exactly; until the next write
-        # lands, repeats are served from memory too.
-        summary = store.metric_summary(session, run_id)
-        fingerprint = tuple((k, v["count"]) for k, v in summary.items())
-        key = ("live-metrics", run_id, fingerprint, *query)
-        return live_cache(request).get_or_compute(key, lambda: compute(session, summary))
+        tag = etag("metrics", run_id, version, *query)
+        if not_modified(request, tag):
+            return tag, None
+        summary = {
+            k: {"count": n, "first_step": lo, "last_step": hi} for k, n, lo, hi, _ in version
+        }
+        cache = finished_cache if run.status in FINISHED else live_cache
+        body = cache(request).get_or_compute(("metrics", tag), lambda: compute(session, summary))
+        return tag, body
 
     def compute(session: Session, summary: Summary) -> bytes:
         with heavy_slot(request):
@@ -129,7 +147,11 @@ async def get_metrics(
             )
         return json_body(MetricsOut, response)
 
-    return json_response(await in_session(request, work))
+    tag, body = await in_session(request, work)
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    if body is None:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _get_metrics(
@@ -161,7 +183,7 @@ def _get_metrics(
         for key in _ordered_keys(wanted, full):
             steps, values = full.get(key, ([], []))
             kept = downsample_indices(steps, values, n)
-            series[key] = SeriesOut(
+            series[key] = SeriesOut.model_construct(
                 steps=[steps[i] for i in kept],
                 values=[values[i] for i in kept],
                 total_points=len(steps),
@@ -178,20 +200,19 @@ def _get_metrics(
                 400, "cursor: invalid cursor; pass the next_cursor of a previous page"
             ) from exc
     page_size = min(limit or cap, cap)
-    fetched = store.get_metrics(
-        session,
-        run_id,
-        keys=wanted,
-        step_min=step_min,
-        step_max=step_max,
-        after_step=after,
-        limit=page_size + 1,
-    )
-    page, boundary = page_series(fetched, page_size)
-    totals = store.count_metrics(session, run_id, keys=wanted, step_min=step_min, step_max=step_max)
+    # One read of the step range gives both the totals and the page (the points after the
+    # cursor, cut by page_series).
+    full = store.read_series(
+        session, [run_id], keys=wanted, step_min=step_min, step_max=step_max
+    ).get(run_id, {})
+    rest = {}
+    for key, (steps, values) in full.items():
+        start = 0 if after is None else int(np.searchsorted(steps, after, "right"))
+        rest[key] = (steps[start:], values[start:])
+    page, boundary = page_arrays(rest, page_size)
     series = {
-        key: _series_out(page.get(key, []), totals.get(key, 0), downsampled=False)
-        for key in _ordered_keys(wanted, totals)
+        key: _series_out(*page.get(key, EMPTY), len(full.get(key, EMPTY)[0]), False)
+        for key in _ordered_keys(wanted, full)
     }
     next_cursor = encode_step_cursor(boundary) if boundary is not None else None
     return MetricsOut(run_id=run_id, keys=key_info, series=series, next_cursor=next_cursor)
@@ -202,10 +223,8 @@ def _ordered_keys(wanted: list[str] | None, present: dict[str, Any]) -> list[str
     return wanted if wanted is not None else sorted(present)
 
 
-def _series_out(points: Points, total: int, *, downsampled: bool) -> SeriesOut:
-    return SeriesOut(
-        steps=[s for s, _ in points],
-        values=[v for _, v in points],
-        total_points=total,
-        downsampled=downsampled,
+def _series_out(steps: np.ndarray, values: np.ndarray, total: int, downsampled: bool) -> SeriesOut:
+    out_steps, out_values = as_lists(steps, values)
+    return SeriesOut.model_construct(
+        steps=out_steps, values=out_values, total_points=total, downsampled=downsampled
     )

@@ -18,12 +18,14 @@ from service.models import as_utc
 from service.store.cursors import decode_cursor, encode_cursor
 from service.store.errors import Conflict, NotFound
 from service.store.metrics import (
-    _raw_binary,
     add_metrics,
     count_metrics,
+    delete_metrics_after,
     get_metric_arrays,
     get_metrics,
     metric_summary,
+    metric_versions,
+    read_series,
 )
 from service.store.queries import (
     SPEC_FILTERS,
@@ -63,13 +65,13 @@ __all__ = [
     "Conflict",
     "NotFound",
     "RunStatus",
-    "_raw_binary",
     "add_metrics",
     "annotate_run",
     "as_utc",
     "claim_run",
     "count_by_status",
     "count_metrics",
+    "delete_metrics_after",
     "create_run",
     "create_sweep",
     "decode_cursor",
@@ -88,6 +90,8 @@ __all__ = [
     "list_sweeps",
     "list_workers",
     "metric_summary",
+    "metric_versions",
+    "read_series",
     "queue_depth",
     "queued_run_ids",
     "reap_stale",

@@ -1,209 +1,213 @@
-"""Metric points: batched idempotent writes and the reads behind the metrics, events and
-compare routes.
+"""Metric points: batched, idempotent, fenced writes (reads: ``service.store.metric_reads``).
 
-Points are keyed by (run_id, key, step): a re-delivered batch changes nothing. Reads return
-per-key series ordered by step; on PostgreSQL they come back as two arrays per key, read in
-binary (``_pg_metrics``), which is several times cheaper than one row per point.
+Points are stored per (run, key) series in packed chunks (``service.store.series`` explains the
+layout). A step is stored at most once per series: points of a batch whose step is already
+stored are dropped, so a re-sent batch changes nothing. A write that carries the attempt's claim
+token changes nothing unless the run still holds that token.
+
+A write is a few fixed statements on the driver connection (``service.store.raw`` says why):
+the guarded run-row update first (on PostgreSQL its row lock orders concurrent writers of one
+run, so two batches of a run never interleave), one read of the run's series with each one's
+newest chunk, then per key an update of that chunk while it has room and inserts of new chunks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+import numpy as np
 from sqlalchemy.orm import Session
 
-from service.models import MetricPoint, Run
+from service.store import series as packing
+from service.store.metric_reads import (
+    count_metrics,
+    get_metric_arrays,
+    get_metrics,
+    metric_summary,
+    metric_versions,
+    read_series,
+)
+from service.store.raw import Raw, Statement
+
+__all__ = [
+    "add_metrics",
+    "count_metrics",
+    "delete_metrics_after",
+    "get_metric_arrays",
+    "get_metrics",
+    "metric_summary",
+    "metric_versions",
+    "read_series",
+]
+
+Point = tuple[str, int, float | None]
+CHUNK_COLUMNS = (
+    "first_step",
+    "last_step",
+    "count",
+    "steps",
+    '"values"',
+    "min_value",
+    "max_value",
+    "mean_value",
+)
+INSERT_CHUNK = (
+    f"INSERT INTO metric_chunks (series_id, {', '.join(CHUNK_COLUMNS)}) "
+    f"VALUES (%s, {', '.join(['%s'] * len(CHUNK_COLUMNS))})"
+)
+UPDATE_CHUNK = (
+    f"UPDATE metric_chunks SET {', '.join(f'{c} = %s' for c in CHUNK_COLUMNS)} "
+    "WHERE series_id = %s AND first_step = %s"
+)
+BUMP_REVISION = "UPDATE metric_series SET revision = revision + 1 WHERE id = %s"
+# Each series of the run, with its newest chunk (the one with the highest last step) if any.
+SERIES_AND_TAILS = (
+    'SELECT s.key, s.id, c.first_step, c.last_step, c.count, c.steps, c."values" '
+    "FROM metric_series s LEFT JOIN metric_chunks c ON c.series_id = s.id AND c.last_step = "
+    "(SELECT max(m.last_step) FROM metric_chunks m WHERE m.series_id = s.id) "
+    "WHERE s.run_id = %s"
+)
 
 
-def add_metrics(session: Session, run_id: str, points: Iterable[tuple[str, int, float | None]]):
-    """Upsert (key, step, value) points; points already stored are left as they are, so a
-    re-delivered batch changes nothing."""
-    rows = [{"run_id": run_id, "key": k, "step": s, "value": v} for k, s, v in points]
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    session.execute(insert(MetricPoint).on_conflict_do_nothing(), rows)
-    newest = max(row["step"] for row in rows)
-    session.execute(
-        update(Run)
-        .where(Run.id == run_id, or_(Run.last_step.is_(None), Run.last_step < newest))
-        .values(last_step=newest)
+def add_metrics(
+    session: Session, run_id: str, points: Iterable[Point], *, token: str | None = None
+) -> int:
+    """Store (key, step, value) points and commit; returns how many were new. Points already
+    stored are left as they are (a re-sent batch changes nothing). With ``token``, nothing is
+    written unless the run's ``claim_token`` is that token (a lost attempt's late flush), nor
+    when the run no longer exists."""
+    batch = packing.group_points(points)
+    if not batch:
+        return 0
+    raw = Raw(session)
+    newest = max(int(steps[-1]) for steps, _ in batch.values())
+    touched, rows = raw.batch([_touch_run(run_id, newest, token), _tails(run_id)])
+    if not touched:
+        session.rollback()
+        return 0
+    series = _by_key(rows)
+    missing = [k for k in batch if k not in series]
+    if missing:
+        create = Statement(
+            "INSERT INTO metric_series (run_id, key, revision) VALUES (%s, %s, 0) "
+            "ON CONFLICT DO NOTHING",
+            [(run_id, k) for k in missing],
+            many=True,
+        )
+        series = _by_key(raw.batch([create, _tails(run_id)])[1])
+    inserts: list[tuple] = []
+    updates: list[tuple] = []
+    changed: list[tuple[int]] = []
+    written = 0
+    for key, (steps, values) in batch.items():
+        series_id, tail = series[key]
+        n = _plan(raw, series_id, steps, values, tail, inserts, updates)
+        if n:
+            written += n
+            changed.append((series_id,))
+    writes = [(UPDATE_CHUNK, updates), (INSERT_CHUNK, inserts), (BUMP_REVISION, changed)]
+    raw.batch([Statement(sql, rows, many=True) for sql, rows in writes if rows])
+    session.commit()
+    return written
+
+
+def _touch_run(run_id: str, newest: int, token: str | None) -> Statement:
+    """Raise the run's last_step to ``newest``; its rowcount is 0 if the run is gone or, with
+    ``token``, no longer held by it. Updates the row whenever it matches, to take its lock."""
+    sql = (
+        "UPDATE runs SET last_step = CASE WHEN last_step IS NULL OR last_step < %s THEN %s "
+        "ELSE last_step END WHERE id = %s"
+    )
+    params: list[Any] = [newest, newest, run_id]
+    if token is not None:
+        sql += " AND claim_token = %s"
+        params.append(token)
+    return Statement(sql, params)
+
+
+def _tails(run_id: str) -> Statement:
+    return Statement(SERIES_AND_TAILS, (run_id,), fetch=True)
+
+
+def _by_key(rows: list[Any]) -> dict[str, tuple[int, Any]]:
+    """Per key: its series id and its newest chunk row (None for a series with no points)."""
+    return {row[0]: (row[1], row if row[2] is not None else None) for row in rows}
+
+
+def _plan(
+    raw: Raw,
+    series_id: int,
+    steps: np.ndarray,
+    values: np.ndarray,
+    tail: Any,
+    inserts: list[tuple],
+    updates: list[tuple],
+) -> int:
+    """Add to ``inserts``/``updates`` the chunk rows that store the points of one series not
+    stored yet; returns how many points that is. ``tail`` is the row of SERIES_AND_TAILS."""
+    parts: list[packing.Arrays] = []
+    written = 0
+    if tail is not None and steps[0] <= tail[3]:
+        # Points not after the newest stored one: a re-send, or a missing step filled late.
+        # Those not stored yet go to chunks of their own (chunks may then overlap in range).
+        old = steps <= tail[3]
+        stored = _stored_steps(raw, series_id, int(steps[0]), int(tail[3]))
+        fresh = old & ~np.isin(steps, stored)
+        parts += packing.split(steps[fresh], values[fresh])
+        written += int(fresh.sum())
+        steps, values = steps[~old], values[~old]
+    written += len(steps)
+    if len(steps) and tail is not None and tail[4] < packing.CHUNK_POINTS:
+        room = packing.CHUNK_POINTS - tail[4]  # fill the newest chunk first
+        tail_steps, tail_values = packing.unpack(tail[5], tail[6])
+        merged = packing.pack(
+            np.concatenate((tail_steps, steps[:room])), np.concatenate((tail_values, values[:room]))
+        )
+        updates.append((*merged.values(), series_id, tail[2]))
+        steps, values = steps[room:], values[room:]
+    parts += packing.split(steps, values)
+    inserts += [(series_id, *packing.pack(*part).values()) for part in parts]
+    return written
+
+
+def _stored_steps(raw: Raw, series_id: int, lo: int, hi: int) -> np.ndarray:
+    """The steps of the series stored within [lo, hi] (and around it, by whole chunks)."""
+    rows = raw.fetchall(
+        "SELECT steps FROM metric_chunks WHERE series_id = %s AND last_step >= %s "
+        "AND first_step <= %s",
+        (series_id, lo, hi),
+    )
+    parts = [np.frombuffer(blob, dtype=packing.STEP_DTYPE) for (blob,) in rows]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=packing.STEP_DTYPE)
+
+
+def delete_metrics_after(session: Session, run_id: str, step: int) -> int:
+    """Remove the run's points after ``step`` (a lost attempt's, before its successor resumes
+    from ``step``) and commit; returns how many were removed. The run's last_step is lowered
+    to ``step`` if it was past it."""
+    raw = Raw(session)
+    chunks = raw.fetchall(
+        'SELECT c.series_id, c.first_step, c.count, c.steps, c."values" FROM metric_chunks c '
+        "JOIN metric_series s ON s.id = c.series_id WHERE s.run_id = %s AND c.last_step > %s",
+        (run_id, step),
+    )
+    removed = 0
+    drops, updates = [], []
+    for series_id, first_step, count, steps_blob, values_blob in chunks:
+        if first_step > step:
+            removed += count
+            drops.append((series_id, first_step))
+            continue
+        steps, values = packing.unpack(steps_blob, values_blob)
+        keep = steps <= step
+        removed += int((~keep).sum())
+        updates.append((*packing.pack(steps[keep], values[keep]).values(), series_id, first_step))
+    raw.executemany("DELETE FROM metric_chunks WHERE series_id = %s AND first_step = %s", drops)
+    raw.executemany(UPDATE_CHUNK, updates)
+    raw.executemany(BUMP_REVISION, sorted({(row[0],) for row in chunks}))
+    raw.execute(
+        "UPDATE runs SET last_step = %s WHERE id = %s AND last_step > %s", (step, run_id, step)
     )
     session.commit()
-
-
-def metric_summary(session: Session, run_id: str) -> dict[str, dict[str, int]]:
-    """For each key: number of points and first/last step."""
-    rows = session.execute(
-        select(
-            MetricPoint.key,
-            func.count(),
-            func.min(MetricPoint.step),
-            func.max(MetricPoint.step),
-        )
-        .where(MetricPoint.run_id == run_id)
-        .group_by(MetricPoint.key)
-        .order_by(MetricPoint.key)
-    ).all()
-    return {k: {"count": n, "first_step": lo, "last_step": hi} for k, n, lo, hi in rows}
-
-
-def get_metrics(
-    session: Session,
-    run_id: str,
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-    after_step: int | None = None,
-    limit: int | None = None,
-) -> dict[str, list[tuple[int, float | None]]]:
-    """Series per key as (step, value) pairs, ordered by step (keys in order).
-    ``after_step``/``limit`` page through long series (``limit`` counts points per key,
-    applied in the database)."""
-    arrays = get_metric_arrays(
-        session,
-        run_id,
-        keys=keys,
-        step_min=step_min,
-        step_max=step_max,
-        after_step=after_step,
-        limit=limit,
-    )
-    return {key: list(zip(steps, values, strict=True)) for key, (steps, values) in arrays.items()}
-
-
-def get_metric_arrays(
-    session: Session,
-    run_id: str,
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-    after_step: int | None = None,
-    limit: int | None = None,
-) -> dict[str, tuple[list[int], list[float | None]]]:
-    """get_metrics as two lists per key, steps and values (no pair per point: cheaper when
-    the caller wants columns anyway, as the downsampling and the JSON series do)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return _pg_metrics(session, run_id, keys, step_min, step_max, after_step, limit)
-    query = select(MetricPoint.key, MetricPoint.step, MetricPoint.value).where(
-        MetricPoint.run_id == run_id
-    )
-    if keys:
-        query = query.where(MetricPoint.key.in_(list(keys)))
-    if step_min is not None:
-        query = query.where(MetricPoint.step >= step_min)
-    if step_max is not None:
-        query = query.where(MetricPoint.step <= step_max)
-    if after_step is not None:
-        query = query.where(MetricPoint.step > after_step)
-    if limit is not None:  # the first ``limit`` points of each key, not the whole series
-        rank = func.row_number().over(partition_by=MetricPoint.key, order_by=MetricPoint.step)
-        ranked = query.add_columns(rank.label("rank")).subquery()
-        query = select(ranked.c.key, ranked.c.step, ranked.c.value).where(ranked.c.rank <= limit)
-        query = query.order_by(ranked.c.key, ranked.c.step)
-    else:
-        query = query.order_by(MetricPoint.key, MetricPoint.step)
-    # Plain tuples through the Core connection: a long series is thousands of rows, and ORM
-    # row processing and per-row grouping calls were most of this function's time.
-    series: dict[str, tuple[list[int], list[float | None]]] = {}
-    steps: list[int] = []
-    values: list[float | None] = []
-    last_key = None
-    for key, step, value in session.connection().execute(query).all():
-        if key != last_key:
-            steps, values = series.setdefault(key, ([], []))
-            last_key = key
-        steps.append(step)
-        values.append(value)
-    return series
-
-
-def _pg_metrics(
-    session: Session,
-    run_id: str,
-    keys: Sequence[str] | None,
-    step_min: int | None,
-    step_max: int | None,
-    after_step: int | None,
-    limit: int | None,
-) -> dict[str, tuple[list[int], list[float | None]]]:
-    """get_metric_arrays on PostgreSQL: one row per key, its steps and values as two arrays
-    (``array_agg`` in step order), read in binary. Row by row, a live run's ~18,000 points
-    cost ~30 ms of the API's CPU (and GIL) in driver and result processing; as arrays, ~3 ms.
-    Same points, same order as the portable query."""
-    where = ["run_id = %(run_id)s"]
-    params: dict[str, Any] = {"run_id": run_id}
-    if keys:
-        where.append("key = ANY(%(keys)s)")
-        params["keys"] = list(keys)
-    for bound, op, value in (
-        ("step_min", ">=", step_min),
-        ("step_max", "<=", step_max),
-        ("after_step", ">", after_step),
-    ):
-        if value is not None:
-            where.append(f"step {op} %({bound})s")
-            params[bound] = value
-    source = f"{MetricPoint.__tablename__} WHERE {' AND '.join(where)}"
-    if limit is not None:  # the first ``limit`` points of each key, not the whole series
-        source = (
-            f"(SELECT key, step, value, row_number() OVER (PARTITION BY key ORDER BY step) AS rank"
-            f" FROM {source}) AS ranked WHERE rank <= %(limit)s"
-        )
-        params["limit"] = limit
-    sql = (
-        "SELECT key, array_agg(step ORDER BY step), array_agg(value ORDER BY step) "
-        f"FROM {source} GROUP BY key ORDER BY key"
-    )
-    return {key: (steps, values) for key, steps, values in _raw_binary(session, sql, params)}
-
-
-def _raw_binary(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` from a binary psycopg cursor on the session's connection (in its
-    transaction). SQLAlchemy reads results as text; binary arrays decode several times faster.
-    Driver errors are raised as SQLAlchemy's (OperationalError, DataError, ...), as any other
-    query's are, so the API maps them the same way (503, 400)."""
-    connection = session.connection()
-    dbapi = connection.dialect.loaded_dbapi
-    raw = connection.connection.dbapi_connection
-    try:
-        with raw.cursor(binary=True) as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
-    except dbapi.Error as exc:
-        lost = connection.dialect.is_disconnect(exc, raw, None)
-        if lost:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(
-            sql, params, exc, dbapi.Error, connection_invalidated=lost, dialect=connection.dialect
-        ) from exc
-
-
-def count_metrics(
-    session: Session,
-    run_id: str,
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-) -> dict[str, int]:
-    """Points per key within a step range (for ``total_points`` of a paged series)."""
-    query = (
-        select(MetricPoint.key, func.count())
-        .where(MetricPoint.run_id == run_id)
-        .group_by(MetricPoint.key)
-    )
-    if keys:
-        query = query.where(MetricPoint.key.in_(list(keys)))
-    if step_min is not None:
-        query = query.where(MetricPoint.step >= step_min)
-    if step_max is not None:
-        query = query.where(MetricPoint.step <= step_max)
-    return {key: n for key, n in session.execute(query).all()}
+    return removed

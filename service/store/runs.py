@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
-from service.models import MetricPoint, Run, utcnow
+from service.models import MetricSeries, Run, utcnow
 from service.store.errors import Conflict
 from service.store.queries import get_run
 from service.vocab import FINISHED_STATUSES, WAITING, RunStatus
@@ -283,6 +283,6 @@ def delete_run(session: Session, run_id: str) -> None:
     run = get_run(session, run_id)
     if run.status not in FINISHED_STATUSES:
         raise Conflict(f"run {run_id} is {run.status}; cancel it before deleting")
-    session.execute(delete(MetricPoint).where(MetricPoint.run_id == run_id))
+    session.execute(delete(MetricSeries).where(MetricSeries.run_id == run_id))
     session.execute(delete(Run).where(Run.id == run_id))
     session.commit()

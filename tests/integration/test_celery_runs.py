@@ -12,12 +12,10 @@ from typing import Any
 
 import pytest
 from procs import alive, descendants
-from sqlalchemy import func, select
 
 from bncore.spec import JobSpec
 from service import store
 from service.executor import CeleryExecutor
-from service.models import MetricPoint
 from service.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -128,12 +126,10 @@ def test_a_worker_killed_mid_run_loses_the_run_to_a_retry_without_duplicates(
     assert final["status"] == "succeeded", final
     assert final["worker"] == worker.name and final["attempt"] == 2
 
-    duplicates = pg_session.execute(
-        select(MetricPoint.key, MetricPoint.step)
-        .where(MetricPoint.run_id == run.id)
-        .group_by(MetricPoint.key, MetricPoint.step)
-        .having(func.count() > 1)
-    ).all()
+    series = store.get_metrics(pg_session, run.id)
+    duplicates = [
+        key for key, points in series.items() if len({s for s, _ in points}) < len(points)
+    ]
     assert duplicates == []
     losses = store.get_metrics(pg_session, run.id, keys=["train_loss"])["train_loss"]
     assert [step for step, _ in losses] == list(range(10, 3001, 10))

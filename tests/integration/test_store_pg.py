@@ -1,10 +1,13 @@
 """The store on PostgreSQL against the reference checks of the SQLite unit tests:
-get_metrics (arrays read in binary; tests/unit/service/store/test_store_metrics.py) and the
+get_metrics (chunks read in binary; tests/unit/service/store/test_store_metrics.py), the
+chunked series (round trip, re-sends, fencing, delete after; test_store_series.py), the
+migration of existing points (test_store_migration_series.py), and the
 run filters and sweep pages (JSON path expressions, JSONB tag containment;
 tests/unit/service/store/test_store_queries.py): the same rows, in the same order."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -13,8 +16,16 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.db import make_engine
+from service.store.raw import Raw
 from tests.unit.service.store.test_store_metrics import check_get_metrics
+from tests.unit.service.store.test_store_migration_series import check_migration
 from tests.unit.service.store.test_store_queries import check_run_filters, check_sweep_pages
+from tests.unit.service.store.test_store_series import (
+    check_delete_after,
+    check_fencing,
+    check_resends_change_nothing,
+    check_round_trip,
+)
 
 
 @pytest.fixture
@@ -32,7 +43,7 @@ def test_get_metrics_matches_a_reference_filter(session: Session) -> None:
 def test_driver_errors_are_sqlalchemy_errors(session: Session) -> None:
     """The binary read raises what any other query raises, so the API maps it alike."""
     with pytest.raises(DBAPIError):
-        store._raw_binary(session, "SELECT 1/0", {})
+        Raw(session).fetchall("SELECT 1/0")
     session.rollback()
     assert store.get_metrics(session, "no-such-run") == {}
 
@@ -43,3 +54,23 @@ def test_run_filters_match_a_reference_filter(session: Session) -> None:
 
 def test_sweep_pages_newest_first_with_counts(session: Session) -> None:
     check_sweep_pages(session)
+
+
+@pytest.mark.parametrize(
+    "check", [check_round_trip, check_resends_change_nothing, check_fencing, check_delete_after]
+)
+def test_series_store(session: Session, check) -> None:  # noqa: ANN001
+    check(session)
+
+
+def test_migration_converts_existing_points(pg_admin_url: str) -> None:
+    import psycopg
+
+    name = f"bnlab_migration_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        check_migration(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

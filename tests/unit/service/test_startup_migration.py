@@ -24,7 +24,7 @@ def test_startup_migrates_a_fresh_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     with TestClient(create_app(embedded(url))):
         tables = set(inspect(engine_for(url)).get_table_names())
-    assert {"runs", "metric_points", "workers", "alembic_version"} <= tables
+    assert {"runs", "metric_series", "metric_chunks", "workers", "alembic_version"} <= tables
 
 
 class IdleExecutor:

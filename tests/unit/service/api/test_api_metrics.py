@@ -82,6 +82,22 @@ def test_downsampling_keeps_shape_and_says_so(client, app_session, run_id) -> No
     assert body["next_cursor"] is None
 
 
+def test_downsampling_keeps_extremes_across_chunks(client, app_session, run_id) -> None:  # noqa: ANN001
+    """A long series (several stored chunks) with a missing value: the first, last, minimum
+    and maximum points come back exactly, and the missing value is marked."""
+    values = [0.5 + 0.1 * ((s * 7919) % 13) / 13 for s in range(5000)]
+    values[1234], values[2777], values[100] = -3.0, 7.0, None
+    store.add_metrics(app_session, run_id, [("loss", s, v) for s, v in enumerate(values)])
+    body = client.get(f"{RUNS}/{run_id}/metrics", params={"max_points": 50}).json()
+    loss = body["series"]["loss"]
+    assert (loss["downsampled"], loss["total_points"]) == (True, 5000)
+    kept = dict(zip(loss["steps"], loss["values"], strict=True))
+    assert len(kept) <= 50
+    assert kept[0] == values[0] and kept[4999] == values[4999]
+    assert kept[1234] == -3.0 and kept[2777] == 7.0 and kept[100] is None
+    assert all(values[s] == v for s, v in kept.items())  # exact values, not approximations
+
+
 def test_metrics_bad_requests(client, run_id) -> None:  # noqa: ANN001
     url = f"{RUNS}/{run_id}/metrics"
     for params, status, text in [

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError
 
 from bncore.spec import MAX_PARAMETERS, JobSpec
 from service import store
-from service.models import MetricPoint, Run, Sweep
+from service.models import MetricSeries, Run, Sweep
 
 RUNS = "/api/v1/runs"
 SWEEPS = "/api/v1/sweeps"
@@ -32,7 +32,7 @@ def counts(app) -> tuple[int, int, int]:  # noqa: ANN001
     with app.state.session_factory() as session:
         return tuple(
             session.scalar(select(func.count()).select_from(table))
-            for table in (Run, Sweep, MetricPoint)
+            for table in (Run, Sweep, MetricSeries)
         )
 
 
