@@ -88,7 +88,9 @@ def serve(
     uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, reload=reload)
 
 
-def worker_command(concurrency: int, queues: Sequence[str], loglevel: str) -> list[str]:
+def worker_command(
+    concurrency: int, queues: Sequence[str], loglevel: str, name: str | None = None
+) -> list[str]:
     """The Celery worker command line (by module name: the service never imports workers)."""
     command_line = [
         sys.executable,
@@ -106,6 +108,8 @@ def worker_command(concurrency: int, queues: Sequence[str], loglevel: str) -> li
     ]
     if queues:
         command_line += ["--queues", ",".join(queues)]
+    if name:  # Celery's node name; each process adds :PID:RANDOM (workers/celery_app.py)
+        command_line += ["--hostname", f"{name}@%h"]
     return command_line
 
 
@@ -129,6 +133,13 @@ def worker(
         ),
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Readable prefix of this worker's process names (NAME@host:pid:random).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start a Celery worker that trains queued runs (needs [bold]BNLAB_BROKER_URL[/bold]).
 
@@ -142,7 +153,7 @@ def worker(
             "runs itself (embedded mode) and no worker is needed."
         )
     queues = queue or [settings.queue]
-    command_line = worker_command(concurrency, queues, loglevel)
+    command_line = worker_command(concurrency, queues, loglevel, name)
     log_line(
         f"worker     broker {display_url(settings.broker_url)} (queue {', '.join(queues)}), "
         f"database {display_url(settings.database_url)}"
