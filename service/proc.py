@@ -137,6 +137,23 @@ def clean_stale_temp_dirs(root: str | Path | None = None) -> list[Path]:
     return removed
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails now (another server holds it). Checked by
+    ``bnlab serve`` before it starts, so a second server exits before touching any run."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # uvicorn reports a bad host itself
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError:
+            return True
+    return False
+
+
 def redact_url(url: str) -> str:
     """A URL without its password (``redis://***@host:6379/0``), for logs."""
     scheme, sep, rest = url.partition("://")

@@ -18,6 +18,7 @@ import typer
 
 from service.cli.common import command, console, examples, fail, log_line
 from service.client import DEFAULT_SERVER
+from service.proc import port_in_use
 from service.settings import get_settings, hash_key
 
 APP_FACTORY = "service.app:create_app"  # imported by uvicorn, in the server process
@@ -59,6 +60,8 @@ def serve(
     runs itself, each in a subprocess. With it, runs are queued for [bold]bnlab worker[/bold].
     Clients find a server started on another host or port through --server or BNLAB_SERVER.
     """
+    if port_in_use(host, port):  # before the database: a second server must touch no run
+        fail(f"port {port} on {host} is in use (another bnlab serve?); stop it or pick --port")
     settings = get_settings()
     database = display_url(settings.database_url)
     log_line(f"database   {database}")
