@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from bncore import events
 from service import store
+from service.artifacts import run_artifact_dir
 from service.db import first_line, open_session, with_db_retry
 from service.proc import die_with_parent, embedded_worker_name, run_temp_dir, unique_worker_id
 from service.settings import Settings, get_settings
@@ -419,11 +420,6 @@ class Claim:
     token: str
     spec: dict[str, Any]
     stored_step: int
-
-
-def run_artifact_dir(settings: Settings, run_id: str) -> Path:
-    """Where a run's checkpoints and final model live (served by GET /runs/{id}/checkpoint)."""
-    return Path(settings.artifact_dir) / "runs" / run_id
 
 
 # ----------------------------------------------------------------------------- entry point
