@@ -88,7 +88,19 @@ def serve(
 
     import uvicorn  # the server's dependency: loaded only by the command that serves
 
-    uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, reload=reload)
+    # Open event streams never end by themselves: on Ctrl-C close them after a few seconds
+    # (clients reconnect and resume with Last-Event-ID) instead of waiting for each to time out.
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=host,
+        port=port,
+        reload=reload,
+        timeout_graceful_shutdown=STREAM_CLOSE_GRACE_S,
+    )
+
+
+STREAM_CLOSE_GRACE_S = 3  # on shutdown, open requests (event streams) get this long
 
 
 def worker_command(

@@ -78,7 +78,7 @@ def new_token() -> str:
 def claim_run(session: Session, run_id: str, worker: str) -> str | None:
     """queued → running for this worker. Returns the attempt's fresh claim token (every later
     write of this attempt carries it), or None if someone else has it or it was cancelled.
-    ``last_step`` starts over: it is this attempt's progress."""
+    ``last_step`` is set again when the attempt says where it starts (``record_resume``)."""
     now = db_now(session)
     token = new_token()
     claimed = _transition(
@@ -92,7 +92,6 @@ def claim_run(session: Session, run_id: str, worker: str) -> str | None:
         started_at=now,
         heartbeat_at=now,
         attempt=Run.attempt + 1,
-        last_step=None,
         resumed_step=None,
     )
     return token if claimed else None
