@@ -112,7 +112,7 @@ def test_a_worker_killed_mid_run_loses_the_run_to_a_retry_without_duplicates(
     trainers = [p for p, cmd in tree.items() if b"bncore.train" in cmd]
     assert len(trainers) == 1, tree
     first = api.get(f"/api/v1/runs/{run.id}").json()
-    assert first["worker"] == victim.name
+    assert first["worker"].startswith(f"{victim.name}:")  # NAME:PID:RANDOM
 
     os.kill(victim.proc.pid, signal.SIGKILL)  # the main worker process, no warning
     victim.proc.wait()

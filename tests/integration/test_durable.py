@@ -7,6 +7,7 @@ and real ``bnlab serve`` processes.
 * F6: a worker killed with SIGKILL mid-run; the retry resumes from the checkpoint and the
   stored curve equals an uninterrupted run's.
 * F3: a second embedded server on the same database leaves the first one's run alone.
+* A database outage longer than the heartbeat timeout reaps no healthy run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,31 @@ def test_a_second_embedded_server_leaves_the_first_ones_run_alone(
     assert "lost" not in second.log() and "previous server" not in second.log()
     httpx.post(f"{base}/api/v1/runs/{run_id}/cancel", timeout=10)
     wait_until(lambda: load(settings, run_id).status == "cancelled", 60, "the cancel")
+
+
+def test_a_database_outage_longer_than_the_timeout_reaps_no_healthy_run(
+    private_redis,
+    private_pg,  # noqa: ANN001
+    fault_db: str,
+    processes: list[Proc],
+    logs: Path,
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL down for longer than the heartbeat timeout while a run trains: no heartbeat
+    can land meanwhile, so the API's reaper gives workers a grace period once the database is
+    back; the healthy run finishes on its first attempt."""
+    broker = private_redis()
+    settings = fault_settings(fault_db, broker.url(), tmp_path, heartbeat_timeout_s=4.0)
+    worker = start_celery_worker(settings, "outage", logs, processes)
+    run_id = create(settings, LONG | {"steps": 4000})
+    with app_client(settings):
+        wait_until(lambda: (load(settings, run_id).last_step or 0) > 0, 120, "the run to train")
+        private_pg.stop("fast")
+        try:
+            wait_until(lambda: "heartbeat failed" in worker.log(), 30, "a failed heartbeat")
+            time.sleep(8)  # twice the heartbeat timeout with the database down
+        finally:
+            private_pg.start()
+        wait_until(lambda: load(settings, run_id).status in FINISHED, 240, "the run to finish")
+    run = load(settings, run_id)
+    assert run.status == "succeeded" and run.attempt == 1, run.status_reason
