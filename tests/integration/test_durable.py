@@ -243,7 +243,11 @@ def test_a_database_outage_longer_than_the_timeout_reaps_no_healthy_run(
     can land meanwhile, so the API's reaper gives workers a grace period once the database is
     back; the healthy run finishes on its first attempt."""
     broker = private_redis()
-    settings = fault_settings(fault_db, broker.url(), tmp_path, heartbeat_timeout_s=4.0)
+    # Heartbeats far apart next to the reaper's passes (every timeout / 4): without the grace,
+    # the first pass after the outage would find the run stale before its heartbeat lands.
+    settings = fault_settings(
+        fault_db, broker.url(), tmp_path, heartbeat_interval_s=2.5, heartbeat_timeout_s=6.0
+    )
     worker = start_celery_worker(settings, "outage", logs, processes)
     run_id = create(settings, LONG | {"steps": 4000})
     with app_client(settings):
@@ -251,7 +255,7 @@ def test_a_database_outage_longer_than_the_timeout_reaps_no_healthy_run(
         private_pg.stop("fast")
         try:
             wait_until(lambda: "heartbeat failed" in worker.log(), 30, "a failed heartbeat")
-            time.sleep(8)  # twice the heartbeat timeout with the database down
+            time.sleep(12)  # twice the heartbeat timeout with the database down
         finally:
             private_pg.start()
         wait_until(lambda: load(settings, run_id).status in FINISHED, 240, "the run to finish")
