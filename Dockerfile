@@ -10,8 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     BNLAB_DATA_DIR=/data
 
 # g++: torch.compile (inductor) builds the fused batch-norm kernels with it on CPU.
+# dataset-fashion-mnist: the real images of dataset "fashion_mnist" (in
+# /usr/share/datasets/fashion-mnist; a fashion-mnist folder in BNLAB_DATA_DIR overrides it).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ \
+    && apt-get install -y --no-install-recommends g++ dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

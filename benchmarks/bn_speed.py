@@ -141,6 +141,13 @@ def main() -> None:
     print("One-time compile, caches disabled (first call of each shape family, s):")
     for shape, training, secs in compile_times:
         print(f"  {tuple(shape)} {mode[training]}: {secs:.1f} s")
+    stats = BF.compile_stats()
+    print(
+        f"Compiled backend: {stats['compiled_keys']} graph keys compiled, "
+        f"{stats['failed_keys']} failed (ran eagerly: {stats['fallback_calls']} calls)"
+    )
+    for key, why in stats["failures"].items():
+        print(f"  failed: {key}: {why}")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,22 @@
   arrays are cached in-process.
 - ``synthetic``: a seeded random-teacher problem, 10 classes, ``spec.synthetic_features``
   features, shape (1, F).
+- ``fashion_mnist``: Zalando's Fashion-MNIST (60,000 train / 10,000 test, the official split),
+  shape (1, 28, 28), from Debian's ``dataset-fashion-mnist`` package
+  (``/usr/share/datasets/fashion-mnist``) unless the data directory has a ``fashion-mnist``
+  folder, or ``spec.data_path`` names another folder with the four files.
 - ``mnist_idx``: a folder with the four MNIST IDX files (optionally gzipped), shape (1, 28, 28).
+  This is how to train on MNIST itself: put LeCun's four files (as downloaded, ``.gz`` or not)
+  in a folder under the data directory and set ``data_path`` to it.
 - ``npz``: a ``.npz`` file with ``x_train``, ``y_train``, ``x_test``, ``y_test``.
 
 Files live under a data directory (``BNLAB_DATA_DIR``, default ``./data``, or an explicit
 argument); ``spec.data_path`` is relative to it and may not point outside it.
+
+Gzipped IDX files are decoded once and the arrays cached as an uncompressed ``.npz`` in
+``$BNLAB_CACHE_DIR`` (default ``$XDG_CACHE_HOME/bnlab`` or ``~/.cache/bnlab``), written
+atomically and keyed by the files' paths, sizes and modification times; a run then starts in
+well under a second instead of spending one decompressing. An unwritable cache is skipped.
 
 Splits are fixed: they depend on the dataset only, never on ``spec.seed``, so runs with different
 seeds are scored on the same test set. ``train_size`` keeps a fixed random subset of the training
@@ -19,10 +30,13 @@ examples.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import hashlib
 import os
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +67,13 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("BNLAB_DATA_DIR", "./data"))
 
 
+def default_cache_dir() -> Path:
+    """Where decoded datasets are cached: $BNLAB_CACHE_DIR, else the user's cache dir."""
+    if os.environ.get("BNLAB_CACHE_DIR"):
+        return Path(os.environ["BNLAB_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnlab"
+
+
 def resolve_data_path(data_path: str, data_dir: str | Path | None = None) -> Path:
     """The file or folder ``data_path`` names inside the data directory.
 
@@ -74,6 +95,8 @@ def load_data(spec: JobSpec, data_dir: str | Path | None = None) -> Data:
         data = _mnist1d()
     elif spec.dataset == "synthetic":
         data = _synthetic(spec.synthetic_features)
+    elif spec.dataset == "fashion_mnist":
+        data = load_mnist_idx(fashion_mnist_folder(spec.data_path, data_dir), FASHION_MNIST)
     elif spec.dataset == "mnist_idx":
         data = load_mnist_idx(resolve_data_path(spec.data_path, data_dir))
     elif spec.dataset == "npz":
@@ -201,28 +224,122 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
-def _find_idx(folder: Path, name: str) -> Path:
+# Fashion-MNIST: where Debian's package puts it and the folder name looked for in the data
+# directory. The official split is the files' own: train-* (60,000) and t10k-* (10,000).
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIRNAME = "fashion-mnist"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    """A folder of IDX files: the dataset's name and what to do when a file is missing."""
+
+    name: str
+    missing_hint: str
+
+
+MNIST_IDX = IdxSource("mnist_idx", "data_path must name a folder with the four IDX files")
+FASHION_MNIST = IdxSource(
+    "fashion_mnist",
+    f"install Debian's package: apt-get install {FASHION_MNIST_PACKAGE} (files in "
+    f"{FASHION_MNIST_SYSTEM_DIR}), or put the four IDX files in "
+    f"<data dir>/{FASHION_MNIST_DIRNAME}",
+)
+
+
+def fashion_mnist_folder(data_path: str | None, data_dir: str | Path | None = None) -> Path:
+    """The folder Fashion-MNIST is read from: ``data_path`` inside the data directory if set;
+    else ``<data dir>/fashion-mnist`` if that folder exists; else the Debian package's folder.
+    The folder is not checked here (loading names what is missing)."""
+    if data_path is not None:
+        return resolve_data_path(data_path, data_dir)
+    local = resolve_data_path(FASHION_MNIST_DIRNAME, data_dir)
+    return local if local.is_dir() else FASHION_MNIST_SYSTEM_DIR
+
+
+def _find_idx(folder: Path, name: str, source: IdxSource) -> Path:
     # Accept the original names, their .gz, and the common "train-images.idx3-ubyte" spelling.
     for candidate in (name, name + ".gz", name.replace("-idx", ".idx")):
         if (folder / candidate).is_file():
             return folder / candidate
-    raise ValueError(f"{name} (or {name}.gz) not found in the data folder")
+    raise ValueError(
+        f"{source.name}: {name} (or {name}.gz) not found in {folder}; {source.missing_hint}"
+    )
 
 
-def load_mnist_idx(folder: Path) -> Data:
-    """A folder with MNIST's four IDX files. Pixels are scaled to [0, 1]."""
+def _cache_file(files: list[Path], cache_dir: Path) -> Path:
+    """The cache entry for these source files: named by a hash of their resolved paths, sizes
+    and modification times, so replacing a file makes a new entry instead of a stale hit."""
+    key = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        key.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return cache_dir / f"idx-{key.hexdigest()[:24]}.npz"
+
+
+def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write to a temporary file next to ``path``, then rename: a reader (another trainer
+    starting at the same time) sees the old state or the complete file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the data is public anyway
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_idx_folder(
+    folder: Path, source: IdxSource = MNIST_IDX, cache_dir: Path | None = None
+) -> dict[str, np.ndarray]:
+    """The four IDX arrays of ``folder`` (keys of IDX_FILES), as stored (uint8 for MNIST).
+
+    Gzipped files are decoded once and cached in ``cache_dir`` (default_cache_dir()); plain
+    files are read directly (that is as fast as reading a cache)."""
     if not folder.is_dir():
-        raise ValueError("data_path for 'mnist_idx' must be a folder with the four IDX files")
-    arrays = {key: read_idx(_find_idx(folder, name)) for key, name in IDX_FILES.items()}
+        raise ValueError(f"{source.name}: {folder} is not a folder; {source.missing_hint}")
+    files = {key: _find_idx(folder, name, source) for key, name in IDX_FILES.items()}
+    if not any(f.suffix == ".gz" for f in files.values()):
+        return {key: read_idx(f) for key, f in files.items()}
+    cache = _cache_file(list(files.values()), cache_dir or default_cache_dir())
+    try:
+        with np.load(cache, allow_pickle=False) as cached:
+            return {key: cached[key] for key in IDX_FILES}
+    except (OSError, KeyError, ValueError):  # absent, unreadable or damaged: decode again
+        pass
+    arrays = {key: read_idx(f) for key, f in files.items()}
+    # A read-only home or cache dir: still train, just decode every time.
+    with contextlib.suppress(OSError):
+        _write_atomically(cache, arrays)
+    return arrays
+
+
+def _unit_range(pixels: np.ndarray) -> np.ndarray:
+    """float32 pixels, uint8 scaled to [0, 1] (in float32 throughout: a float64 detour costs
+    Fashion-MNIST 400 MB and most of its load time)."""
+    x = pixels.astype(np.float32)
+    if pixels.dtype == np.uint8:
+        x /= 255.0
+    return x
+
+
+def load_mnist_idx(
+    folder: Path, source: IdxSource = MNIST_IDX, cache_dir: Path | None = None
+) -> Data:
+    """A folder with MNIST's four IDX files (MNIST, Fashion-MNIST). Pixels scaled to [0, 1]."""
+    arrays = read_idx_folder(folder, source, cache_dir)
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise ValueError(f"IDX {split} files: expected images (N, H, W) and N labels")
-    scale = 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
     return _to_data(
-        arrays["x_train"][:, None] / scale,
+        _unit_range(arrays["x_train"])[:, None],
         arrays["y_train"],
-        arrays["x_test"][:, None] / scale,
+        _unit_range(arrays["x_test"])[:, None],
         arrays["y_test"],
         classes=max(10, int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1),
     )

@@ -21,47 +21,47 @@ Public API
 ``batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
 momentum=0.1, eps=1e-5, *, backend=None)``
     Same semantics as :func:`torch.nn.functional.batch_norm`: in training the running stats (if
-    given) are updated in place, ``running_var`` receiving the *unbiased* batch variance.
-``set_backend("auto" | "eager" | "compiled")`` / ``get_backend()``
-    Which implementation of the math runs. ``"eager"`` is plain torch ops; ``"compiled"`` is the
-    same math through :func:`torch.compile` (fused C++ loops on CPU, Triton on CUDA); ``"auto"``
-    (default) compiles the training math (statistics, output, closed-form backward: fused, they
-    take fewer passes over memory than eager ops) where a compiler is available and the input is
-    large enough (``AUTO_COMPILE_MIN_NUMEL`` elements) to pay back seconds of compiling; the
-    paper's small MLPs stay eager, and so does eval mode, a single pass that eager ops already
-    make as fast as compiled code (measured; see :func:`affine`). The environment variable
-    ``BNCORE_BACKEND`` sets the initial value. If compiling fails, a warning is logged once and
-    the eager math is used from then on.
+    given) are updated in place, ``running_var`` receiving the *unbiased* batch variance. Works
+    under autograd (also double backward and batched gradients), forward-mode AD and
+    torch.func (grad, vmap, jvp, functional_call), like torch's.
+``set_backend("auto" | "eager" | "compiled")`` / ``get_backend()`` / ``compile_stats()``
+    Which implementation of the same math runs: plain torch ops, or the same functions through
+    :func:`torch.compile` (see :mod:`bncore._backend`, which chooses and caches).
 ``BatchNormFunction``
-    The :class:`torch.autograd.Function` itself (forward + closed-form backward).
+    The :class:`torch.autograd.Function` itself (forward, closed-form backward, jvp).
 
 No ``torch.batch_norm`` / ``F.batch_norm`` / cuDNN is called anywhere here.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import shutil
-import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+
+from bncore import _backend
+from bncore._backend import (  # noqa: F401  (re-exported: the public backend switch)
+    AUTO_COMPILE_MIN_NUMEL,
+    BACKENDS,
+    compile_stats,
+    compiled_available,
+    get_backend,
+    set_backend,
+)
 
 __all__ = [
     "BatchNormFunction",
+    "BatchNormFunctionWithJvp",
     "batch_norm",
+    "compile_stats",
     "compiled_available",
     "get_backend",
     "set_backend",
 ]
-
-log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "eager", "compiled")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,16 +129,20 @@ def _sum_sq_eager(t: Tensor) -> Tensor:
 def _addcmul_into(buf: Tensor | None, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     """a + b·c. Eagerly it is written into ``buf``, a temporary of ours that is no longer
     needed: a fresh large tensor costs page faults on CPU. Compiled, inductor plans memory
-    itself (and dynamo rejects ``out=`` tensors that are channels_last)."""
+    itself (and dynamo rejects ``out=`` tensors that are channels_last); ``buf=None`` when
+    the math is being transformed (vmap, double backward), where ``out=`` is not allowed."""
     if buf is None or torch.compiler.is_compiling():
         return torch.addcmul(a, b, c)
     return torch.addcmul(a, b, c, out=buf)
 
 
 def forward_train(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, reuse: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Algorithm 1 on a mini-batch. Returns (y, μ_B, σ²_B biased, 1/√(σ²_B + ε)).
+
+    ``reuse``: y may be written into the temporary x − μ_B (not under vmap, where the
+    temporary and the coefficients may differ in batching).
 
     Two passes for the statistics (mean, then mean of squared deviations): as accurate as
     Welford and much faster than ``torch.var_mean`` on CPU. Eagerly this is four passes over
@@ -164,10 +168,39 @@ def forward_train(
         shift = -mean * scale if bias is None else bias.to(acc) - mean * scale
         y = torch.addcmul(pc(shift), x.to(acc), pc(scale))
     elif bias is None:
-        y = xc.mul_(pc(scale))  # xc is our own temporary: y goes into it
+        y = xc.mul_(pc(scale)) if reuse else xc * pc(scale)  # y goes into our temporary
     else:
-        y = _addcmul_into(xc, pc(bias.to(acc)), xc, pc(scale))
+        y = _addcmul_into(xc if reuse else None, pc(bias.to(acc)), xc, pc(scale))
     return y.to(x.dtype), mean, var, invstd
+
+
+# Below this many elements a BN call costs kernel dispatches, not memory passes: the small
+# backward uses as few ops as the maths allows (measured on the paper's MLP, (60, 100)).
+# (torch.var_mean, one op for both statistics, is no help: 120 µs at (60, 100) on CPU.)
+_FEW_OPS_MAX_NUMEL = 1 << 16
+
+
+def _few_ops(x: Tensor) -> bool:
+    return x.numel() <= _FEW_OPS_MAX_NUMEL and not torch.compiler.is_compiling()
+
+
+def _backward_train_small(
+    dy: Tensor, x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None, acc: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The paper's closed form as written, for small inputs (fewest ops)::
+
+    dx = γ·invstd · (dy − Σdy/m − x̂ · Σ(dy·x̂)/m),   dγ = Σ dy·x̂,   dβ = Σ dy
+    """
+    dyf = dy if dy.dtype == acc else dy.to(acc)
+    xf = x if x.dtype == acc else x.to(acc)
+    dims, m = _reduce_dims(x), x.numel() // x.shape[1]
+    xhat = (xf - _per_channel(mean, x)) * _per_channel(invstd, x)
+    sum_dy, sum_dy_xhat = dyf.sum(dims), (dyf * xhat).sum(dims)
+    centred = dyf - _per_channel(sum_dy / m, x)
+    dx = torch.addcmul(centred, xhat, _per_channel(sum_dy_xhat / m, x), value=-1)
+    k = invstd if weight is None else invstd * weight
+    dx = dx * _per_channel(k, x)
+    return (dx if dx.dtype == x.dtype else dx.to(x.dtype)), sum_dy_xhat, sum_dy
 
 
 def eval_coefficients(
@@ -226,8 +259,13 @@ def backward(
     training: bool,
     need_dx: bool,
     need_dparams: bool,
+    reuse: bool = True,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Closed-form gradients. Returns (dx, dγ, dβ); dγ/dβ are None unless ``need_dparams``.
+
+    Written with differentiable torch ops: with ``reuse=False`` (no temporaries overwritten),
+    autograd can differentiate it again (double backward, given μ and invstd as functions of
+    x) and vmap can batch it over dy (batched gradients).
 
     With k = γ·invstd and x̂ = (x − μ)·invstd, the paper's dx is one affine combination of
     dy and x per channel, so it takes a single pass::
@@ -239,6 +277,9 @@ def backward(
     |μ| ≫ σ). Compiled, inductor fuses everything into one reduction pass and one output pass.
     """
     acc = _acc_dtype(x.dtype)
+    if training and need_dx and _few_ops(x):
+        dx, dw, db = _backward_train_small(dy, x, mean.to(acc), invstd, weight, acc)
+        return (dx, dw, db) if need_dparams else (dx, None, None)
     dyf, xf = dy.to(acc), x.to(acc)
     k = invstd if weight is None else invstd * weight.to(acc)
     if not training and not need_dparams:
@@ -249,9 +290,12 @@ def backward(
     if torch.compiler.is_compiling():  # fused with the sum above into one pass over dy and x
         tmp = None
         sum_dy_xc = _channel_sum(lambda pc, d, v: d.to(acc) * (v.to(acc) - pc(mean)), dy, x)
-    else:  # our temporary: x − μ, then (x − μ)·dy, then dx
+    elif reuse:  # our temporary: x − μ, then (x − μ)·dy, then dx
         tmp = xf - _per_channel(mean, x)
         sum_dy_xc = tmp.mul_(dyf).sum(_reduce_dims(x))
+    else:
+        tmp = None
+        sum_dy_xc = ((xf - _per_channel(mean, x)) * dyf).sum(_reduce_dims(x))
     sum_dy_xhat = sum_dy_xc * invstd
     dx = None
     if need_dx and not training:
@@ -261,7 +305,8 @@ def backward(
         a = -k * invstd * sum_dy_xhat / m
         b = -a * mean - k * sum_dy / m
         dx = _addcmul_into(tmp, _per_channel(b, x), dyf, _per_channel(k, x))
-        dx = dx.addcmul_(xf, _per_channel(a, x))
+        add_ax = dx.addcmul_ if reuse else dx.addcmul  # in place into our own temporary
+        dx = add_ax(xf, _per_channel(a, x))
     if dx is not None:
         dx = dx.to(x.dtype)
     if not need_dparams:
@@ -269,127 +314,14 @@ def backward(
     return dx, sum_dy_xhat, sum_dy
 
 
-# ---------------------------------------------------------------------------------------------
-# Backends: eager or compiled, chosen globally, by environment variable or per call.
-# ---------------------------------------------------------------------------------------------
-
-_backend: str = os.environ.get("BNCORE_BACKEND", "auto").strip().lower() or "auto"
-if _backend not in BACKENDS:
-    log.warning("BNCORE_BACKEND=%r is not one of %s; using 'auto'", _backend, BACKENDS)
-    _backend = "auto"
-
-# Below this many elements a BN call costs microseconds of Python and kernel launches, which
-# fusing cannot save, while compiling a shape family costs seconds: "auto" stays eager there.
-AUTO_COMPILE_MIN_NUMEL = 1 << 18
-
-_compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
-_compile_broken = False  # set after the first compile failure: from then on, eager only
-_available: dict[str, bool] = {}
-
-
-def set_backend(name: str) -> None:
-    """Choose the implementation for every call that does not name one: "auto", "eager" or
-    "compiled". ("compiled" still falls back to eager, with a warning, if compiling fails.)"""
-    global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    _backend = name
-
-
-def get_backend() -> str:
-    return _backend
-
-
-def compiled_available(device_type: str = "cpu") -> bool:
-    """Whether torch.compile can be expected to work here: a C++ compiler on CPU, Triton on
-    CUDA, and a Python version dynamo supports. (Checked once per device type.)"""
-    if device_type not in _available:
-        ok = False
-        try:
-            import torch._dynamo
-
-            ok = torch._dynamo.is_dynamo_supported()
-            if ok and device_type == "cpu":
-                cxx = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-                ok = any(c and shutil.which(c) for c in cxx)
-            elif ok and device_type == "cuda":
-                from torch.utils._triton import has_triton
-
-                ok = has_triton()
-            elif ok:
-                ok = False  # other devices: not tried
-        except Exception:  # an odd build of torch: just use eager
-            ok = False
-        _available[device_type] = ok
-    return _available[device_type]
-
-
-def _use_compiled(backend: str | None, x: Tensor, training: bool) -> bool:
-    backend = backend or _backend
-    if backend == "eager" or _compile_broken:
-        return False
-    if torch.compiler.is_compiling():  # inside a user's torch.compile: it fuses our math itself
-        return False
-    if backend == "compiled":
-        return True
-    # Eval is one pass, as fast eagerly; training's reductions and backward gain from fusing.
-    return training and x.numel() >= AUTO_COMPILE_MIN_NUMEL and compiled_available(x.device.type)
-
-
-_EAGER: dict[str, Callable[..., Any]] = {
-    "forward_train": forward_train,
-    "affine": affine,
-    "backward": backward,
-}
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
-def _compiled_fn(name: str, x: Tensor) -> Callable[..., Any]:
-    """The compiled math for one shape family: everything about x but the batch size.
-
-    Dynamo caches compiled code per Python code object and gives up (silently running eager)
-    after ``torch._dynamo.config.recompile_limit`` (8) variants of one. A network with many
-    BN shapes would hit that, so each family compiles its own copy of the function's code
-    object. Within a family the batch dim is symbolic (a short last batch reuses the kernel)
-    and only flags (training, affine, which grads) can add variants.
-    """
-    key = (name, x.device.type, x.dtype, tuple(x.shape[1:]), _memory_format(x))
-    fn = _compiled.get(key)
-    if fn is None:
-        f = _EAGER[name]
-        copy = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__)
-        fn = _compiled[key] = torch.compile(copy, dynamic=False, fullgraph=True)
-    return fn
-
-
-def _run(name: str, use_compiled: bool, x: Tensor, *args: Any) -> Any:
-    """Run one of the math functions, compiled if asked, falling back to eager on failure."""
-    global _compile_broken
-    if not (use_compiled and not _compile_broken):
-        return _EAGER[name](x, *args)
-    try:
-        if name == "backward":  # dy = x here; dy may come strided (e.g. expanded from .sum())
-            x = x.contiguous(memory_format=_memory_format(args[0]))
-        for t in (x, *args):
-            if isinstance(t, Tensor) and t.dim() > 1:
-                torch._dynamo.maybe_mark_dynamic(t, 0)
-        return _compiled_fn(name, x)(x, *args)
-    except Exception as err:
-        out = _EAGER[name](x, *args)  # a genuine input error raises here, as it should
-        _compile_broken = True
-        log.warning(
-            "bncore: torch.compile failed (%s: %s); using eager batch norm from now on",
-            type(err).__name__,
-            err,
-        )
-        return out
+def batch_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(μ_B, 1/√(σ²_B + ε)) in plain differentiable ops: the double backward recomputes them
+    so that autograd sees how they depend on x (the saved ones are constants)."""
+    xf = x.to(_acc_dtype(x.dtype))
+    dims = _reduce_dims(x)
+    mean = xf.mean(dims)
+    var = (xf - _per_channel(mean, x)).square().mean(dims)
+    return mean, torch.rsqrt(var + eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,62 +329,81 @@ def _run(name: str, use_compiled: bool, x: Tensor, *args: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward_eval(
+def _forward(
     x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    training: bool,
+    momentum: float,
     eps: float,
-    use_compiled: bool,
-) -> tuple[Tensor, Tensor]:
-    """Normalize with fixed statistics. Returns (y, 1/√(Var + ε))."""
+    compiled: bool,
+    reuse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The Functions' forward: (y, μ_B, invstd) in training, where the running statistics (if
+    given) are updated here, as torch's kernel does (under torch.func's transforms the forward
+    sees plain tensors, so the write lands in the caller's buffers); (y, empty, invstd) with
+    fixed statistics."""
+    if training:
+        y, mean, var, invstd = _backend.run(forward_train, compiled, x, weight, bias, eps, reuse)
+        if running_mean is not None and running_var is not None:
+            m = x.numel() // x.shape[1]
+            _update_running_stats(running_mean, running_var, mean, var, m, momentum, reuse)
+        return y, mean, invstd
+    assert running_mean is not None and running_var is not None
     invstd, scale, shift = eval_coefficients(
         running_mean, running_var, weight, bias, eps, _acc_dtype(x.dtype)
     )
-    return _run("affine", use_compiled, x, scale, shift), invstd
+    return _backend.run(affine, compiled, x, scale, shift), invstd.new_empty(0), invstd
+
+
+def _setup_context(
+    ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Saves (x, γ, μ, invstd) for the backward, μ being the running mean in eval."""
+    x, weight, _, running_mean, _, training, _, eps, compiled, _ = inputs
+    _, batch_mean, invstd = output
+    saved = (x, weight, batch_mean if training else running_mean, invstd)
+    ctx.mark_non_differentiable(batch_mean, invstd)
+    ctx.save_for_backward(*saved)
+    ctx.training, ctx.eps, ctx.compiled = training, eps, compiled
+    return saved
 
 
 class BatchNormFunction(torch.autograd.Function):
     """Batch normalization with its own forward and closed-form backward (no autograd graph
-    of primitive ops is recorded: ``y.grad_fn`` is ``BatchNormFunctionBackward``)."""
+    of primitive ops is recorded: ``y.grad_fn`` is ``BatchNormFunctionBackward``).
+
+    Returns (y, μ_B, invstd) (see :func:`_forward`); only y is differentiable. The backward
+    is itself differentiable (double backward, batched gradients). This classic-style
+    Function is the plain path (and what a user's torch.compile traces): torch.func's style,
+    :class:`BatchNormFunctionWithJvp`, costs an ``inspect.signature`` per call.
+    """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        running_mean: Tensor | None,
-        running_var: Tensor | None,
-        training: bool,
-        momentum: float,
-        eps: float,
-        use_compiled: bool,
-    ) -> Tensor:
-        if training:
-            y, mean, var, invstd = _run("forward_train", use_compiled, x, weight, bias, eps)
-            if running_mean is not None and running_var is not None:
-                m = x.numel() // x.shape[1]
-                unbiased = var * (m / (m - 1))
-                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-        else:
-            assert running_mean is not None and running_var is not None
-            y, invstd = _forward_eval(x, running_mean, running_var, weight, bias, eps, use_compiled)
-            mean = running_mean
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.training = training
-        ctx.use_compiled = use_compiled
-        return y
+    def forward(ctx: Any, *inputs: Any) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        output = _forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, dy: Tensor, *_: Tensor | None) -> tuple[Tensor | None, ...]:
         x, weight, mean, invstd = ctx.saved_tensors
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        dx, dw, db = _run(
-            "backward",
-            ctx.use_compiled,
+        # create_graph=True or forward-over-reverse: the backward is being differentiated.
+        # The saved statistics are constants, so they are recomputed as functions of x, and
+        # no temporary is reused.
+        differentiated = torch.is_grad_enabled() or _backend.has_forward_grad(dy, x, weight)
+        if differentiated and ctx.training:
+            mean, invstd = batch_stats(x, ctx.eps)
+        plain = differentiated or _backend.transformed(dy, x)
+        compiled = ctx.compiled and not plain
+        if compiled:  # dy may come strided (expanded from .sum()): one layout, one graph key
+            dy = dy.contiguous(memory_format=_backend.memory_format(x))
+        dx, dw, db = _backend.run(
+            backward,
+            compiled,
             dy,
             x,
             mean,
@@ -461,6 +412,7 @@ class BatchNormFunction(torch.autograd.Function):
             ctx.training,
             need_dx,
             need_dw or need_db,
+            not plain,
         )
         if dw is not None and weight is not None:
             dw = dw.to(weight.dtype)
@@ -470,8 +422,58 @@ class BatchNormFunction(torch.autograd.Function):
             dx if need_dx else None,
             dw if need_dw else None,
             db if need_db else None,
-            *([None] * 6),
+            *([None] * 7),
         )
+
+
+class BatchNormFunctionWithJvp(BatchNormFunction):
+    """:class:`BatchNormFunction` plus its forward-mode rule, used where a tangent can flow
+    (forward AD, torch.func). A separate class because dynamo cannot trace a Function that
+    defines ``jvp``, and a user's torch.compile must still see through ours. Written in
+    torch.func's style (``setup_context``, ``generate_vmap_rule``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        return _forward(*inputs)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        ctx.save_for_forward(*_setup_context(ctx, inputs, output))
+
+    @staticmethod
+    def jvp(
+        ctx: Any,
+        dx: Tensor | None,
+        dw: Tensor | None,
+        db: Tensor | None,
+        *_: Any,
+    ) -> tuple[Tensor | None, ...]:
+        """Forward-mode AD. With x̂ = (x − μ)·invstd and tangents ẋ, γ̇, β̇::
+
+        ẏ = γ·x̂̇ + γ̇·x̂ + β̇,   x̂̇ = invstd·(ẋ − mean(ẋ) − x̂·mean(x̂·ẋ))   (training)
+                              x̂̇ = invstd·ẋ                              (fixed stats)
+        """
+        x, weight, mean, invstd = ctx.saved_tensors
+        acc = _acc_dtype(x.dtype)
+        istd = _per_channel(invstd, x)
+        xhat = (x.to(acc) - _per_channel(mean.to(acc), x)) * istd
+        dy = torch.zeros_like(xhat)
+        if dx is not None:
+            dxf = dx.to(acc)
+            if ctx.training:
+                dims = _reduce_dims(x)
+                centred = dxf - _per_channel(dxf.mean(dims), x)
+                dxhat = istd * (centred - xhat * _per_channel((xhat * dxf).mean(dims), x))
+            else:
+                dxhat = istd * dxf
+            dy = dy + (dxhat if weight is None else dxhat * _per_channel(weight.to(acc), x))
+        if dw is not None:
+            dy = dy + xhat * _per_channel(dw.to(acc), x)
+        if db is not None:
+            dy = dy + _per_channel(db.to(acc), x)
+        return dy.to(x.dtype), None, None
 
 
 def _verify_batch_size(size: torch.Size) -> None:
@@ -483,6 +485,59 @@ def _verify_batch_size(size: torch.Size) -> None:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {size}"
         )
+
+
+def _check_channels(x: Tensor, **per_channel: Tensor | None) -> None:
+    """Every per-channel vector has C = x.shape[1] elements (torch's RuntimeError)."""
+    c = x.shape[1]
+    for name, t in per_channel.items():
+        if t is not None and t.numel() != c:
+            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
+
+
+def _empty_batch(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """An input without elements, as torch does it: an empty output still linked to weight
+    and bias (so their gradients are zeros, not missing), running statistics untouched."""
+    y = x.clone()
+    if weight is not None:
+        y = y * weight[0]
+    if bias is not None:
+        y = y + bias[0]
+    return y
+
+
+_VMAP_RUNNING_STATS = (  # torch's message, for the same mistake
+    "Batch norm got a batched tensor as input while the running_mean or running_var, which "
+    "will be updated in place, were not batched.\nIf you are using a module and do not need "
+    "eval mode, please set `track_running_stats` to be False.If you are using a prebuilt "
+    "module and do not need eval mode, please see the functorch website for resources on "
+    "how to patch your module to work with vmap"
+)
+
+
+@torch.no_grad()
+def _update_running_stats(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    m: int,
+    momentum: float,
+    plain: bool,
+) -> None:
+    """r ← (1 − momentum)·r + momentum·stat, the variance entering unbiased: m/(m−1)·σ²_B.
+    ``plain`` (no transform): both buffers in one foreach kernel (one dispatch, not four)."""
+    stats = [mean.to(running_mean.dtype), (var * (m / (m - 1))).to(running_var.dtype)]
+    if plain:
+        torch._foreach_lerp_([running_mean, running_var], stats, momentum)
+        return
+    try:
+        for running, stat in zip((running_mean, running_var), stats, strict=True):
+            running.mul_(1 - momentum).add_(stat, alpha=momentum)  # vmap batches these
+    except RuntimeError as err:
+        if torch._C._functorch.peek_interpreter_stack() is None:
+            raise
+        raise RuntimeError(_VMAP_RUNNING_STATS) from err
 
 
 def batch_norm(
@@ -504,8 +559,6 @@ def batch_norm(
     variance m/(m−1)·σ²_B going into ``running_var``. training=False: normalize with the
     running stats. ``backend`` overrides :func:`set_backend` for this call.
     """
-    if x.dim() < 2:
-        raise ValueError(f"batch_norm expects input of shape (N, C, *), got {tuple(x.shape)}")
     if training:
         _verify_batch_size(x.size())
         if eps <= 0.0:
@@ -515,18 +568,43 @@ def batch_norm(
             raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var must be defined in evaluation mode")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    use_compiled = _use_compiled(backend, x, training)
-    differentiable = (x, weight, bias)
-    if not training and not (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
+    _backend.check_backend(backend)
+    if x.numel() == 0:
+        return _empty_batch(x, weight, bias)
+    if x.dim() < 2:
+        raise ValueError(f"batch_norm expects input of shape (N, C, *), got {tuple(x.shape)}")
+    _check_channels(x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    if not training and _backend.has_forward_grad(running_mean, running_var):
+        if _backend.has_forward_grad(x, weight, bias):
+            raise RuntimeError(  # torch's own message
+                "batch_norm is not differentiable wrt running_mean and running_var, they "
+                "cannot have forward grad defined"
+            )
+        # Only the statistics carry tangents: like torch, the output gets none.
+        running_mean, running_var = (
+            fwAD.unpack_dual(t).primal for t in (running_mean, running_var)
+        )
+    compiled = _backend.use_compiled(backend, x, training)
+    transformed = _backend.transformed(x, weight, bias, running_mean, running_var)
+    if (
+        not training
+        and not transformed
+        and not (
+            torch.is_grad_enabled()
+            and any(t is not None and t.requires_grad for t in (x, weight, bias))
+        )
     ):
         # Inference: nothing to differentiate, so no autograd node (its bookkeeping costs as
         # much as the layer's math on small inputs).
         assert running_mean is not None and running_var is not None
-        return _forward_eval(x, running_mean, running_var, weight, bias, eps, use_compiled)[0]
-    return BatchNormFunction.apply(
+        _, scale, shift = eval_coefficients(
+            running_mean, running_var, weight, bias, eps, _acc_dtype(x.dtype)
+        )
+        return _backend.run(affine, compiled, x, scale, shift)
+    function = BatchNormFunction
+    if transformed and not torch.compiler.is_compiling():
+        function = BatchNormFunctionWithJvp
+    return function.apply(
         x,
         weight,
         bias,
@@ -535,5 +613,6 @@ def batch_norm(
         training,
         momentum,
         eps,
-        use_compiled,
-    )
+        compiled,
+        not transformed,
+    )[0]

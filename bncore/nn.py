@@ -54,9 +54,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import init
 
-from bncore.functional import BACKENDS, batch_norm
+from bncore._backend import check_backend
+from bncore.functional import batch_norm
 
 __all__ = [
     "BatchNorm1d",
@@ -70,7 +70,7 @@ __all__ = [
 INFERENCE_STATS = ("running", "population", "batch")
 
 
-class _BatchNorm(nn.Module):
+class _BatchNorm(nn.modules.batchnorm._BatchNorm):
     r"""Batch normalization over dim 1 of an (N, C, \*) input (Ioffe & Szegedy 2015).
 
     Training: per channel, over the m = N·(spatial size) values of the mini-batch,
@@ -86,9 +86,11 @@ class _BatchNorm(nn.Module):
     Eval: normalize with the running estimates (or population / batch statistics, see
     ``inference_stats``). Without running stats (``track_running_stats=False``) batch
     statistics are used in eval mode too, like torch.
-    """
 
-    _version = 2  # torch's version of the BN state dict (version 2 added num_batches_tracked)
+    A subclass of torch's batch-norm base (and each layer of ``torch.nn.BatchNorm{1,2,3}d``),
+    so torch's tooling that looks for batch norms finds it; parameters, buffers, the
+    state dict and its loading, ``reset_*`` and input checks are torch's, the forward ours.
+    """
 
     def __init__(
         self,
@@ -102,93 +104,26 @@ class _BatchNorm(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            bias=bias,
+        )
         self.backend: str | None = None
         self.inference_stats: str = "running"
         self._collector: _StatsCollector | None = None
-
-        self.weight: nn.Parameter | None
-        self.bias: nn.Parameter | None
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-        self.running_mean: Tensor | None
-        self.running_var: Tensor | None
-        self.num_batches_tracked: Tensor | None
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
         # Algorithm 2's statistics: not persistent, so the state dict stays torch's.
         self.register_buffer("population_mean", None, persistent=False)
         self.register_buffer("population_var", None, persistent=False)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            assert self.running_mean is not None and self.running_var is not None
-            assert self.num_batches_tracked is not None
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """γ = 1, β = 0: the layer starts as a plain standardization."""
-        self.reset_running_stats()
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
-
-    def _check_input_dim(self, x: Tensor) -> None:
-        raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # Old torch checkpoints (version < 2) have no num_batches_tracked: start it at 0.
-        version = local_metadata.get("version")
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats:
-            state_dict.setdefault(key, torch.tensor(0, dtype=torch.long))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        if self.backend is not None and self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check_backend(self.backend)
         if self._collector is not None:
             return self._collector.forward(self, x)
 
@@ -232,28 +167,16 @@ class _BatchNorm(nn.Module):
         )
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
     """Batch normalization of (N, C) or (N, C, L) inputs; statistics over N (and L)."""
 
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() != 2 and x.dim() != 3:
-            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
 
-
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
     """Batch normalization of (N, C, H, W) inputs; statistics over N, H, W per channel."""
 
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
 
-
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
     """Batch normalization of (N, C, D, H, W) inputs; statistics over N, D, H, W per channel."""
-
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() != 5:
-            raise ValueError(f"expected 5D input (got {x.dim()}D input)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 The Fig. 1b/c probe, exactly: hidden layer ``layer`` (``spec.probe_layer``, -1 = last) of a
 model from ``bncore.models``; its pre-activation is the input of that block's nonlinearity,
 i.e. ``act(·)``'s argument: ``Wu`` without BN, ``BN(Wu)`` (with γ, β) with BN. We track ONE
-fixed unit, unit 0 (for a CNN: channel 0, all spatial positions), over a fixed probe batch (the
-first ``PROBE_SIZE`` test examples), with the model in eval mode (BN uses its running
-statistics, so the probe itself changes nothing and is not affected by batch composition).
+fixed unit, unit 0 (for a CNN: channel 0, all spatial positions; for an Inception module:
+channel 0 of its output, i.e. of its 1×1 branch, before that branch's nonlinearity), over a
+fixed probe batch (the first ``PROBE_SIZE`` test examples), with the model in eval mode (BN
+uses its running statistics, so the probe itself changes nothing and is not affected by batch
+composition).
 The 15th, 50th and 85th percentiles of those values (linear interpolation, ``torch.quantile``)
 are ``act_p15``, ``act_p50``, ``act_p85``.
 
@@ -28,7 +30,7 @@ PERCENTILES = {"act_p15": 0.15, "act_p50": 0.50, "act_p85": 0.85}
 @torch.no_grad()
 def preactivations(model: nn.Module, x: torch.Tensor, layer: int) -> torch.Tensor:
     """What enters hidden block ``layer``'s nonlinearity for inputs ``x``, in the model's
-    current mode: (N, units) for an MLP, (N, channels, *spatial) for a CNN."""
+    current mode: (N, units) for an MLP, (N, channels, *spatial) for a CNN or Inception."""
     captured: list[torch.Tensor] = []
     hook = model.blocks[layer].act.register_forward_hook(
         lambda _module, inputs, _output: captured.append(inputs[0])
@@ -62,4 +64,4 @@ def grad_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return torch.nn.utils.get_total_norm(grads)  # one fused (foreach) kernel, not one per tensor

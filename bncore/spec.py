@@ -27,7 +27,8 @@ MAX_DEPTH = 16
 MAX_PARAMETERS = 20_000_000
 MAX_LR = 100.0
 
-Dataset = Literal["mnist1d", "digits", "synthetic", "mnist_idx", "npz"]
+Dataset = Literal["mnist1d", "digits", "synthetic", "fashion_mnist", "mnist_idx", "npz"]
+FILE_DATASETS = ("fashion_mnist", "mnist_idx", "npz")  # the ones data_path applies to
 Activation = Literal["sigmoid", "tanh", "relu"]
 Norm = Literal["none", "batchnorm", "torch_batchnorm"]
 
@@ -37,6 +38,7 @@ Norm = Literal["none", "batchnorm", "torch_batchnorm"]
 KNOWN_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "mnist1d": ((1, 40), 10),
     "digits": ((1, 8, 8), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
     "mnist_idx": ((1, 28, 28), 10),
 }
 
@@ -51,12 +53,14 @@ class ModelSpec(_Strict):
     """The network. Normalization sits before each nonlinearity; the layer in front of a
     normalization has no bias (the paper: β takes its role)."""
 
-    arch: Literal["mlp", "cnn"] = "mlp"
+    arch: Literal["mlp", "cnn", "inception"] = "mlp"
     hidden: list[Width] = Field(
         default_factory=lambda: [100, 100, 100],
         min_length=1,
         max_length=MAX_DEPTH,
-        description="MLP: units per hidden layer. CNN: channels per conv block.",
+        description="MLP: units per hidden layer. CNN: channels per conv block. Inception: "
+        "the stem conv's channels, then each Inception module's output channels (multiples of "
+        "4: four equal branches), e.g. [32, 64, 64, 128].",
     )
     activation: Activation = "sigmoid"
     norm: Norm = "batchnorm"
@@ -69,6 +73,28 @@ class ModelSpec(_Strict):
         0.1, gt=0.0, le=1.0, description="None = cumulative moving average, as in torch."
     )
     bn_eps: float = Field(1e-5, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_inception_widths(self) -> ModelSpec:
+        if self.arch == "inception":
+            if len(self.hidden) < 2:
+                raise ValueError(
+                    "inception needs hidden = [stem channels, module widths...]: 2+ entries"
+                )
+            odd = [w for w in self.hidden[1:] if w % 4]
+            if odd:
+                raise ValueError(
+                    f"inception module widths (hidden[1:]) must be multiples of 4, got {odd}"
+                )
+        return self
+
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout rate after every hidden block's nonlinearity (training only; "
+        "0 = none). The paper removed dropout from its BN networks (Sec. 4.2.1).",
+    )
 
 
 class OptimizerSpec(_Strict):
@@ -115,7 +141,9 @@ class JobSpec(_Strict):
     data_path: str | None = Field(
         None,
         max_length=500,
-        description="mnist_idx / npz only: a path relative to the server's data directory.",
+        description="mnist_idx / npz (required) and fashion_mnist (optional: default "
+        "<data dir>/fashion-mnist if present, else Debian's /usr/share/datasets/fashion-mnist): "
+        "a path relative to the server's data directory.",
     )
     synthetic_features: int = Field(32, ge=1, le=MAX_WIDTH, description="'synthetic' only.")
     train_size: int | None = Field(
@@ -163,8 +191,14 @@ class JobSpec(_Strict):
     def _check_consistency(self) -> JobSpec:
         if self.dataset in ("mnist_idx", "npz") and not self.data_path:
             raise ValueError(f"data_path is required for dataset '{self.dataset}'")
-        if self.data_path is not None and self.dataset not in ("mnist_idx", "npz"):
-            raise ValueError("data_path is only used by the 'mnist_idx' and 'npz' datasets")
+        if self.data_path is not None and self.dataset not in FILE_DATASETS:
+            raise ValueError(f"data_path is only used by the datasets {', '.join(FILE_DATASETS)}")
+        shape = self.input_shape()
+        if self.model.arch == "inception" and shape is not None and len(shape[0]) != 3:
+            raise ValueError(
+                f"arch 'inception' needs (C, H, W) images; dataset '{self.dataset}' has examples "
+                f"of shape {shape[0]}"
+            )
         depth = len(self.model.hidden)
         if not -depth <= self.probe_layer < depth:
             raise ValueError(
@@ -189,16 +223,33 @@ class JobSpec(_Strict):
         if shape is None:
             return None
         example, classes = shape
+        per_unit_extra = 2 if self.model.norm != "none" else 1  # γ, β or a bias
+        if self.model.arch == "inception":
+            return _inception_parameters(example[0], self.model.hidden, classes, per_unit_extra)
         if self.model.arch == "mlp":
             fan_in, taps = math.prod(example), 1
         else:  # 3-wide kernels over each spatial axis (see bncore.models.CNN)
             fan_in, taps = example[0], 3 ** (len(example) - 1)
-        per_unit_extra = 2 if self.model.norm != "none" else 1  # γ, β or a bias
         total = 0
         for width in self.model.hidden:
             total += taps * fan_in * width + per_unit_extra * width
             fan_in = width
         return total + fan_in * classes + classes
+
+
+def _inception_parameters(channels: int, hidden: list[int], classes: int, extra: int) -> int:
+    """bncore.models.Inception's parameters; ``extra`` per output channel of every conv (γ, β
+    with a norm, else a bias). A module of width 4b on c input channels has four 1×1 convs
+    c→b, three 3×3 convs b→b (one in the 3×3 branch, two in the double 3×3) and seven conv
+    outputs of b channels."""
+    stem, *widths = hidden
+    total = 9 * channels * stem + extra * stem
+    channels = stem
+    for width in widths:
+        b = width // 4
+        total += 4 * channels * b + 3 * 9 * b * b + 7 * extra * b
+        channels = width
+    return total + channels * classes + classes
 
 
 def parse_spec(data: dict | str | bytes) -> JobSpec:

@@ -22,8 +22,8 @@ from service.analysis.compare import Comparison, ComparisonError, RunData, compa
 from service.analysis.table import to_csv
 from service.analysis.targets import DEFAULT_FRACTIONS, MAX_TARGETS
 from service.api.cache import FinishedCache, finished_cache, heavy_slot
+from service.api.common import PROBLEM
 from service.api.deps import SessionDep, in_session
-from service.api.runs import PROBLEM
 from service.models import Run
 from service.problems import ApiError
 from service.schemas import MAX_SWEEP_RUNS

@@ -41,10 +41,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service import store
-from service.api.metrics import MAX_STEP, page_series
-from service.api.runs import NOT_FOUND, PROBLEM, RunId
+from service.api.common import MAX_STEP, NOT_FOUND, PROBLEM, RunId, SweepId
+from service.api.metrics import page_series
 from service.api.streams import SharedReads, StreamState, client_address, for_app
-from service.api.sweeps import SweepId
 from service.models import Run
 from service.schemas import MAX_SWEEP_RUNS, RunOut
 from service.store import FINISHED

@@ -12,8 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from service import store
+from service.api.common import PROBLEM
 from service.api.deps import ExecutorDep, SessionDep, SettingsDep
-from service.api.runs import PROBLEM
 from service.models import utcnow
 from service.problems import problem
 from service.schemas import HealthOut, WorkerOut, WorkersOut

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from service import store
 from service.analysis.downsample import downsample_indices
 from service.api.cache import finished_cache, heavy_slot, live_cache
+from service.api.common import MAX_STEP, NOT_FOUND, PROBLEM, RunId
 from service.api.deps import SettingsDep, in_session, json_body, json_response
-from service.api.runs import NOT_FOUND, PROBLEM, RunId
 from service.schemas import KeyInfo, MetricsOut, SeriesOut
 from service.settings import Settings
 from service.store import FINISHED
@@ -25,7 +25,6 @@ Summary = dict[str, dict[str, int]]
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # Steps are 32-bit integer columns: a larger bound overflows the database driver (SQLite:
 # OverflowError, PostgreSQL: "integer out of range"), a 500 before these limits existed.
-MAX_STEP = 2**31 - 1
 MAX_KEYS = 64
 
 

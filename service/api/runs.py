@@ -5,24 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service import store
+from service.api.common import NOT_FOUND, PROBLEM, RunId
 from service.api.deps import ExecutorDep, SessionDep, in_session, json_body, json_response
 from service.executor import submit_run
-from service.schemas import Problem, RunOut, RunPage, RunPatch, RunQuery, Tag
+from service.schemas import RunOut, RunPage, RunPatch, RunQuery, Tag
 from service.vocab import FINISHED_STATUSES, MAX_TAGS, RunStatus
 
 log = logging.getLogger("bnlab.api")
 
 router = APIRouter(prefix="/runs", tags=["runs"])
-
-RunId = Annotated[str, Path(max_length=64, description="The run's id (a UUID).")]
-
-PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
-NOT_FOUND = {404: {**PROBLEM, "description": "No run with this id."}}
 
 
 def describe(spec: dict[str, Any]) -> str:

@@ -6,13 +6,13 @@ import logging
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, status
+from fastapi import APIRouter, Body, HTTPException, Query, status
 from pydantic import ValidationError
 
 from bncore.spec import JobSpec
 from service import store
+from service.api.common import PROBLEM, SweepId
 from service.api.deps import ExecutorDep, SessionDep
-from service.api.runs import PROBLEM
 from service.executor import submit_run
 from service.models import Run, Sweep
 from service.problems import ApiError, clean_errors, one_line
@@ -30,8 +30,6 @@ from service.vocab import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 log = logging.getLogger("bnlab.api")
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
-
-SweepId = Annotated[str, Path(max_length=64, description="The sweep's id (a UUID).")]
 
 
 def sweep_out(sweep: Sweep, runs: list[Run]) -> SweepOut:

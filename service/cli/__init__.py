@@ -5,12 +5,14 @@ One module per command group, each registering its commands on :data:`app` (defi
 :mod:`service.cli.common` with the global options):
 
 - :mod:`~service.cli.server`: serve, worker, migrate, hash-key (this machine's settings)
-- :mod:`~service.cli.runs`: submit, runs, show, watch, cancel, delete
-- :mod:`~service.cli.sweeps`: sweep
+- :mod:`~service.cli.runs`: submit, show, watch, cancel, delete
+- :mod:`~service.cli.catalog`: runs (filtered), tag, note
+- :mod:`~service.cli.sweeps`: sweep, sweeps
 - :mod:`~service.cli.compare`: compare
 - :mod:`~service.cli.reproduce`: reproduce
 
-plus :mod:`~service.cli.specs` (spec files, flags and grids → validated specs) and
+plus :mod:`~service.cli.follow` (following runs and sweeps live), :mod:`~service.cli.specs`
+(spec files, flags and grids → validated specs) and
 :mod:`~service.cli.format` (tables and progress bars for 80 columns).
 
 Every command but the server-side ones is an HTTP client of a running server
@@ -26,15 +28,15 @@ did not succeed; 2 invalid input (a bad spec, option, file or id); 130 interrupt
 # isort: off
 from service.cli import server  # noqa: F401
 from service.cli import runs  # noqa: F401
+from service.cli import catalog  # noqa: F401
 from service.cli import sweeps  # noqa: F401
 from service.cli import compare  # noqa: F401
 from service.cli import reproduce  # noqa: F401
 
 # isort: on
 from service.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, app
-from service.cli.runs import follow_run
+from service.cli.follow import follow_run, follow_sweep
 from service.cli.server import worker_command
-from service.cli.sweeps import follow_sweep
 
 __all__ = [
     "EXIT_FAILED",

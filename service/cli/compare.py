@@ -2,8 +2,10 @@
 
 The numbers come from the server (``GET /api/v1/compare``, computed by
 :mod:`service.analysis.compare`); this module checks the options it can check cheaply, then
-draws two tables for 80 columns: one row per run (short id, arm, seed, status, accuracy,
-steps to target, speed-up) and one per arm (mean and 95% CI over seeds).
+prints the targets with the server's labels (verbatim: each says how its value was chosen)
+and draws tables for 80 columns: one row per run (short id, arm, seed, status, accuracy,
+steps to the primary target, speed-up), one per arm (mean and 95% CI over seeds), and with
+several targets one row per target and arm (mean steps and speed-up).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from service.cli.format import (
     ID_COLUMN,
     NUMBER,
     add_columns,
+    fmt_mean,
     fmt_number,
     fmt_ratio,
     fmt_stat,
@@ -47,7 +50,8 @@ def invalid(message: str) -> NoReturn:
 @command(
     epilog=examples(
         "bnlab compare 6f1c2a9b 0d3e77c4",
-        "bnlab compare --sweep SWEEP_ID --target 0.9",
+        "bnlab compare --sweep SWEEP_ID --target 0.9 --target 0.95",
+        "bnlab compare --sweep SWEEP_ID --fractions 1,0.95,0.9",
         "bnlab compare --sweep SWEEP_ID --plot fig.svg --csv table.csv",
         "bnlab compare RUN_A RUN_B --baseline RUN_A --json > comparison.json",
     )
@@ -68,10 +72,18 @@ def compare(
         ),
     ] = None,
     target: Annotated[
-        float | None,
+        list[str] | None,
         typer.Option(
-            help="Target value. Default: the worst of the baseline arm's best values, so "
-            "every baseline seed reaches it.",
+            help="Target value(s): repeat the option or give a comma list (0.8,0.85). "
+            "Default: the baseline's best and 0.99, 0.95, 0.9 of it (see --fractions).",
+            show_default=False,
+        ),
+    ] = None,
+    fractions: Annotated[
+        str | None,
+        typer.Option(
+            help="Targets as fractions of the baseline's best, each in (0, 1], e.g. "
+            "1,0.95,0.9 (for a loss: best ÷ f). Given values come first.",
             show_default=False,
         ),
     ] = None,
@@ -97,8 +109,11 @@ def compare(
         invalid("give run ids or --sweep SWEEP_ID")
     if run_ids and sweep:
         invalid("give run ids or --sweep SWEEP_ID, not both")
-    if target is not None and not math.isfinite(target):
-        invalid(f"--target must be a finite number, got {target}")
+    targets = numbers("--target", ",".join(target or []))
+    target_fractions = numbers("--fractions", fractions or "")
+    bad = [f for f in target_fractions if not 0 < f <= 1]
+    if bad:
+        invalid(f"--fractions: {bad[0]:g} is not in (0, 1]")
     plot_format = None
     if plot is not None:
         plot_format = plot.suffix.lower().lstrip(".")
@@ -106,6 +121,7 @@ def compare(
             invalid(f"--plot must end in .png or .svg, got {plot}")
     with connected(ctx) as client:
         ids = [client.resolve_run_id(run_id) for run_id in run_ids or []] or None
+        sweep_id = client.resolve_sweep_id(sweep) if sweep else None
         baseline_id = client.resolve_run_id(baseline) if baseline else None
         if ids and baseline_id and baseline_id not in ids:
             invalid(
@@ -114,9 +130,10 @@ def compare(
             )
         query: dict[str, Any] = {
             "run_ids": ids,
-            "sweep": sweep,
+            "sweep": sweep_id,
             "baseline": baseline_id,
-            "target": target,
+            "target": targets or None,
+            "target_fractions": target_fractions or None,
             "metric": metric,
         }
         result = client.compare(**query, fmt="json")
@@ -133,30 +150,45 @@ def compare(
             err_console.print(f"{what} saved to {path}")
 
 
-def target_text(result: Mapping[str, Any]) -> str:
-    """What the target is and how it was chosen, in words."""
-    target = result.get("target")
-    if target is None:
-        return "no target"
-    source = result.get("target_source")
-    if source != "baseline":
-        return f"target {target:.4g} (given)"
-    arm = next((a for a in result.get("arms", []) if a.get("is_baseline")), {})
-    if (arm.get("n") or 1) == 1:
-        return f"target {target:.4g} (the baseline run's best)"
-    return f"target {target:.4g} (the worst of the baseline arm's {arm['n']} best values)"
+def numbers(option: str, text: str) -> list[float]:
+    """ "0.8, 0.85" → [0.8, 0.85] ([] for ""); exit 2 naming ``option`` for anything but
+    finite numbers."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        invalid(f"{option}: expected numbers separated by commas, got {text!r}")
+    if not all(math.isfinite(value) for value in values):
+        invalid(f"{option}: numbers must be finite, got {text!r}")
+    return values
 
 
 def print_comparison(result: Mapping[str, Any]) -> None:
-    """The comparison as two tables (runs, arms) and its warnings."""
+    """The targets with their labels, the tables (runs, arms, and per target with several
+    targets) and the warnings, on stderr so that stdout stays the tables."""
     metric = str(result.get("metric", "test_acc"))
     console.print(
-        f"[bold]{escape(metric)}[/bold]: {target_text(result)}; baseline arm "
+        f"[bold]{escape(metric)}[/bold], baseline arm "
         f"[bold]{escape(str(result.get('baseline_arm')))}[/bold]"
     )
+    targets = result.get("targets") or []
+    if not targets:  # a server from before several targets: its one target
+        label = result.get("target_label") or f"{result.get('target')}"
+        targets = [{"label": label}]
+    for number, target in enumerate(targets, 1):
+        primary = " (the runs and arms tables)" if number == 1 else ""
+        console.print(f"target {number}{primary}: {escape(str(target.get('label')))}")
     console.print(runs_table(result))
     console.print(arms_table(result))
-    for warning in result.get("warnings", []):
+    if len(targets) > 1:
+        console.print(targets_table(result))
+    warnings = list(result.get("warnings") or [])
+    plateau = result.get("plateau") or {}
+    if plateau.get("baseline") is False and not any("plateau" in w for w in warnings):
+        warnings.append(
+            "the baseline had not plateaued: targets near its best depend on how long it ran"
+        )
+    for warning in warnings:
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
 
@@ -227,4 +259,41 @@ def arms_table(result: Mapping[str, Any]) -> Table:
             fmt_stat(arm.get("best"), "{:.4f}"),
             "" if arm.get("p_value") is None else f"{arm['p_value']:.3g}",
         )
+    return shown
+
+
+def targets_table(result: Mapping[str, Any]) -> Table:
+    """One row per target and arm: how many seeds reached it, mean steps and speed-up (≥ / ≤
+    mark bounds); the targets are numbered as in the list printed above the tables."""
+    shown = add_columns(
+        table("steps to each target (mean over seeds)"),
+        [
+            ("#", NUMBER),
+            ("target", NUMBER),
+            ("arm", {"min_width": 12, "overflow": "fold"}),
+            ("reached", NUMBER),
+            ("steps", NUMBER),
+            ("speed-up", NUMBER),
+        ],
+    )
+    for index, target in enumerate(result.get("targets") or []):
+        value = target.get("value")
+        for position, arm in enumerate(result.get("arms", [])):
+            rows = arm.get("targets") or []
+            if index >= len(rows):
+                continue
+            row = rows[index]
+            label = escape(str(arm.get("label")))
+            if arm.get("is_baseline"):
+                label += " [dim](baseline)[/dim]"
+            first = position == 0
+            shown.add_row(
+                str(index + 1) if first else "",
+                (fmt_number(value) if value is not None else "none") if first else "",
+                label,
+                f"{row.get('n_reached')}/{arm.get('n')}",
+                fmt_mean(row.get("steps_to_target"), "{:.0f}"),
+                fmt_mean(row.get("speedup"), "{:.2f}×"),
+            )
+        shown.add_section()
     return shown

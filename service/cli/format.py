@@ -69,6 +69,14 @@ def fmt_stat(stat: Mapping[str, Any] | None, pattern: str) -> str:
     return text
 
 
+def fmt_mean(stat: Mapping[str, Any] | None, pattern: str) -> str:
+    """{"mean", "bound"} → "≥ 800": the mean alone, marked when it is a bound."""
+    if not stat or stat.get("mean") is None:
+        return "–"
+    prefix = {"lower": "≥ ", "upper": "≤ "}.get(stat.get("bound") or "", "")
+    return prefix + pattern.format(stat["mean"])
+
+
 def short_time(value: Any) -> str:
     """ISO-8601 → "2024-06-01 12:34:56"."""
     if not value:

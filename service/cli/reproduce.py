@@ -34,7 +34,8 @@ from service.client import BnlabError
 @command(
     epilog=examples(
         "bnlab reproduce --quick           # a few minutes, embedded server",
-        "bnlab reproduce --out docs        # the full suite → docs/reproduction.md",
+        "bnlab reproduce --profile report --out docs   # real data → docs/reproduction.md",
+        "bnlab reproduce --profile paper --out paper   # hours; rerun it to resume",
         "bnlab reproduce --only faster-training --only higher-learning-rates",
         "bnlab reproduce --server http://host:8000   # a running deployment",
     )
@@ -45,9 +46,27 @@ def reproduce(
         bool,
         typer.Option("--quick", help="Fewer steps, one seed: minutes instead of ~half an hour."),
     ] = False,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="quick (toy data, minutes), full (toy data, 3 seeds), report (Fashion-MNIST "
+            "and the toy experiments, about 20 min on 2 cores) or paper (the paper's step "
+            "counts, hours; finished runs are reused, so rerunning resumes). Default: full, "
+            "or quick with --quick.",
+            show_default=False,
+        ),
+    ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option(help="Run only this experiment (repeatable).", show_default=False),
+    ] = None,
+    database: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite file of the embedded server (default: a temporary one; with "
+            "--profile paper, OUT/bnlab.db so that a rerun finds the runs to resume).",
+            show_default=False,
+        ),
     ] = None,
     server: Annotated[
         str | None,
@@ -66,19 +85,24 @@ def reproduce(
 ) -> None:
     """Reproduce the paper's claims (Ioffe & Szegedy 2015) and write a report with verdicts.
 
-    Experiments: faster-training, stable-distributions, higher-learning-rates,
-    saturating-nonlinearities, inference-statistics, regularization.
+    Experiments: see --only's error for the list; each profile runs those it has sweeps for.
     """
     from service import reproduce as suite  # matplotlib and the suite: only for this command
 
+    chosen = profile or ("quick" if quick else "full")
+    if chosen not in suite.PROFILES or chosen == "tiny":
+        fail(f"unknown profile {chosen!r}: choose quick, full, report or paper", EXIT_INVALID)
     try:
-        suite.select_experiments(only)
+        suite.select_experiments(only, suite.PROFILES[chosen])
     except ValueError as exc:
         fail(str(exc), EXIT_INVALID)
+    if database is None and chosen == "paper":
+        out.mkdir(parents=True, exist_ok=True)
+        database = out / "bnlab.db"
     state: CliState = ctx.obj
     with contextlib.ExitStack() as stack:
         if server is None:
-            client = stack.enter_context(suite.embedded_client())
+            client = stack.enter_context(suite.embedded_client(database=database))
             label = "an embedded server"
         else:
             client = stack.enter_context(make_client(server, state.api_key))
@@ -91,7 +115,13 @@ def reproduce(
 
         try:
             result = suite.run_suite(
-                client, quick=quick, only=only, out_dir=out, progress=show, server_label=label
+                client,
+                quick=quick,
+                only=only,
+                out_dir=out,
+                progress=show,
+                profile=chosen,
+                server_label=label,
             )
         except BnlabError as exc:
             fail(str(exc))

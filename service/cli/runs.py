@@ -1,4 +1,4 @@
-"""Commands on single runs: ``submit``, ``runs``, ``show``, ``watch``, ``cancel``, ``delete``,
+"""Commands on single runs: ``submit``, ``show``, ``watch``, ``cancel``, ``delete``,
 ``download``.
 
 Wherever a run id is taken, a unique prefix of it works too (tables show the first 8
@@ -8,9 +8,8 @@ characters): :meth:`service.client.BnlabClient.resolve_run_id` turns it into the
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -18,109 +17,26 @@ from rich.table import Table
 
 from bncore.spec import MAX_DEPTH, MAX_WIDTH, JobSpec, ModelSpec, OptimizerSpec
 from service.cli.common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
+    EXIT_INVALID,
     command,
     connected,
     console,
-    err_console,
     examples,
+    fail,
 )
+from service.cli.follow import follow_run, follow_sweep
 from service.cli.format import (
-    ID_COLUMN,
-    NUMBER,
-    STATUS_STYLE,
-    NotedProgress,
-    add_columns,
-    fmt_number,
-    format_metrics,
     key_value_table,
     latest_values,
     run_label,
     short_time,
     spec_rows,
     styled_status,
-    table,
 )
 from service.cli.specs import field_help, load_spec_file, parse_hidden, set_path, validate_spec
-from service.client import BnlabClient, RunEvent
-from service.vocab import ALL_STATUSES, FINISHED_STATUSES, RunStatus, short_id
+from service.vocab import RunStatus, short_id
 
 RUN_ID_HELP = "The run's id, or a unique prefix of it (the 8 characters tables show)."
-
-
-# ----------------------------------------------------------------------------- watching
-
-
-def report_outcome(run: Mapping[str, Any]) -> int:
-    """Print how a finished run ended; the exit code: 0 only for succeeded."""
-    status = run.get("status")
-    summary = run.get("summary") or {}
-    label = run_label(run)
-    if status == RunStatus.succeeded:
-        best, final = summary.get("best_test_acc"), summary.get("final_test_acc")
-        details = []
-        if isinstance(best, int | float):
-            step = summary.get("best_test_acc_step")
-            details.append(f"best test acc {best:.4f}" + (f" (step {step})" if step else ""))
-        if isinstance(final, int | float):
-            details.append(f"final test acc {final:.4f}")
-        if isinstance(run.get("wall_time"), int | float):
-            details.append(f"{run['wall_time']:.1f}s")
-        console.print(f"[green]✔ {escape(label)} succeeded[/green]  " + ", ".join(details))
-        return 0
-    reason = run.get("error") or run.get("status_reason") or ""
-    where = ""
-    if status == RunStatus.diverged and run.get("diverged_step") is not None:
-        where = f" at step {run['diverged_step']}"
-    message = f"{label} {status}{where}" + (f": {reason}" if reason else "")
-    err_console.print(f"[bold red]✘[/bold red] {escape(message)}", soft_wrap=True)
-    return EXIT_FAILED
-
-
-def follow_run(client: BnlabClient, run_id: str, timeout: float | None = None) -> int:
-    """A live progress bar of a run's steps until it ends, its status and latest loss/accuracy
-    on the line below; returns the exit code."""
-    run = client.get_run(run_id)
-    if run.get("status") in FINISHED_STATUSES:
-        return report_outcome(run)
-    total = int((run.get("spec") or {}).get("steps") or 0) or None
-    latest: dict[str, Any] = {}
-    status = str(run.get("status"))
-
-    def note() -> str:
-        return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]  {format_metrics(latest)}"
-
-    progress = NotedProgress(console)
-    with progress:
-        task = progress.add_task(
-            escape(str(run.get("name"))), total=total, completed=run.get("last_step") or 0, note=""
-        )
-        progress.update(task, note=note())
-
-        def on_event(event: RunEvent) -> None:
-            nonlocal status
-            if event.kind == "metrics":
-                latest.update(event.data.get("values") or {})
-                step = event.data.get("step")
-                if isinstance(step, int):
-                    progress.update(task, completed=step)
-            elif event.kind == "status" and "status" in event.data:
-                status = str(event.data["status"])
-                if isinstance(event.data.get("last_step"), int):
-                    progress.update(task, completed=event.data["last_step"])
-            progress.update(task, note=note())
-
-        try:
-            final = client.wait(run_id, on_event=on_event, timeout=timeout)
-        except KeyboardInterrupt:
-            progress.stop()
-            err_console.print(
-                f"stopped watching; run {run_id} goes on (`bnlab cancel {short_id(run_id)}` "
-                "stops it)"
-            )
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-    return report_outcome(final)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -221,66 +137,6 @@ def submit(
     raise typer.Exit(code)
 
 
-@command(
-    epilog=examples(
-        "bnlab runs",
-        "bnlab runs --status running",
-        "bnlab runs --sweep SWEEP_ID --limit 100",
-    )
-)
-def runs(
-    ctx: typer.Context,
-    status: Annotated[
-        RunStatus | None,
-        typer.Option(
-            metavar="STATUS",
-            help="Only runs in this status: " + ", ".join(s.value for s in ALL_STATUSES) + ".",
-            show_default=False,
-        ),
-    ] = None,
-    sweep: Annotated[str | None, typer.Option(help="Only the runs of this sweep.")] = None,
-    name: Annotated[str | None, typer.Option(help="Only runs with this name.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many (newest first).", min=1)] = 20,
-) -> None:
-    """List runs, newest first: short id, name, seed, status, step, best test accuracy."""
-    with connected(ctx) as client:
-        items = client.list_runs(status=status, sweep_id=sweep, name=name, limit=limit)
-    if not items:
-        console.print("no runs")
-        return
-    console.print(runs_table(items))
-
-
-def runs_table(items: list[Mapping[str, Any]]) -> Table:
-    """Every column keeps a readable minimum at 80 columns: ids are short (8 characters, what
-    `show` and the others accept back), names wrap rather than vanish."""
-    shown = add_columns(
-        table(f"{len(items)} run(s)"),
-        [
-            ("id", ID_COLUMN),
-            ("name", {"min_width": 10, "overflow": "fold"}),
-            ("seed", NUMBER),
-            ("status", {"no_wrap": True}),
-            ("step", NUMBER),
-            ("best acc", NUMBER),
-            ("created (UTC)", {"no_wrap": True}),
-        ],
-    )
-    for run in items:
-        spec = run.get("spec") or {}
-        summary = run.get("summary") or {}
-        shown.add_row(
-            short_id(str(run["id"])),
-            escape(str(run.get("name"))),
-            "" if spec.get("seed") is None else str(spec["seed"]),
-            styled_status(run.get("status")),
-            f"{run.get('last_step') or 0}/{spec['steps']}" if spec.get("steps") else "",
-            fmt_number(summary.get("best_test_acc")),
-            short_time(run.get("created_at"))[:16],  # to the minute
-        )
-    return shown
-
-
 @command(epilog=examples("bnlab show 6f1c2a9b", "bnlab show RUN_ID --json > run.json"))
 def show(
     ctx: typer.Context,
@@ -309,6 +165,8 @@ def show(
         *((label, escape(text)) for label, text in spec_rows(spec)),
         ("step", f"{run.get('last_step') or 0}/{spec.get('steps')}"),
         ("sweep", run.get("sweep_id")),
+        ("tags", escape(" ".join(run.get("tags") or []))),
+        ("note", escape(str(run["note"])) if run.get("note") else None),
         ("created", short_time(run.get("created_at"))),
         ("started", short_time(run.get("started_at"))),
         ("finished", short_time(run.get("finished_at"))),
@@ -332,20 +190,42 @@ def show(
         console.print(key_value_table("latest metrics (step)", latest))
 
 
-@command(epilog=examples("bnlab watch 6f1c2a9b", "bnlab submit spec.yaml --watch   # the same"))
+@command(
+    epilog=examples(
+        "bnlab watch 6f1c2a9b",
+        "bnlab submit spec.yaml --watch   # the same",
+        "bnlab watch --sweep 0d3e77c4     # every run of a sweep",
+    )
+)
 def watch(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help=RUN_ID_HELP)],
+    run_id: Annotated[
+        str | None, typer.Argument(help=RUN_ID_HELP + " Or --sweep.", show_default=False)
+    ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="Follow every run of this sweep (id or unique prefix) instead.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Give up after this many seconds.", show_default=False)
     ] = None,
 ) -> None:
-    """Follow a run live (step counter, loss and accuracy) until it ends.
+    """Follow a run live (step counter, loss and accuracy) until it ends, or with --sweep
+    every run of a sweep (runs finished per status) until all have ended.
 
-    Exit code 0 only if it succeeded; 1 if it failed, diverged or was cancelled.
+    Exit code 0 only if every run followed succeeded; 1 if any failed, diverged or was
+    cancelled.
     """
+    if (run_id is None) == (sweep is None):
+        fail("give a run id or --sweep SWEEP_ID (one of them)", EXIT_INVALID)
     with connected(ctx) as client:
-        code = follow_run(client, client.resolve_run_id(run_id), timeout=timeout)
+        if sweep is not None:
+            code = follow_sweep(client, client.resolve_sweep_id(sweep), timeout=timeout)
+        else:
+            code = follow_run(client, client.resolve_run_id(str(run_id)), timeout=timeout)
     raise typer.Exit(code)
 
 

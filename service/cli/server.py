@@ -3,8 +3,13 @@
 They act on this machine with the ``BNLAB_*`` settings (:func:`service.settings.get_settings`)
 instead of talking to a server. The CLI never imports the API app or the store: ``serve``
 hands uvicorn the app's *name* (``service.app:create_app``), ``worker`` execs Celery by module
-name, and the database is reached only through :func:`upgrade_database`, the one function that
-imports server code (Alembic, and with it SQLAlchemy), and only when it runs.
+name, and the database is reached only through :func:`upgrade_database` and
+:func:`check_database`, the functions that import server code (Alembic, SQLAlchemy), and only
+when they run.
+
+``serve`` does not migrate: the app's startup does (``service.app``'s lifespan, when
+``BNLAB_AUTO_MIGRATE`` is on, the default), so there is one place that migrates. ``serve`` only
+opens the database first, to turn an unreachable one into a one-line error.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from service.proc import port_in_use
 from service.settings import get_settings, hash_key
 
 APP_FACTORY = "service.app:create_app"  # imported by uvicorn, in the server process
+UVICORN_STARTUP_FAILED = 3  # uvicorn's exit status when the app's lifespan startup raised
 
 
 def upgrade_database(url: str) -> None:
@@ -30,6 +36,24 @@ def upgrade_database(url: str) -> None:
     from service.migrate import upgrade
 
     upgrade(url)
+
+
+def check_database(url: str) -> None:
+    """Open one connection to ``url`` and close it; raises what the driver raised."""
+    from service.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: SQLAlchemy's messages run over several (SQL, a docs link)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0]
 
 
 def display_url(url: str) -> str:
@@ -54,7 +78,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
-    """Run the API and the dashboard: migrate the database, then start uvicorn.
+    """Run the API and the dashboard (uvicorn); the app migrates the database as it starts.
 
     Without [bold]BNLAB_BROKER_URL[/bold] the server is [italic]embedded[/italic]: it trains
     runs itself, each in a subprocess. With it, runs are queued for [bold]bnlab worker[/bold].
@@ -66,10 +90,13 @@ def serve(
     database = display_url(settings.database_url)
     log_line(f"database   {database}")
     try:
-        upgrade_database(settings.database_url)
+        check_database(settings.database_url)
     except Exception as exc:
-        fail(f"could not migrate the database {database}: {exc}")
-    log_line("schema     up to date (alembic upgrade head)")
+        fail(f"cannot open the database {database}: {first_line(exc)}")
+    if settings.auto_migrate:
+        log_line("schema     migrated by the app as it starts (alembic upgrade head)")
+    else:
+        log_line("schema     not migrated (BNLAB_AUTO_MIGRATE=false; `bnlab migrate` does it)")
     if settings.embedded:
         log_line(
             f"mode       embedded: this server trains up to {settings.embedded_concurrency} "
@@ -90,14 +117,26 @@ def serve(
 
     # Open event streams never end by themselves: on Ctrl-C close them after a few seconds
     # (clients reconnect and resume with Last-Event-ID) instead of waiting for each to time out.
-    uvicorn.run(
-        APP_FACTORY,
-        factory=True,
-        host=host,
-        port=port,
-        reload=reload,
-        timeout_graceful_shutdown=STREAM_CLOSE_GRACE_S,
-    )
+    try:
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            reload=reload,
+            timeout_graceful_shutdown=STREAM_CLOSE_GRACE_S,
+        )
+    except SystemExit as exc:
+        if exc.code in (None, 0):
+            raise
+        # uvicorn has logged why above; exit status 3 is its "the app's startup failed",
+        # which is where the database is opened and migrated.
+        if exc.code == UVICORN_STARTUP_FAILED:
+            fail(
+                f"the server did not start: the app's startup failed (the error is above); "
+                f"check the database {database} with `bnlab migrate`"
+            )
+        fail(f"the server did not start (the error is above, e.g. port {port} in use)")
 
 
 STREAM_CLOSE_GRACE_S = 3  # on shutdown, open requests (event streams) get this long
@@ -188,7 +227,7 @@ def migrate() -> None:
     try:
         upgrade_database(url)
     except Exception as exc:
-        fail(f"could not migrate {display_url(url)}: {exc}")
+        fail(f"could not migrate {display_url(url)}: {first_line(exc)}")
     console.print(f"{display_url(url)}: schema up to date")
 
 

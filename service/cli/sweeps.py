@@ -1,74 +1,39 @@
-"""``bnlab sweep``: one run per combination of grid values over a base spec, and following it.
+"""``bnlab sweep``: one run per combination of grid values over a base spec, and following it;
+``bnlab sweeps``: the sweeps, newest first, with how far their runs got.
 
 Every combination is validated here first (:func:`service.cli.specs.validate_sweep`), so a bad
-value is named before anything is created.
+value is named before anything is created. Sweep ids are taken as unique prefixes too
+(:meth:`service.client.BnlabClient.resolve_sweep_id`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from service.cli.common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     command,
     connected,
     console,
     err_console,
     examples,
 )
-from service.cli.format import NotedProgress
+from service.cli.follow import follow_sweep, ordered
+from service.cli.format import (
+    ID_COLUMN,
+    NUMBER,
+    add_columns,
+    short_time,
+    styled_status,
+    table,
+)
 from service.cli.specs import load_spec_file, parse_grid, validate_sweep
-from service.client import BnlabClient, RunEvent
-from service.vocab import FINISHED_STATUSES, MAX_SWEEP_RUNS, RunStatus
-
-
-def follow_sweep(client: BnlabClient, sweep_id: str, poll_interval: float = 2.0) -> int:
-    """A progress bar of finished runs until the whole sweep is done; the exit code.
-
-    Follows the sweep's event stream (status events) through ``BnlabClient.watch_sweep``, which
-    falls back to polling every ``poll_interval`` seconds on a server without one."""
-    sweep = client.get_sweep(sweep_id)
-    statuses = {run["id"]: run.get("status") for run in sweep.get("runs") or []}
-    total = len(statuses) or sum((sweep.get("counts") or {}).values())
-    with NotedProgress(console) as progress:
-        task = progress.add_task(escape(str(sweep.get("name"))), total=total, note="")
-
-        def show() -> None:
-            counts = Counter(statuses.values())
-            done = sum(n for status, n in counts.items() if status in FINISHED_STATUSES)
-            shown = "  ".join(f"{status} {n}" for status, n in sorted(counts.items()) if n)
-            progress.update(task, completed=done, note=shown)
-
-        def on_event(event: RunEvent) -> None:
-            if event.kind == "status" and "id" in event.data:
-                statuses[event.data["id"]] = event.data.get("status")
-                show()
-            elif event.kind == "deleted":
-                statuses.pop(event.data.get("run_id"), None)
-                show()
-
-        show()
-        try:
-            final = client.watch_sweep(sweep_id, on_event=on_event, poll_interval=poll_interval)
-        except KeyboardInterrupt:
-            progress.stop()
-            err_console.print(f"stopped watching; sweep {sweep_id} goes on")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        statuses = {run["id"]: run.get("status") for run in final.get("runs") or []}
-        show()
-    console.print(f"compare with: bnlab compare --sweep {sweep_id}")
-    failed = Counter(statuses.values()).get(RunStatus.failed, 0)
-    if failed:
-        err_console.print(f"[bold red]✘[/bold red] {failed} run(s) of the sweep failed")
-        return EXIT_FAILED
-    return 0
-
+from service.vocab import MAX_SWEEP_RUNS, short_id
 
 SWEEP_HELP = f"""Run one training job per combination of the grid values over a base spec.
 
@@ -100,6 +65,10 @@ def sweep(
     name: Annotated[
         str | None, typer.Option(help="Sweep name (default: the base spec's name).")
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(help="A tag for every run of the sweep (repeatable).", show_default=False),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Follow until all runs end.")] = False,
 ) -> None:
     """See SWEEP_HELP (its text names the run limit)."""
@@ -108,13 +77,55 @@ def sweep(
     count = validate_sweep(base, parsed)
     sweep_name = name or str(base.get("name") or spec_file.stem)
     with connected(ctx) as client:
-        created = client.sweep(sweep_name, base, parsed)
+        created = client.sweep(sweep_name, base, parsed, tags=tag or [])
         if not watch:
-            typer.echo(created["id"])
+            typer.echo(created["id"])  # alone on stdout: SWEEP=$(bnlab sweep …) keeps it
             err_console.print(
-                f"{count} run(s) queued; follow with `bnlab runs --sweep {created['id']}`"
+                f"{count} run(s) queued; follow them with `bnlab watch --sweep "
+                f"{short_id(created['id'])}`",
+                soft_wrap=True,
             )
             return
         console.print(f"sweep [bold]{created['id']}[/bold]: {count} run(s)")
         code = follow_sweep(client, created["id"])
     raise typer.Exit(code)
+
+
+@command(epilog=examples("bnlab sweeps", "bnlab sweeps --limit 100", "bnlab runs --sweep 0d3e77c4"))
+def sweeps(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).", min=1)] = 20,
+) -> None:
+    """List sweeps, newest first: short id (accepted back as a prefix), name, created, runs
+    and how many are in each status."""
+    with connected(ctx) as client:
+        items = client.list_sweeps(limit=limit)
+    if not items:
+        console.print("no sweeps")
+        return
+    console.print(sweeps_table(items))
+
+
+def sweeps_table(items: list[Mapping[str, Any]]) -> Table:
+    """One row per sweep for 80 columns: the status counts wrap inside their cell, one
+    status per line when narrow, rather than pushing other columns out."""
+    shown = add_columns(
+        table(f"{len(items)} sweep(s)"),
+        [
+            ("id", ID_COLUMN),
+            ("name", {"min_width": 10, "overflow": "fold"}),
+            ("created (UTC)", {"no_wrap": True}),
+            ("runs", NUMBER),
+            ("statuses", {"min_width": 12}),
+        ],
+    )
+    for item in items:
+        counts = item.get("counts") or {}
+        shown.add_row(
+            short_id(str(item["id"])),
+            escape(str(item.get("name"))),
+            short_time(item.get("created_at"))[:16],  # to the minute
+            str(item.get("run_count", sum(counts.values()))),
+            "  ".join(f"{styled_status(status)} {n}" for status, n in ordered(counts)),
+        )
+    return shown

@@ -13,13 +13,18 @@ cannot be reached gives ``BnlabError("cannot reach bnlab at URL: ...")``.
         # bn.watch_sweep(sweep_id, on_event=print): the same for every run of a sweep
         series = bn.metrics(run["id"], keys=["test_acc"])  # {"test_acc": {"steps", "values"}}
         full_id = bn.resolve_run_id("6f1c2a9b")          # a unique prefix → the run's id
+        bn.update_run(full_id, tags=["paper"], note="lr too high")  # PATCH: labels
+        runs = bn.list_runs(norm="batchnorm", tags=["paper"], q="lr")  # filtered, newest first
+        sweeps = bn.list_sweeps(limit=10)                 # newest first, runs per status
+        bn.compare(sweep=sweeps[0]["id"], target=[0.8, 0.85], target_fractions=[1, 0.9])
 
 Tests pass their own ``httpx.Client`` (e.g. FastAPI's ``TestClient``, which is one) instead of
 a URL.
 
 Modules: :mod:`~service.client.api` (``BnlabClient``), :mod:`~service.client.errors`
 (``BnlabError``), :mod:`~service.client.events` (``RunEvent``, SSE framing),
-:mod:`~service.client.follow` (waiting: stream, reconnect, poll).
+:mod:`~service.client.follow` (waiting: stream, reconnect, poll), :mod:`~service.client.ids`
+(short ids: unique prefixes).
 """
 
 from service.client.api import (

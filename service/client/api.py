@@ -5,6 +5,8 @@ raises :class:`~service.client.errors.BnlabError` for an API problem or a transp
 Waiting for runs and sweeps is :mod:`service.client.follow`; events are
 :mod:`service.client.events`.
 
+Short ids (unique prefixes) are matched by :mod:`service.client.ids`.
+
 Past 400 lines on purpose: it is one class whose methods mirror the API's operations one to
 one (runs, metrics, waiting, sweeps, compare, health); split, a reader would have to look in
 several files for the one surface the CLI, the reproduction and scripts use.
@@ -12,7 +14,6 @@ several files for the one surface the CLI, the reproduction and scripts use.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -24,14 +25,19 @@ from bncore.spec import JobSpec
 from service.client.errors import BnlabError
 from service.client.events import EventCallback, RunEvent
 from service.client.follow import Followed, follow
+from service.client.ids import MAX_CANDIDATES, matching, one_id, prefix_of
 from service.vocab import DEFAULT_PAGE_SIZE, FINISHED_STATUSES, MAX_PAGE_SIZE
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"  # where `bnlab serve` listens by default
 API = "/api/v1"
-HEX_DIGITS = frozenset("0123456789abcdef-")  # what a run id (a UUID) is made of
-MAX_CANDIDATES = 5  # how many runs an ambiguous prefix error names at most
+# GET /runs?id_prefix= takes at least this many characters (service.schemas.RunQuery);
+# a shorter prefix is matched here, over the pages of runs.
+MIN_SERVER_PREFIX = 4
+# GET /runs filters on the run's spec (service.schemas.RunQuery), passed as keyword arguments.
+SPEC_FILTERS = ("dataset", "arch", "activation", "norm", "optimizer", "lr", "batch_size", "seed")
 
 SpecLike = JobSpec | Mapping[str, Any]
+Targets = float | Sequence[float] | None  # compare's target: one value, several, or the default
 
 
 class BnlabClient:
@@ -186,10 +192,18 @@ class BnlabClient:
 
     # ------------------------------------------------------------------------- runs
 
-    def submit(self, spec: SpecLike, idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit(
+        self, spec: SpecLike, idempotency_key: str | None = None, *, tags: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """POST /runs. ``spec``: a JobSpec or a dict (validated by the server). → RunOut."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return self._json("POST", f"{API}/runs", json_body=spec_to_dict(spec), headers=headers)
+        return self._json(
+            "POST",
+            f"{API}/runs",
+            params={"tag": list(tags) or None},
+            json_body=spec_to_dict(spec),
+            headers=headers,
+        )
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self._json("GET", f"{API}/runs/{run_id}")
@@ -200,9 +214,25 @@ class BnlabClient:
         status: str | None = None,
         sweep_id: str | None = None,
         name: str | None = None,
+        tags: Sequence[str] = (),
+        q: str | None = None,
+        id_prefix: str | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
+        **spec: Any,
     ) -> Iterator[dict[str, Any]]:
-        """Every matching run, newest first, following ``next_cursor`` page by page."""
+        """Every matching run, newest first, following ``next_cursor`` page by page.
+
+        Every filter given must hold: ``tags`` all on the run, ``q`` a substring of its name
+        or note (any case), ``id_prefix`` the start of its id, and ``spec`` fields
+        (:data:`SPEC_FILTERS`: ``norm="batchnorm"``, ``lr=0.5``, ``seed=0``…) equal to the
+        run's. An unknown spec filter is a TypeError here, before any request.
+        """
+        unknown = sorted(set(spec) - set(SPEC_FILTERS))
+        if unknown:
+            raise TypeError(
+                f"unknown run filter(s) {', '.join(unknown)}; the spec filters are "
+                + ", ".join(SPEC_FILTERS)
+            )
         cursor: str | None = None
         while True:
             page = self._json(
@@ -212,6 +242,10 @@ class BnlabClient:
                     "status": status,
                     "sweep_id": sweep_id,
                     "name": name,
+                    "tag": list(tags) or None,
+                    "q": q,
+                    "id_prefix": id_prefix,
+                    **spec,
                     "limit": max(1, min(page_size, MAX_PAGE_SIZE)),
                     "cursor": cursor,
                 },
@@ -221,66 +255,49 @@ class BnlabClient:
             if not cursor:
                 return
 
-    def list_runs(
-        self,
-        *,
-        status: str | None = None,
-        sweep_id: str | None = None,
-        name: str | None = None,
-        limit: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Matching runs, newest first: at most ``limit`` (None = all, over as many pages)."""
+    def list_runs(self, *, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """Matching runs, newest first: at most ``limit`` (None = all, over as many pages).
+        ``filters``: those of :meth:`iter_runs` (status, sweep_id, name, tags, q, spec fields)."""
         page_size = MAX_PAGE_SIZE if limit is None else min(limit, MAX_PAGE_SIZE)
-        runs: list[dict[str, Any]] = []
-        for run in self.iter_runs(status=status, sweep_id=sweep_id, name=name, page_size=page_size):
-            if limit is not None and len(runs) >= limit:
-                break
-            runs.append(run)
-        return runs
+        return _take(self.iter_runs(page_size=page_size, **filters), limit)
 
     def resolve_run_id(self, id_or_prefix: str) -> str:
         """The full id of the one run whose id is ``id_or_prefix`` or starts with it.
 
         A full UUID passes through unchecked (the next request answers 404 if it is unknown).
-        A prefix (the short ids tables show) is looked up with ``GET /runs?id_prefix=…``; a
-        server that ignores that filter answers with other runs too, recognised because not
-        every id starts with the prefix, and then the pages of all runs are scanned instead.
+        A prefix (the short ids tables show) of at least MIN_SERVER_PREFIX characters is
+        looked up with ``GET /runs?id_prefix=…``; a shorter one, or one a server ignores (it
+        answers with other runs too, recognised because not every id starts with the prefix),
+        is matched over the pages of all runs instead.
         Raises BnlabError: status 400 for a malformed or ambiguous prefix (naming the
         candidates), 404 when no run matches.
         """
-        text = id_or_prefix.strip()
-        if _is_uuid(text):
+        text, prefix = id_or_prefix.strip(), prefix_of(id_or_prefix, "run")
+        if prefix is None:
             return text
-        prefix = text.lower()
-        if not prefix or not set(prefix) <= HEX_DIGITS:
-            raise BnlabError(
-                f"{id_or_prefix!r} is not a run id: give the id or a prefix of it "
-                "(hex digits, e.g. the 8 characters `bnlab runs` shows)",
-                status=400,
+        ids: list[str] | None = None
+        if len(prefix) >= MIN_SERVER_PREFIX:
+            page = self._json(
+                "GET", f"{API}/runs", params={"id_prefix": prefix, "limit": MAX_CANDIDATES}
             )
-        page = self._json("GET", f"{API}/runs", params={"id_prefix": prefix, "limit": 2})
-        ids = [str(run.get("id")) for run in page.get("items", [])]
-        if not all(run_id.startswith(prefix) for run_id in ids):  # the filter was ignored
-            ids = self._scan_run_ids(prefix, enough=MAX_CANDIDATES)
-        if len(ids) == 1:
-            return ids[0]
-        if not ids:
-            raise BnlabError(f"no run id starts with {prefix!r}", status=404)
-        raise BnlabError(
-            f"several runs start with {prefix!r}, e.g. {', '.join(ids[:MAX_CANDIDATES])}; "
-            "give more characters of the id",
-            status=400,
-        )
+            ids = [str(run.get("id")) for run in page.get("items", [])]
+            if not all(run_id.startswith(prefix) for run_id in ids):  # the filter was ignored
+                ids = None
+        if ids is None:
+            ids = matching(self.iter_runs(page_size=MAX_PAGE_SIZE), prefix)
+        return one_id(ids, prefix, "run")
 
-    def _scan_run_ids(self, prefix: str, enough: int) -> list[str]:
-        """Ids starting with ``prefix`` over every page of runs, stopping at ``enough``."""
-        found: list[str] = []
-        for run in self.iter_runs(page_size=MAX_PAGE_SIZE):
-            if str(run.get("id", "")).startswith(prefix):
-                found.append(run["id"])
-                if len(found) >= enough:
-                    break
-        return found
+    def update_run(
+        self, run_id: str, *, tags: Sequence[str] | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        """PATCH /runs/{id}: replace the run's tags and/or note; None leaves one as it is,
+        ``tags=[]`` removes every tag and ``note=""`` the note. → RunOut."""
+        body: dict[str, Any] = {}
+        if tags is not None:
+            body["tags"] = list(tags)
+        if note is not None:
+            body["note"] = note
+        return self._json("PATCH", f"{API}/runs/{run_id}", json_body=body)
 
     def cancel(self, run_id: str) -> dict[str, Any]:
         """POST /runs/{id}/cancel: queued → cancelled at once; running → asked to stop."""
@@ -423,17 +440,56 @@ class BnlabClient:
 
     # ------------------------------------------------------------------------- sweeps
 
-    def sweep(self, name: str, base: SpecLike, grid: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    def sweep(
+        self,
+        name: str,
+        base: SpecLike,
+        grid: Mapping[str, Sequence[Any]],
+        *,
+        tags: Sequence[str] = (),
+    ) -> dict[str, Any]:
         """POST /sweeps: one run per combination of ``grid`` over ``base``. → SweepOut."""
         body = {
             "name": name,
             "base": spec_to_dict(base),
             "grid": {k: list(v) for k, v in grid.items()},
+            "tags": list(tags),
         }
         return self._json("POST", f"{API}/sweeps", json_body=body)
 
     def get_sweep(self, sweep_id: str) -> dict[str, Any]:
         return self._json("GET", f"{API}/sweeps/{sweep_id}")
+
+    def iter_sweeps(self, *, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[dict[str, Any]]:
+        """Every sweep, newest first, as SweepSummary dicts (id, name, grid, created_at,
+        run_count, counts per status; not the runs), following ``next_cursor``."""
+        cursor: str | None = None
+        while True:
+            page = self._json(
+                "GET",
+                f"{API}/sweeps",
+                params={"limit": max(1, min(page_size, MAX_PAGE_SIZE)), "cursor": cursor},
+            )
+            yield from page.get("items", [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def list_sweeps(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Sweeps, newest first: at most ``limit`` (None = all, over as many pages)."""
+        page_size = MAX_PAGE_SIZE if limit is None else min(limit, MAX_PAGE_SIZE)
+        return _take(self.iter_sweeps(page_size=page_size), limit)
+
+    def resolve_sweep_id(self, id_or_prefix: str) -> str:
+        """The full id of the one sweep whose id is ``id_or_prefix`` or starts with it.
+
+        Like :meth:`resolve_run_id`, but GET /sweeps has no prefix filter: a prefix is matched
+        over its pages, newest first. Raises BnlabError: status 400 for a malformed or
+        ambiguous prefix, 404 when no sweep matches."""
+        text, prefix = id_or_prefix.strip(), prefix_of(id_or_prefix, "sweep")
+        if prefix is None:
+            return text
+        return one_id(matching(self.iter_sweeps(page_size=MAX_PAGE_SIZE), prefix), prefix, "sweep")
 
     # ------------------------------------------------------------------------- compare
 
@@ -442,14 +498,22 @@ class BnlabClient:
         run_ids: Sequence[str] | None = None,
         sweep: str | None = None,
         baseline: str | None = None,
-        target: float | None = None,
+        target: Targets = None,
         fmt: Literal["json", "csv"] = "json",
         *,
         metric: str | None = None,
         points: int | None = None,
+        target_fractions: Sequence[float] | None = None,
     ) -> Any:
-        """GET /compare: the service.analysis Comparison as a dict (fmt="json") or CSV text."""
-        params = _compare_params(run_ids, sweep, baseline, target, metric, points, fmt)
+        """GET /compare: the service.analysis Comparison as a dict (fmt="json") or CSV text.
+
+        ``target``: one value or several; ``target_fractions``: fractions in (0, 1] of the
+        baseline's best (e.g. ``[1, 0.99, 0.95, 0.9]``, the server's default when neither is
+        given). The result's ``targets`` lists them in order, each with a ``label`` saying how
+        it was chosen; the first is the primary one."""
+        params = _compare_params(
+            run_ids, sweep, baseline, target, target_fractions, metric, points, fmt
+        )
         response = self._request("GET", f"{API}/compare", params=params, accept="*/*")
         return response.json() if fmt == "json" else response.text
 
@@ -458,14 +522,17 @@ class BnlabClient:
         run_ids: Sequence[str] | None = None,
         sweep: str | None = None,
         baseline: str | None = None,
-        target: float | None = None,
+        target: Targets = None,
         fmt: Literal["png", "svg"] = "png",
         *,
         metric: str | None = None,
         points: int | None = None,
+        target_fractions: Sequence[float] | None = None,
     ) -> bytes:
         """GET /compare/plot: the comparison figure as PNG or SVG bytes."""
-        params = _compare_params(run_ids, sweep, baseline, target, metric, points, fmt)
+        params = _compare_params(
+            run_ids, sweep, baseline, target, target_fractions, metric, points, fmt
+        )
         return self._request("GET", f"{API}/compare/plot", params=params, accept="*/*").content
 
 
@@ -500,34 +567,41 @@ def series_to_rows(series: Mapping[str, Mapping[str, Sequence[Any]]]) -> list[di
     return [by_step[step] for step in sorted(by_step)]
 
 
-def _is_uuid(text: str) -> bool:
-    """A whole UUID in its 36-character form (what the server uses as run ids)."""
-    if len(text) != 36:
-        return False
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
+def _take(items: Iterator[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The first ``limit`` items (all of them for None), without asking for a page more."""
+    taken: list[dict[str, Any]] = []
+    for item in items:
+        if limit is not None and len(taken) >= limit:
+            break
+        taken.append(item)
+    return taken
 
 
 def _compare_params(
     run_ids: Sequence[str] | None,
     sweep: str | None,
     baseline: str | None,
-    target: float | None,
+    target: Targets,
+    fractions: Sequence[float] | None,
     metric: str | None,
     points: int | None,
     fmt: str,
 ) -> dict[str, Any]:
     if not run_ids and not sweep:
         raise BnlabError("compare needs run ids or a sweep id")
+    targets = [target] if isinstance(target, int | float) else list(target or [])
     return {
         "runs": ",".join(run_ids) if run_ids else None,
         "sweep": sweep,
         "baseline": baseline,
-        "target": target,
+        "target": _numbers(targets),
+        "target_fractions": _numbers(fractions or []),
         "metric": metric,
         "points": points,
         "format": fmt,
     }
+
+
+def _numbers(values: Sequence[float]) -> str | None:
+    """[0.9, 0.85] → "0.9,0.85" (repr: no digit lost); None for none."""
+    return ",".join(repr(float(v)) for v in values) or None

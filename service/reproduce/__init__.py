@@ -1,38 +1,54 @@
 """`bnlab reproduce`: the paper's claims checked through the public API, with a report.
 
 Ioffe & Szegedy (2015) make claims bnlab can test on offline data (docs/reproduction.md is the
-latest report). Each claim is an experiment that analyses one sweep; several experiments may
+latest report). Each claim is an experiment that analyses one sweep (or several compared
+together, as the conv-net table's rows); several experiments may
 share a sweep (the Fig. 1 runs answer "faster", "stable distributions" and "inference
 statistics" at once), so each sweep is trained once.
 
     with embedded_client() as client:                    # or BnlabClient("http://host:8000")
         result = run_suite(client, quick=True, only=None, out_dir=Path("docs"))
+        result = run_suite(client, quick=False, profile="report", only=None, out_dir=...)
+
+Profiles (``plan.PROFILES``): ``quick`` (toy data, minutes, CI), ``report`` (Fashion-MNIST
+and the toy data, the committed report), ``paper`` (the paper's step counts, hours; reuses
+finished runs when rerun), ``full`` (toy data, 3 seeds), ``tiny`` (tests).
 
 The modules, each importing only those above it (no cycles):
 
 - ``verdicts``: thresholds as named constants, the decision rules and their wording;
 - ``plan``: profiles (how much training) and the sweeps (``SWEEPS``, one entry per sweep);
 - ``results``: the data that flows through (API answers in, findings out) and its JSON;
-- ``analyses``: one ``analyse_*`` per claim, from a sweep's numbers to a finding;
+- ``analyses``: one ``analyse_*`` per claim, from a sweep's numbers to a finding (toy data);
+- ``horizons``: steps-to-target at several targets and horizons, and the plateau check;
+- ``analyses_real``: the real-data analyses (MNIST protocol with horizons, the conv-net table,
+  BN vs dropout);
 - ``experiments``: the claims (``EXPERIMENTS``, one entry per claim) and their re-checks;
 - ``report``: the Markdown report and its figures;
+- ``reuse``: which runs already on the server stand in for planned ones (resuming a suite);
 - ``runner``: submitting, waiting and analysing through :class:`service.client.BnlabClient`;
 - ``embedded``: an in-process server, the package's only door to ``service.app``.
 
 Extending the suite: a new sweep is one entry in ``plan.SWEEPS`` and a new experiment one
-entry in ``experiments.EXPERIMENTS``; the runner submits whatever sweeps the selected
-experiments name and the report shows whatever findings come back. For example, the paper's
-MLP protocol on Fashion-MNIST, reusing the faster-training analysis and rule::
+entry in ``experiments.EXPERIMENTS``; the runner trains whatever sweeps the selected
+experiments name and the report shows whatever findings come back. For example, the MNIST
+protocol on MNIST itself (IDX files a user brings to the server's data directory), in the
+paper profile, reusing the horizon analysis and the faster-training rule::
 
-    SweepDesign("fashion-mlp", steps={"full": 3000, "quick": 1000, "tiny": 60},
-                changes={"dataset": "fashion_mnist"})                       # plan.SWEEPS
-    Experiment("faster-training-fashion", "1c. Faster training (Fashion-MNIST)", claim,
-               "Fig. 1a", "fashion-mlp", analyse_faster_training,
+    SweepDesign("mnist-mlp", steps={"paper": 50_000, "tiny": 60},
+                changes={"dataset": "mnist_idx", "data_path": "mnist"},
+                eval_every={"paper": 500})                                  # plan.SWEEPS
+    Experiment("mnist-faster-training", "A2. Faster training (MNIST)", claim,
+               "Fig. 1a", "mnist-mlp", analyse_faster_training_horizons,
                _recheck_faster)                                             # EXPERIMENTS
 
-A claim that needs new numbers adds an ``analyse_*`` in ``analyses`` (reading arms with
+A sweep runs in the profiles its ``steps`` name, and an experiment in the profiles all its
+sweeps run in. A claim that needs new numbers adds an ``analyse_*`` (``analyses`` for toy
+data, ``analyses_real`` for real data; reading arms with
 ``SweepData.arm(bn=..., where={"model.dropout": 0.5})``), its rule, wording and thresholds in
-``verdicts`` (``THRESHOLDS`` puts them in the report), and its ``recheck`` in the entry.
+``verdicts`` (``THRESHOLDS`` puts them in the report), and its ``recheck`` in the entry. An
+experiment may compare several sweeps (``more_sweeps``), and a sweep may take its learning
+rate from another's result (``SweepDesign.tuned_lr_from``), as the conv-net table does.
 
 This module re-exports the names other code uses. ``embedded_client`` is looked up on first
 use, so importing the suite (for ``--server`` runs, or its plan) does not load the server app.
@@ -84,10 +100,11 @@ from service.reproduce.runner import (
     COMPARE_POINTS,
     POLL_INTERVAL_S,
     Progress,
+    obtain_runs,
     run_experiment,
     run_suite,
-    submit_sweeps,
-    wait_for_sweeps,
+    suite_stages,
+    wait_for_runs,
 )
 from service.reproduce.verdicts import (
     CHANCE_ACC,
@@ -176,11 +193,12 @@ __all__ = [
     "explain_effect",
     "load_numbers",
     "run_drift",
+    "obtain_runs",
     "run_experiment",
     "run_suite",
     "save_numbers",
     "select_experiments",
-    "submit_sweeps",
+    "suite_stages",
     "sweep_plans",
     "verdict_faster_training",
     "verdict_from_numbers",
@@ -189,6 +207,6 @@ __all__ = [
     "verdict_regularization",
     "verdict_saturating",
     "verdict_stable_distributions",
-    "wait_for_sweeps",
+    "wait_for_runs",
     "write_report",
 ]

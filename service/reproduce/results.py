@@ -57,6 +57,19 @@ def _same(text: str | None, value: Any) -> bool:
         return str(text) == str(value)
 
 
+def best_baseline_lr(runs: Sequence[dict[str, Any]]) -> float:
+    """The learning rate at which the no-BN runs reach the highest mean best test accuracy
+    (from their summaries; runs without one are left out): the baseline's "best LR"."""
+    by_lr: dict[float, list[float]] = {}
+    for run in runs:
+        value = (run.get("summary") or {}).get("best_test_acc")
+        if not is_bn(run["spec"]) and value is not None:
+            by_lr.setdefault(lr_of(run["spec"]), []).append(float(value))
+    if not by_lr:
+        raise LookupError("no finished baseline run to pick a learning rate from")
+    return max(sorted(by_lr), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+
+
 # -------------------------------------------------------------------------------------------- input
 
 
@@ -112,6 +125,8 @@ class Finding:
     # comparison figure where curves alone do not show the claim.
     bars: dict[str, dict[str, float | None]] = field(default_factory=dict)
     bars_title: str = ""
+    # More tables after the main one: (title, rows).
+    more_tables: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
 
 
 @dataclass

@@ -11,12 +11,15 @@ threshold and its CI excludes "no effect"; it *does not hold* when the CI's uppe
 the threshold; anything between is inconclusive. With one seed (``--quick``) the CI collapses to
 the single value, which the report says.
 
-Pure functions on numbers: no I/O, no imports from the rest of the package.
+Pure functions on numbers: no I/O, no imports from the rest of the package (the plateau
+constants come from ``service.analysis.runs``, whose rule the horizon table applies).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
+
+from service.analysis.runs import PLATEAU_TAIL, PLATEAU_TOLERANCE
 
 Verdict = Literal["holds", "does not hold", "inconclusive"]
 HOLDS: Verdict = "holds"
@@ -34,6 +37,11 @@ MIN_STABILITY_FACTOR = 2.0  # experiment 2: the baseline's median drifts at leas
 MIN_INFERENCE_GAIN = 0.005  # experiment 5: fixed statistics beat batch statistics by ≥ 0.5 points
 MIN_GAP_REDUCTION = 0.02  # experiment 6: BN shrinks the train-test gap by ≥ 2 points
 REACH_FRACTION = 0.5  # an arm "reaches" the target when more than half its seeds do
+# Regularization on real data (BN vs dropout, issue 18). The design check first:
+OVERFIT_TRAIN_ACC = 0.98  # the plain arm fits its training set: mean train accuracy ≥ this
+OVERFIT_LOSS_RISE = 0.10  # ... while its test loss rises: final ≥ (1 + this) × its minimum
+DROPOUT_MARGIN = 0.01  # δ: BN without dropout may trail no-BN with dropout by at most this
+MIN_ACC_GAIN = 0.005  # BN without dropout beats the plain arm by ≥ half a point of accuracy
 
 # The report's table of constants: (name, value as shown, what uses it). A new threshold is
 # added here once and appears in every report.
@@ -45,7 +53,13 @@ THRESHOLDS: list[tuple[str, str, str]] = [
     ("NEAR_CHANCE_MARGIN", f"+{NEAR_CHANCE_MARGIN:g}", "3, 4: did not train"),
     ("TRAINS_MARGIN", f"+{TRAINS_MARGIN:g}", "4: trains"),
     ("MIN_INFERENCE_GAIN", f"{MIN_INFERENCE_GAIN:g}", "5. inference statistics"),
-    ("MIN_GAP_REDUCTION", f"{MIN_GAP_REDUCTION:g}", "6. regularization"),
+    ("MIN_GAP_REDUCTION", f"{MIN_GAP_REDUCTION:g}", "6. regularization (toy)"),
+    ("OVERFIT_TRAIN_ACC", f"{OVERFIT_TRAIN_ACC:g}", "regularization: the design can detect it"),
+    ("OVERFIT_LOSS_RISE", f"+{OVERFIT_LOSS_RISE:.0%}", "regularization: test loss rises"),
+    ("DROPOUT_MARGIN", f"{DROPOUT_MARGIN:g}", "regularization: δ vs dropout"),
+    ("MIN_ACC_GAIN", f"{MIN_ACC_GAIN:g}", "regularization: gain over no regularizer"),
+    ("PLATEAU_TAIL", f"last {PLATEAU_TAIL:.0%} of the horizon", "baseline plateau check"),
+    ("PLATEAU_TOLERANCE", f"≤ {PLATEAU_TOLERANCE:.0%} better", "baseline plateau check"),
 ]
 
 
@@ -250,3 +264,58 @@ REGULARIZATION_RULE = (
 def verdict_regularization(reduction: dict[str, Any]) -> Verdict:
     """Experiment 6 from baseline gap minus BN gap (train-test accuracy, equal steps; CI)."""
     return _effect(reduction, threshold=MIN_GAP_REDUCTION, null=0.0)
+
+
+# ----------------------------------------------------------------- 6b. regularization (real data)
+
+BN_DROPOUT_RULE = (
+    "Stated before the numbers. Accuracy = the final model's test accuracy after equal steps. "
+    "Design check: the no-BN/no-dropout arm must overfit (mean training accuracy ≥ "
+    f"{OVERFIT_TRAIN_ACC:g} and mean final test loss ≥ {1 + OVERFIT_LOSS_RISE:g} × its own "
+    "minimum over training); otherwise the design cannot see a regularizer and the verdict is "
+    "inconclusive, never a pass or fail. Then, with Δd = BN/no-dropout − no-BN/dropout and "
+    "Δp = BN/no-dropout − no-BN/no-dropout (95 % bootstrap CIs): holds if Δd's CI lies above "
+    f"−{DROPOUT_MARGIN:g} (BN without dropout at least as good as dropout) and Δp ≥ "
+    f"{MIN_ACC_GAIN:g} with its CI above 0 (better than no regularizer); does not hold if Δd's "
+    f"CI upper end is below −{DROPOUT_MARGIN:g} or Δp's is below {MIN_ACC_GAIN:g}; otherwise "
+    "inconclusive."
+)
+
+
+def overfits(train_acc: float | None, test_loss_rise: float | None) -> bool:
+    """The plain arm overfits: it fits its training set (mean train accuracy ≥
+    OVERFIT_TRAIN_ACC) while its test loss rises (mean final/min − 1 ≥ OVERFIT_LOSS_RISE)."""
+    if train_acc is None or test_loss_rise is None:
+        return False
+    return train_acc >= OVERFIT_TRAIN_ACC and test_loss_rise >= OVERFIT_LOSS_RISE
+
+
+def verdict_bn_vs_dropout(
+    plain_overfits: bool, vs_dropout: dict[str, Any], vs_plain: dict[str, Any]
+) -> Verdict:
+    """Issue 18's rule (``BN_DROPOUT_RULE``) from the design check and two accuracy
+    differences (``{"mean", "ci_low", "ci_high"}``): BN/no-dropout − no-BN/dropout and
+    BN/no-dropout − no-BN/no-dropout."""
+    if not plain_overfits:
+        return UNSURE
+    d_low, d_high = vs_dropout.get("ci_low"), vs_dropout.get("ci_high")
+    p_mean, p_low, p_high = vs_plain.get("mean"), vs_plain.get("ci_low"), vs_plain.get("ci_high")
+    if None in (d_low, d_high, p_mean, p_low, p_high):
+        return UNSURE
+    if d_low > -DROPOUT_MARGIN and p_mean >= MIN_ACC_GAIN and p_low > 0:
+        return HOLDS
+    if d_high < -DROPOUT_MARGIN or p_high < MIN_ACC_GAIN:
+        return FAILS
+    return UNSURE
+
+
+# ------------------------------------------------------------------------- 7. the conv-net table
+
+CONV_TABLE_RULE = (
+    "The paper's ImageNet table: target = the Baseline's max test accuracy (the Baseline: no "
+    "BN, at the LR of its grid with the highest mean max accuracy; the lowest max over its "
+    "seeds). The verdict is the faster-training rule applied to BN-x5, the paper's headline row "
+    f"(named before the runs, not the fastest row after them): holds if its speed-up is ≥ "
+    f"{MIN_SPEEDUP:g}× with the 95 % CI above 1×; does not hold if it never reaches the target "
+    f"or the CI's upper end is below {MIN_SPEEDUP:g}×; otherwise inconclusive."
+)

@@ -365,24 +365,17 @@ def test_sweep_page_arm_bands(page, sweep, artifacts_dir: Path) -> None:  # noqa
     assert page.console_errors == [], page.console_errors
 
 
-def test_sweep_list_before_and_after_the_server_lists_sweeps(page, sweep) -> None:  # noqa: ANN001
+def test_sweep_list_shows_each_sweep_with_its_grid_and_counts(page, sweep) -> None:  # noqa: ANN001
     sweep_id, _ = sweep
     page.goto("/#/sweeps")
-    note = page.locator("#sweeps-note")
     row = page.locator(f"#sweeps-table tr[data-sweep-id='{sweep_id}']")
-    expect(note.or_(row)).to_be_visible()
-    if note.is_visible():  # a server without GET /api/v1/sweeps
-        assert "update the server" in note.text_content()
-    else:
-        assert row.locator("a").text_content() == "layout-sweep"
-    # An older server answers 404: the page says what to do instead of failing.
-    page.route("**/api/v1/sweeps", lambda route: route.fulfill(status=404, json={"title": "x"}))
-    page.goto("/#/runs")
-    page.goto("/#/sweeps")
-    expect(note).to_be_visible()
-    assert "update the server" in note.text_content()
-    errors = [e for e in page.console_errors if "404" not in e and "405" not in e]
-    assert errors == [], errors
+    expect(row).to_be_visible()
+    assert row.locator("a").text_content() == "layout-sweep"
+    assert "model.norm ∈ {batchnorm, none} × seed ∈ {0, 1, 2}" in row.text_content()
+    assert "6 succeeded" in row.text_content()
+    row.locator("a").click()
+    expect(page).to_have_url(re.compile(f"#/sweep/{sweep_id}$"))
+    assert page.console_errors == [], page.console_errors
 
 
 def test_compare_sweep_runs_fit_their_card(page, sweep, artifacts_dir: Path) -> None:  # noqa: ANN001

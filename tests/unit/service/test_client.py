@@ -467,26 +467,47 @@ def test_real_embedded_run_finishes(tmp_path) -> None:
 
 
 def test_resolve_run_id_asks_the_server_for_the_prefix() -> None:
-    """A server with the id_prefix filter: one request, no scan of every run."""
+    """A prefix of 4+ characters: one GET /runs?id_prefix=, no scan of every run; a shorter
+    one (the server refuses those) is matched over the pages of all runs."""
     full = "6f1c2a9b-0000-4000-8000-000000000001"
-    seen: list[httpx.Request] = []
+    other = "6a000000-0000-4000-8000-000000000002"
+    seen: list[dict[str, str]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        prefix = request.url.params["id_prefix"]
-        items = [run_out(full)] if full.startswith(prefix) else []
+        seen.append(dict(request.url.params))
+        prefix = request.url.params.get("id_prefix", "")
+        items = [run_out(i) for i in (full, other) if i.startswith(prefix)]
         return httpx.Response(200, json={"items": items, "next_cursor": None})
 
     with mock_client(handler) as client:
         assert client.resolve_run_id(full) == full and not seen  # a full id passes through
         assert client.resolve_run_id("6F1C2A9B") == full
-        with pytest.raises(BnlabError, match="no run id starts with 'abc'") as caught:
-            client.resolve_run_id("abc")
-    assert caught.value.status == 404
-    assert [dict(r.url.params) for r in seen] == [
-        {"id_prefix": "6f1c2a9b", "limit": "2"},
-        {"id_prefix": "abc", "limit": "2"},
+        with pytest.raises(BnlabError, match="no run id starts with 'abcd'") as caught:
+            client.resolve_run_id("abcd")
+        assert caught.value.status == 404
+        assert client.resolve_run_id("6f1") == full
+        with pytest.raises(BnlabError, match="several runs start with '6'") as caught:
+            client.resolve_run_id("6")
+        assert (
+            caught.value.status == 400 and full in str(caught.value) and other in str(caught.value)
+        )
+    assert seen == [
+        {"id_prefix": "6f1c2a9b", "limit": "5"},
+        {"id_prefix": "abcd", "limit": "5"},
+        {"limit": "200"},
+        {"limit": "200"},
     ]
+
+
+def test_resolve_run_id_scans_when_a_server_ignores_the_filter() -> None:
+    full = "6f1c2a9b-0000-4000-8000-000000000001"
+    other = "0d3e77c4-0000-4000-8000-000000000002"
+
+    def handler(request: httpx.Request) -> httpx.Response:  # no id_prefix filter here
+        return httpx.Response(200, json={"items": [run_out(other), run_out(full)]})
+
+    with mock_client(handler) as client:
+        assert client.resolve_run_id("6f1c2a9b") == full
 
 
 def test_resolve_run_id_rejects_what_is_not_an_id() -> None:
@@ -500,8 +521,9 @@ def test_resolve_run_id_rejects_what_is_not_an_id() -> None:
             assert caught.value.status == 400
 
 
-def test_app_resolve_run_id_scans_when_the_filter_is_ignored(api) -> None:
-    """Today's server ignores id_prefix: the client checks every id it gets and scans."""
+def test_app_resolve_run_id_by_the_server_and_by_scan(api) -> None:
+    """8-character prefixes go through the server's id_prefix filter, 1-character ones are
+    matched over the pages (the server takes 4 characters at least)."""
     client, _, _ = api
     ids = [client.submit(TINY_SPEC)["id"] for _ in range(17)]  # two share a first digit
     for run_id in ids:

@@ -39,22 +39,13 @@ export function initSweepViews() {
 
 async function openSweepList() {
   document.title = "Sweeps · bnlab";
-  const note = $("sweeps-note");
-  note.hidden = true;
   const result = await api("/sweeps");
   const tbody = $("sweeps-table").querySelector("tbody");
-  if (result.status === 404 || result.status === 405) {
-    tbody.replaceChildren();
-    note.hidden = false;
-    note.textContent = "This server cannot list sweeps yet (GET /api/v1/sweeps is missing): " +
-      "update the server. A sweep's page still opens from its link, #/sweep/<id>.";
-    return;
-  }
   if (!result.ok) {
     showBanner(`Could not list sweeps. ${problemText(result.body, result.status)}`);
     return;
   }
-  const sweeps = Array.isArray(result.body) ? result.body : result.body.items || [];
+  const sweeps = result.body.items;
   tbody.replaceChildren(...sweeps.map((sweep) => el(
     "tr",
     { "data-sweep-id": sweep.id },

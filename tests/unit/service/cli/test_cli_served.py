@@ -218,7 +218,7 @@ def test_compare_at_80_columns_keeps_id_arm_status_and_speedup(served) -> None:
     result = invoke("compare", *(short_id(i) for i in runs.values()), env=NARROW)
     assert result.exit_code == 0, result.output
     assert_fits(result.stdout)
-    assert "the worst of the baseline arm's 2 best values" in " ".join(result.stdout.split())
+    assert "the lowest of the 2 baseline seeds' best test_acc" in " ".join(result.stdout.split())
     for (norm, seed), run_id in runs.items():
         cells = row_of(result.stdout, run_id)
         assert cells[1:4] == [f"norm={norm}", str(seed), "succeeded"], cells
@@ -345,7 +345,8 @@ def test_the_problem_detail_and_field_errors_are_printed(monkeypatch) -> None:
     monkeypatch.setattr(
         common, "make_client", lambda url, key: BnlabClient(url, transport=transport)
     )
-    result = invoke("compare", "--sweep", "s1", "--metric", "typo")
+    sweep_id = "0d3e77c4-0000-4000-8000-000000000001"  # a whole id: no prefix lookup
+    result = invoke("compare", "--sweep", sweep_id, "--metric", "typo")
     assert result.exit_code == 2
     text = " ".join(result.stderr.split())
     assert "Unknown metric (422): metric 'typo' is not logged by these runs" in text

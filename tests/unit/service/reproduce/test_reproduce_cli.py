@@ -24,8 +24,8 @@ def test_cli_runs_the_suite_against_the_given_server(monkeypatch, tmp_path) -> N
 
     seen = {}
 
-    def fake_run_suite(client, *, quick, only, out_dir, progress, server_label):
-        seen.update(base_url=client.base_url, quick=quick, only=only, out=out_dir)
+    def fake_run_suite(client, *, quick, only, out_dir, progress, profile, server_label):
+        seen.update(base_url=client.base_url, quick=quick, only=only, out=out_dir, profile=profile)
         progress(3, 4, "1 running")
         finding = r.Finding(HOLDS, "speed-up 7×", "because", "rule", {})
         item = r.ExperimentResult(
@@ -42,5 +42,22 @@ def test_cli_runs_the_suite_against_the_given_server(monkeypatch, tmp_path) -> N
         "quick": True,
         "only": ["faster-training"],
         "out": tmp_path,
+        "profile": "quick",
     }
     assert "1. Faster training" in result.output and "holds" in result.output
+
+
+def test_cli_refuses_an_unknown_profile_and_an_experiment_outside_the_profile() -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    result = CliRunner().invoke(app, ["reproduce", "--profile", "huge", "--server", "http://x"])
+    assert result.exit_code == 2 and "unknown profile 'huge'" in result.output
+    quick_names = {e.name for e in r.select_experiments(None, r.PROFILES["quick"])}
+    missing = [e.name for e in r.EXPERIMENTS if e.name not in quick_names]
+    assert missing, "every experiment runs in quick: nothing to refuse"
+    result = CliRunner().invoke(
+        app, ["reproduce", "--quick", "--only", missing[0], "--server", "http://x"]
+    )
+    assert result.exit_code == 2, result.output

@@ -16,9 +16,12 @@ LAYERS = [
     "verdicts",
     "plan",
     "results",
+    "horizons",
     "analyses",
+    "analyses_real",
     "experiments",
     "report",
+    "reuse",
     "runner",
     "embedded",
 ]

@@ -26,7 +26,7 @@ def test_select_experiments() -> None:
         "faster-training",
         "regularization",
     ]
-    with pytest.raises(ValueError, match="unknown experiment.*nope.*choose from faster-training"):
+    with pytest.raises(ValueError, match="unknown experiment.*nope.*choose from fashion-faster"):
         select_experiments(["nope"])
 
 
@@ -37,9 +37,11 @@ def test_registry_entries_are_complete() -> None:
     assert len(keys) == len(set(keys))
     for experiment in EXPERIMENTS:
         assert experiment.sweep in keys, experiment.name
-    for design in SWEEPS:  # every profile knows how long each sweep trains
-        assert set(design.steps) == set(PROFILES), design.key
-        assert set(design.more_seeds) <= set(PROFILES), design.key
+    for design in SWEEPS:  # the profiles a sweep runs in, and every test profile
+        assert set(design.steps) <= set(PROFILES) and "tiny" in design.steps, design.key
+        assert set(design.seeds) <= set(design.steps), design.key
+        assert set(design.eval_every) <= set(design.steps), design.key
+        assert design.tuned_lr_from in (None, *keys), design.key
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -61,7 +63,7 @@ def test_sweeps_vary_norm_then_factors_then_seeds() -> None:
     assert sweep_plans(PROFILES["quick"])["mlp-sigmoid"].base["steps"] == 1500
 
 
-def test_profiles_can_give_a_sweep_more_seeds() -> None:
+def test_profiles_can_give_a_sweep_seeds() -> None:
     full = sweep_plans(PROFILES["full"])
     assert full["regularization"].grid["seed"] == [0, 1, 2, 3, 4]
     assert full["mlp-sigmoid"].grid["seed"] == [0, 1, 2]
@@ -108,7 +110,7 @@ def test_a_new_sweep_and_experiment_are_one_entry_each(monkeypatch) -> None:
         factors={"model.norm": plan.NORMS, "optimizer.lr": [0.1, 0.5]},
     )
     experiment = Experiment(
-        "conv-table",
+        "conv-digits",
         "7. A conv-net",
         "BN helps a conv-net too.",
         "the ImageNet table",
@@ -117,9 +119,10 @@ def test_a_new_sweep_and_experiment_are_one_entry_each(monkeypatch) -> None:
         recheck=lambda numbers: "inconclusive",
     )
     monkeypatch.setattr(plan, "SWEEPS", [*SWEEPS, design])
+    monkeypatch.setitem(plan.DESIGNS, design.key, design)
     monkeypatch.setattr(experiments, "EXPERIMENTS", [*EXPERIMENTS, experiment])
 
-    assert [e.name for e in select_experiments(["conv-table"])] == ["conv-table"]
+    assert [e.name for e in select_experiments(["conv-digits"])] == ["conv-digits"]
     planned = sweep_plans(PROFILES["quick"])["conv-digits"]
     assert planned.base["model"] == {"arch": "cnn", "hidden": [8, 16]}  # replaced whole
     assert planned.base["dataset"] == "digits" and planned.base["batch_size"] == 60
@@ -131,4 +134,4 @@ def test_a_new_sweep_and_experiment_are_one_entry_each(monkeypatch) -> None:
     }
     for spec in expand_grid(planned.base, planned.grid):
         JobSpec.model_validate(spec)
-    assert experiments.verdict_from_numbers("conv-table", {}) == "inconclusive"
+    assert experiments.verdict_from_numbers("conv-digits", {}) == "inconclusive"

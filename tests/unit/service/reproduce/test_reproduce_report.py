@@ -76,7 +76,7 @@ def test_report_markdown(tmp_path: Path) -> None:
         "| **❌ does not hold** |",
     ]
     assert "| MIN_SPEEDUP | 2× | 1. faster training |" in text
-    assert "| MIN_GAP_REDUCTION | 0.02 | 6. regularization |" in text
+    assert "| MIN_GAP_REDUCTION | 0.02 | 6. regularization (toy) |" in text
     assert "95 % percentile-bootstrap confidence interval (the comparison layer's, 2,000 " in text
     assert "| arm | steps |\n|---|---|\n| norm=none | 1800 |\n| norm=batchnorm | 300 |" in text
     assert "**Verdict: ✅ holds**: estimate 6.000 ≥ 2 and CI lower end 4.500 > 1." in text

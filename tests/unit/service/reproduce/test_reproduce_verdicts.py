@@ -50,7 +50,15 @@ def test_thresholds_are_the_documented_ones() -> None:
         "TRAINS_MARGIN",
         "MIN_INFERENCE_GAIN",
         "MIN_GAP_REDUCTION",
+        "OVERFIT_TRAIN_ACC",
+        "OVERFIT_LOSS_RISE",
+        "DROPOUT_MARGIN",
+        "MIN_ACC_GAIN",
+        "PLATEAU_TAIL",
+        "PLATEAU_TOLERANCE",
     ]
+    assert (v.OVERFIT_TRAIN_ACC, v.OVERFIT_LOSS_RISE) == (0.98, 0.10)
+    assert (v.DROPOUT_MARGIN, v.MIN_ACC_GAIN) == (0.01, 0.005)
     shown = {name: value for name, value, _ in v.THRESHOLDS}
     assert shown["MIN_SPEEDUP"] == "2×" and shown["REACH_FRACTION"] == "> 50% of seeds"
     assert shown["NEAR_CHANCE_MARGIN"] == "+0.05" and shown["MIN_INFERENCE_GAIN"] == "0.005"
@@ -298,6 +306,24 @@ SAVED = {  # experiment → (numbers as reproduction.json holds them, the verdic
     ),
     "inference-statistics": ({"gain": stat(0.01, -0.01, 0.03)}, UNSURE),
     "regularization": ({"reduction": stat(0.05, 0.03, 0.07)}, HOLDS),
+    "fashion-faster-training": (
+        {"target": 0.85, "speedup": stat(1.5, 1.2, 1.8), "bn_n_reached": 3, "bn_n": 3},
+        FAILS,
+    ),
+    "fashion-stable-distributions": ({"stability": stat(5.0, 3.0, 8.0)}, HOLDS),
+    "fashion-inference-statistics": ({"gain": stat(0.0, -0.001, 0.001)}, FAILS),
+    "conv-table": (  # BN-x5 never reached the Baseline's max
+        {"target": 0.8, "speedup": stat(1.0, 1.0, 1.0), "bn_n_reached": 0, "bn_n": 2},
+        FAILS,
+    ),
+    "fashion-regularization": (  # the plain arm did not overfit: the design cannot tell
+        {
+            "plain_overfits": False,
+            "vs_dropout": stat(0.02, 0.01, 0.03),
+            "vs_plain": stat(0.02, 0.01, 0.03),
+        },
+        UNSURE,
+    ),
 }
 
 

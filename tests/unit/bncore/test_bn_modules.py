@@ -147,11 +147,15 @@ def test_state_dict_both_ways() -> None:
             assert torch.equal(sd[k], v)
 
 
-def test_old_state_dict_without_num_batches_tracked() -> None:
+def test_old_state_dict_without_num_batches_tracked_keeps_the_counter() -> None:
+    """A version-1 checkpoint has no num_batches_tracked: the layer keeps its own, as torch's."""
     sd = nn.BatchNorm1d(3).state_dict()
     del sd["num_batches_tracked"]
     sd._metadata[""]["version"] = 1  # type: ignore[attr-defined]
-    BatchNorm1d(3).load_state_dict(sd)
+    for layer in (BatchNorm1d(3), nn.BatchNorm1d(3)):
+        layer.num_batches_tracked.fill_(7)
+        layer.load_state_dict(sd)
+        assert layer.num_batches_tracked.item() == 7
 
 
 def _model(bn1: type, bn2: type) -> nn.Module:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from bncore import _backend
 from bncore import functional as BF
 from bncore.nn import BatchNorm1d
 
@@ -19,8 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def compiled_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(BF, "_compile_broken", False)  # restored after each test
+def compiled_backend() -> Iterator[None]:
     before = BF.get_backend()
     BF.set_backend("compiled")
     yield
@@ -62,7 +62,7 @@ def test_compiled_matches_eager(
             torch.testing.assert_close(c, e, atol=tol, rtol=tol)
         if channels_last:
             assert compiled[0].is_contiguous(memory_format=torch.channels_last)
-    assert not BF._compile_broken
+    assert BF.compile_stats()["failed_keys"] == 0
 
 
 def test_changing_batch_size_does_not_recompile() -> None:
@@ -77,37 +77,69 @@ def test_changing_batch_size_does_not_recompile() -> None:
         y.sum().backward()  # dy arrives expanded (stride 0): made contiguous, no new variant
         assert type(y.grad_fn).__name__ == "BatchNormFunctionBackward"
     assert counters["frames"]["ok"] == compiled_frames
-    assert not BF._compile_broken
+    assert BF.compile_stats()["failed_keys"] == 0
 
 
-def test_compile_failure_falls_back_to_eager_once(
+def test_compile_failure_falls_back_to_eager_for_that_key_only(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken_compile(fn: object, **kw: object) -> object:
+    """A failing variant runs eagerly (logged once, counted); other variants stay compiled."""
+    real_compile = torch.compile
+
+    def compile_failing_for_eps_0_5(fn: object, **kw: object) -> object:
+        compiled = real_compile(fn, **kw)  # type: ignore[call-overload]
+
         def run(*args: object) -> object:
-            raise RuntimeError("no compiler here")
+            if any(isinstance(a, float) and a == 0.5 for a in args):
+                raise RuntimeError("no compiler for this one")
+            return compiled(*args)
 
         return run
 
-    monkeypatch.setattr(BF.torch, "compile", broken_compile)
-    monkeypatch.setattr(BF, "_compiled", {})
+    _backend.reset_compile_cache()
+    monkeypatch.setattr(_backend.torch, "compile", compile_failing_for_eps_0_5)
     x = torch.randn(5, 4, dtype=torch.float64)
-    with caplog.at_level(logging.WARNING, logger="bncore.functional"):
-        y1 = BF.batch_norm(x, None, None, training=True)
-        y2 = BF.batch_norm(x, None, None, training=True)
-    assert BF._compile_broken
+    with caplog.at_level(logging.WARNING, logger="bncore._backend"):
+        y1 = BF.batch_norm(x, None, None, training=True, eps=0.5)
+        y2 = BF.batch_norm(x, None, None, training=True, eps=0.5)
+        y3 = BF.batch_norm(x, None, None, training=True, eps=1e-3)
+    stats = BF.compile_stats()
+    assert stats["failed_keys"] == 1 and stats["fallback_calls"] == 2
+    assert stats["compiled_calls"] == 1  # the eps=1e-3 variant still compiled
+    assert any("no compiler for this one" in why for why in stats["failures"].values())
     assert sum("torch.compile failed" in r.message for r in caplog.records) == 1
-    ref = nn.functional.batch_norm(x, None, None, training=True)
+    ref = nn.functional.batch_norm(x, None, None, training=True, eps=0.5)
     torch.testing.assert_close(y1, ref)
     torch.testing.assert_close(y2, ref)
+    torch.testing.assert_close(y3, nn.functional.batch_norm(x, None, None, training=True, eps=1e-3))
+
+
+def test_many_variants_of_one_shape_family_stay_compiled() -> None:
+    """eps, affine, bias and strides each change the graph: each is its own cache key, so
+    dynamo's per-code recompile limit (8) is never reached and nothing falls back."""
+    _backend.reset_compile_cache()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 4, generator=g, dtype=torch.float64)
+    w, b = torch.rand(3, generator=g, dtype=torch.float64) + 0.5, torch.randn(3, generator=g)
+    strided = x.transpose(0, 2).contiguous().transpose(0, 2)  # same shape, other strides
+    params = ((w, b.double()), (w, None), (None, None))
+    variants = [(x, ww, bb, eps) for ww, bb in params for eps in (1e-5, 1e-3)]
+    variants += [(strided, ww, bb, 1e-5) for ww, bb in params]  # 9 in all
+    for xx, ww, bb, eps in variants:
+        y = BF.batch_norm(xx, None, None, ww, bb, True, 0.1, eps)
+        ref = nn.functional.batch_norm(xx, None, None, ww, bb, True, 0.1, eps)
+        torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-10)
+    stats = BF.compile_stats()
+    assert stats["failed_keys"] == 0 and stats["fallback_calls"] == 0
+    assert stats["compiled_keys"] == len(variants) == stats["compiled_calls"]
 
 
 def test_per_module_backend_and_outer_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(BF, "_compiled", {})
+    _backend.reset_compile_cache()
     layer = BatchNorm1d(3)
     layer.backend = "eager"
     layer(torch.randn(4, 3))
-    assert BF._compiled == {}  # the module's override won
+    assert BF.compile_stats()["compiled_calls"] == 0  # the module's override won
     # Inside a user's torch.compile our Function is traced as eager math (no nested compile).
     model = nn.Sequential(nn.Linear(4, 3), BatchNorm1d(3))
     ref = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
@@ -137,12 +169,12 @@ def test_eval_mode_inside_an_outer_torch_compile() -> None:
 
 def test_auto_backend_compiles_only_training_inputs_large_enough_to_pay_back() -> None:
     small = torch.empty(60, 100)  # the paper's MLP layer: overhead-bound, compiling is waste
-    large = torch.empty(BF.AUTO_COMPILE_MIN_NUMEL // 64, 64)
-    assert not BF._use_compiled("auto", small, training=True)
-    assert BF._use_compiled("auto", large, training=True) == BF.compiled_available("cpu")
+    large = torch.empty(_backend.AUTO_COMPILE_MIN_NUMEL // 64, 64)
+    assert not _backend.use_compiled("auto", small, training=True)
+    assert _backend.use_compiled("auto", large, training=True) == BF.compiled_available("cpu")
     # Eval is one pass that eager already makes at native speed: an evaluation batch of 4096
     # examples must not cost a run seconds of compiling.
-    assert not BF._use_compiled("auto", large, training=False)
-    assert BF._use_compiled("compiled", small, training=True)
-    assert BF._use_compiled("compiled", large, training=False)
-    assert not BF._use_compiled("eager", large, training=True)
+    assert not _backend.use_compiled("auto", large, training=False)
+    assert _backend.use_compiled("compiled", small, training=True)
+    assert _backend.use_compiled("compiled", large, training=False)
+    assert not _backend.use_compiled("eager", large, training=True)

@@ -129,18 +129,19 @@ def test_cnn_on_digits_with_adam():
     assert end["outcome"] == "succeeded" and set(end["summary"]) == SUMMARY_KEYS | BN_SUMMARY_KEYS
 
 
-@pytest.mark.parametrize("log_every", [1, 4])
-def test_divergence_stops_with_the_step_and_a_reason(log_every):
+@pytest.mark.parametrize("log_every, eval_every", [(1, 10), (4, 10), (50, 7)])
+def test_divergence_stops_with_the_step_and_a_reason(log_every, eval_every):
     spec = _spec(
         model={"hidden": [32, 32], "norm": "none", "activation": "relu"},
         optimizer={"lr": 100.0},
         steps=200,
         log_every=log_every,
+        eval_every=eval_every,
     )
     stream = _run(spec)
     end = stream[-1]
     assert end["outcome"] == "diverged"
-    # The same step whatever log_every: flagged on the device each step, read at log steps.
+    # The same step whatever log_every: each loss kept on the device, read at sync points.
     assert end["step"] == 3
     assert end["reason"].startswith("loss ") and end["reason"].endswith("at step 3")
     assert "exceeded 1000× its initial 2.2" in end["reason"]
@@ -311,3 +312,18 @@ def test_bn_reaches_the_baselines_best_accuracy_in_far_fewer_steps():
     base_steps, bn_steps = _steps_to(base, target), _steps_to(bn, target)
     assert bn_steps is not None and bn_steps * 3 <= base_steps, (target, base_steps, bn_steps)
     assert bn[-1]["summary"]["best_test_acc"] > target + 0.1
+
+
+def test_help_says_what_it_reads_prints_and_an_example(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps the options to the terminal's width
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for needed in ('"event": "start"', '"event": "metrics"', '"event": "end"', "exit status"):
+        assert needed in text
+    assert "fashion_mnist" in text and "dataset-fashion-mnist" in text
+    # The example is a spec the trainer accepts.
+    example = text.split("echo '", 1)[1].split("' |", 1)[0]
+    assert JobSpec.model_validate_json(example).dataset == "fashion_mnist"
+    assert max(len(line) for line in text.splitlines()) <= 80

@@ -18,6 +18,12 @@ from bncore.data import (
 from bncore.spec import JobSpec
 
 
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    """Gzipped IDX files are cached after decoding: into the test's folder, not ~/.cache."""
+    monkeypatch.setenv("BNLAB_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _check(data, shape, n_train=None, n_test=None):
     assert data.example_shape == shape
     assert data.x_train.dtype == data.x_test.dtype == torch.float32

@@ -1,0 +1,115 @@
+"""A training step of the paper's MLP with bncore's batch norm vs torch's (ratio < 1: bncore
+is faster).
+
+The paper's network (784-100-100-100-10, sigmoid, BN before each nonlinearity, as
+``bncore.models.MLP`` builds it) at batch 60 on CPU: at this size a BN call costs Python and
+dispatch overhead, not arithmetic. Contenders are timed interleaved (each repeat times every
+one in turn, so machine noise hits all alike); the table shows medians over repeats of
+``--steps`` steps each. Rows: a whole SGD step (forward, loss, backward, update), the three BN
+layers alone (forward + backward on the layer's real input shape), and eval forwards.
+
+    python benchmarks/mlp_step.py [--repeats N] [--steps N] [--threads N] [--batch N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bncore import functional as BF
+from bncore.models import MLP
+from bncore.spec import ModelSpec
+
+CONTENDERS = {"torch": "torch_batchnorm", "bncore": "batchnorm"}
+
+
+def _model(norm: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return MLP((1, 28, 28), 10, ModelSpec(norm=norm, hidden=[100, 100, 100]))
+
+
+def _train_step(norm: str, batch: int) -> Callable[[], None]:
+    model = _model(norm).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _bn_layers_step(norm: str, batch: int) -> Callable[[], None]:
+    """Three BN layers of 100 features: forward and backward only."""
+    layers = [b.norm for b in _model(norm).train().blocks]
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(batch, 100, generator=g, requires_grad=True) for _ in layers]
+    dy = torch.randn(batch, 100, generator=g)
+
+    def step() -> None:
+        for layer, x in zip(layers, xs, strict=True):
+            layer(x).backward(dy)
+
+    return step
+
+
+def _eval_step(norm: str, batch: int) -> Callable[[], None]:
+    model = _model(norm).eval()
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+
+    def step() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return step
+
+
+def _time(fn: Callable[[], None], steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=60)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    BF.set_backend("auto")  # what the trainer uses: eager at these sizes
+
+    rows = {
+        f"train step, batch {args.batch}": _train_step,
+        f"3 BN layers fwd+bwd, ({args.batch}, 100)": _bn_layers_step,
+        f"eval forward, batch {args.batch}": _eval_step,
+        "eval forward, batch 1000": lambda norm, _: _eval_step(norm, 1000),
+    }
+    print(f"torch {torch.__version__}, {args.threads} thread(s), medians of {args.repeats}")
+    print(f"{'':40} {'torch µs':>9} {'bncore µs':>9} {'ratio':>6}")
+    for name, make in rows.items():
+        fns = {c: make(norm, args.batch) for c, norm in CONTENDERS.items()}
+        for fn in fns.values():  # warm up (allocator, lazy init)
+            _time(fn, 20)
+        times: dict[str, list[float]] = {c: [] for c in fns}
+        for _ in range(args.repeats):
+            for c, fn in fns.items():
+                times[c].append(_time(fn, args.steps))
+        med = {c: statistics.median(t) * 1e6 for c, t in times.items()}
+        ratio = med["bncore"] / med["torch"]
+        print(f"{name:40} {med['torch']:9.1f} {med['bncore']:9.1f} {ratio:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
