@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bncore import events
+from bncore.checkpoint import Checkpoints, ResumableBatches, TrainingParts, resume_event
 from bncore.data import load_data
 from bncore.models import build_model, norm_layers, parameter_count
 from bncore.probes import PROBE_SIZE, grad_norm, unit_percentiles
@@ -157,8 +158,15 @@ def _finite(values: dict[str, float]) -> dict[str, float | None]:
     return {k: (v if v is not None and math.isfinite(v) else None) for k, v in values.items()}
 
 
-def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[str, Any]]:
-    """Run one job; yield a start event, metrics events and one end event."""
+def train(
+    spec: JobSpec,
+    data_dir: str | Path | None = None,
+    checkpoints: Checkpoints | None = None,
+    resume_max_step: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Run one job; yield a start event, metrics events and one end event. With
+    ``checkpoints``, resume from the newest usable one (at most ``resume_max_step``; a resume
+    event comes first) and save one every ``checkpoints.every`` steps and at the end."""
     wall_start = time.perf_counter()
     device = pick_device(spec.device)
     torch.manual_seed(spec.seed)  # model init
@@ -173,8 +181,15 @@ def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[st
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     probe_x = x_test[:PROBE_SIZE]
     shuffle = torch.Generator().manual_seed(spec.seed)
-    batches = batch_indices(len(y_train), spec.batch_size, shuffle, device)
+    batches = ResumableBatches(len(y_train), spec.batch_size, shuffle, device)
     has_bn = bool(norm_layers(model))
+    # Checkpoints (bncore/checkpoint.py): restore the newest usable one, if any.
+    checkpoints = checkpoints or Checkpoints(None, spec, every=0, keep=1)
+    parts = TrainingParts(model, optimizer, scheduler, batches, device)
+    resumed, refused = checkpoints.resume(parts, resume_max_step)
+    start_step = resumed["step"] if resumed else 0
+    if checkpoints.directory is not None:
+        yield resume_event(start_step, refused)
 
     yield events.start_event(device.type, torch.__version__, n_params, spec.model_dump(mode="json"))
 
@@ -184,8 +199,9 @@ def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[st
         values = torch.stack([loss, acc, *probe.values()]).tolist()  # one sync
         return dict(zip(("test_loss", "test_acc", *probe), values, strict=True))
 
-    evals = {0: evaluation()}
-    yield events.metrics_event(0, _finite(evals[0]))
+    if resumed is None:
+        evals = {0: evaluation()}
+        yield events.metrics_event(0, _finite(evals[0]))
 
     # The step does only what training needs; everything else happens at sync points (log or
     # eval steps). Divergence: each step's loss goes into a device buffer (one copy, no sync),
@@ -193,10 +209,22 @@ def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[st
     first_loss = limit = math.nan
     window = torch.empty(min(spec.log_every, spec.eval_every, spec.steps), device=device)
     last_sync = 0
-    outcome, reason, step = "succeeded", None, 0
+    if resumed is not None:  # the loop's own state, as the checkpoint left it
+        loop = resumed["loop"]
+        evals, first_loss, last_sync = loop["evals"], loop["first_loss"], loop["last_sync"]
+        limit = spec.divergence_factor * first_loss
+        window.copy_(loop["window"].to(device))
+
+    def checkpoint(at: int) -> None:  # after step ``at``'s events went out
+        loop = {"evals": evals, "first_loss": first_loss, "last_sync": last_sync}
+        checkpoints.save(at, {**parts.state(), "loop": loop | {"window": window.cpu()}})
+
+    outcome, reason, step = "succeeded", None, start_step
     train_seconds, timed_steps, timer = 0.0, 0, time.perf_counter()
     model.train()
-    for step in range(1, spec.steps + 1):
+    for step in range(start_step + 1, spec.steps + 1):
+        if step - 1 > start_step and checkpoints.due(step - 1):
+            checkpoint(step - 1)
         is_log = step % spec.log_every == 0
         is_eval = step % spec.eval_every == 0 or step == spec.steps
         idx = next(batches)
@@ -260,6 +288,9 @@ def train(spec: JobSpec, data_dir: str | Path | None = None) -> Iterator[dict[st
             timer = time.perf_counter()
         yield events.metrics_event(step, _finite(values))
 
+    if outcome == "succeeded" and step > start_step:
+        checkpoint(step)  # a run retried after its last step only computes the summary
+    checkpoints.save_final(model.state_dict())
     summary = _summary(spec, model, evals, x_train, y_train, x_test, y_test, has_bn)
     wall = time.perf_counter() - wall_start
     yield events.end_event(outcome, step, reason, wall, _finite(summary))
@@ -352,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="CPU threads for torch (default 1: faster for these small models)",
     )
+    parser.add_argument(
+        "--checkpoint-dir", default=None, help="resume from and save checkpoints here"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps (0: at the end)")
+    parser.add_argument("--checkpoint-keep", type=int, default=2, help="newest checkpoints kept")
+    parser.add_argument(
+        "--resume-max-step", type=int, default=None, help="resume from no later step than this"
+    )
     args = parser.parse_args(argv)
     # One thread by default: these models are small, so per-op threading overhead dominates,
     # and workers run jobs side by side. Measured on a busy 2-core machine: the paper's MLP ran
@@ -363,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
         print(f"invalid spec: {e}", file=sys.stderr)
         return 2
-    stream = train(spec, args.data_dir)
+    checkpoints = Checkpoints(
+        args.checkpoint_dir, spec, every=args.checkpoint_every, keep=args.checkpoint_keep
+    )
+    stream = train(spec, args.data_dir, checkpoints, args.resume_max_step)
     try:
         first = next(stream)  # data loading and model building happen before the start event
     except ValueError as e:

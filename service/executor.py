@@ -29,7 +29,15 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.db import open_session
-from service.proc import die_with_parent, embedded_worker_name, redact_url, settings_env
+from service.proc import (
+    clean_stale_temp_dirs,
+    die_with_parent,
+    embedded_worker_name,
+    gone_local_workers,
+    redact_url,
+    settings_env,
+    unique_worker_id,
+)
 from service.settings import Settings
 from service.vocab import SUBMIT_FAILED, TASK_NAME, WAITING, RunStatus
 
@@ -205,16 +213,25 @@ class CeleryExecutor:
 
 class LocalExecutor:
     """The embedded executor: ``settings.embedded_concurrency`` runs at a time, each in its own
-    ``python -m workers.execute`` subprocess (which spawns the trainer in turn)."""
+    ``python -m workers.execute`` subprocess (which spawns the trainer in turn).
+
+    Each child executes under its own name, ``embedded@HOST:PID:RANDOM`` with this server's
+    pid (its children die with it): a server starting on the same host and database can tell
+    the runs of a previous, dead server (reaped at once) from those of a live one (left alone).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.worker_name = embedded_worker_name()
+        self.worker_name = embedded_worker_name()  # the prefix of its children's names
         self._pool = ThreadPoolExecutor(
             max_workers=settings.embedded_concurrency, thread_name_prefix="bnlab-run"
         )
         self._lock = threading.Lock()
-        self._pending: set[str] = set()  # submitted and not yet done: a resubmission is a no-op
+        self._pending: set[str] = set()  # submitted and not yet done
+        # Submitted again while still pending (reaped while its child stalled): executed again
+        # once that child ends, if the run is still queued then.
+        self._again: set[str] = set()
+        self._names: dict[str, str] = {}  # run id → the worker name of its child
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._closed = False
 
@@ -223,21 +240,27 @@ class LocalExecutor:
             if self._closed:
                 raise RuntimeError("the embedded executor is shut down")
             if run_id in self._pending:
+                self._again.add(run_id)
                 return
             self._pending.add(run_id)
         self._pool.submit(self._execute, run_id)
 
     def start(self) -> None:
-        """Recover after a restart: this host's embedded runs left ``running`` lost their
-        process with us, so requeue (or fail) them now rather than after the heartbeat timeout,
-        then submit everything queued."""
+        """Recover after a restart: runs left ``running`` by an embedded server of this host
+        whose process is gone lost it with that server, so requeue (or fail) them now rather
+        than after the heartbeat timeout, then submit everything queued. Runs of a live server
+        (a second one on the same database) are left to it. Also removes the temporary folders
+        of killed runs."""
+        for path in clean_stale_temp_dirs():
+            log.info("removed %s, left behind by a killed run", path)
         with open_session(self.settings) as session:
-            for run_id, status in store.reap_stale(
-                session, 0, self.settings.max_attempts, worker_prefix=self.worker_name
-            ):
-                log.warning(
-                    "run %s was left running by a previous %s: %s", run_id, self.worker_name, status
-                )
+            local = store.running_workers(session, f"{self.worker_name}:")
+            gone = gone_local_workers(local)
+            if gone:
+                for run_id, status in store.reap_stale(
+                    session, 0, self.settings.max_attempts, workers=gone, why="its server is gone"
+                ):
+                    log.warning("run %s was left running by a previous server: %s", run_id, status)
             queued = store.queued_run_ids(session)
         for run_id in queued:
             self.submit(run_id)
@@ -273,14 +296,9 @@ class LocalExecutor:
     def _execute(self, run_id: str) -> None:
         """Runs in a pool thread, which lives for the whole child (PDEATHSIG follows it)."""
         try:
-            cmd = [
-                self.settings.python or sys.executable,
-                "-m",
-                "workers.execute",
-                run_id,
-                "--worker",
-                self.worker_name,
-            ]
+            name = unique_worker_id(self.worker_name)
+            cmd = [self.settings.python or sys.executable, "-m", "workers.execute", run_id]
+            cmd += ["--worker", name]
             with self._lock:
                 if self._closed:
                     return
@@ -291,27 +309,36 @@ class LocalExecutor:
                     preexec_fn=die_with_parent(),  # noqa: PLW1509 (intended, see die_with_parent)
                 )
                 self._children[run_id] = child
+                self._names[run_id] = name
             code = child.wait()
             with self._lock:
                 self._children.pop(run_id, None)
                 closed = self._closed
             if code != 0 and not closed:
-                self._fail_abandoned(run_id, code)
+                self._fail_abandoned(run_id, name, code)
         except Exception:
             log.exception("run %s: embedded executor could not execute it", run_id)
         finally:
             with self._lock:
                 self._pending.discard(run_id)
+                self._names.pop(run_id, None)
+                again = run_id in self._again and not self._closed
+                self._again.discard(run_id)
+            if again:  # a claim that finds the run no longer queued is a no-op
+                log.info("run %s was requeued while its process ran: executing it again", run_id)
+                with contextlib.suppress(RuntimeError):
+                    self.submit(run_id)
 
-    def _fail_abandoned(self, run_id: str, code: int) -> None:
+    def _fail_abandoned(self, run_id: str, name: str, code: int) -> None:
         """The child died without recording an outcome (it records one on every path it
         controls): fail the run so that it is not left running or waiting forever."""
         reason = f"embedded worker process exited with code {code} before finishing the run"
         log.error("run %s: %s", run_id, reason)
         with open_session(self.settings) as session:
-            if not store.finish_run(
-                session, run_id, RunStatus.failed, reason, worker=self.worker_name
-            ):
+            finished = store.finish_run(session, run_id, RunStatus.failed, reason, worker=name)
+            with self._lock:
+                requeued = run_id in self._again  # reaped meanwhile: it gets another try
+            if not finished and not requeued:
                 store.fail_queued(session, run_id, reason)
 
 

@@ -3,7 +3,10 @@
 Every ``heartbeat_timeout_s / 4`` the API (``service/app.py``'s lifespan) runs ``maintain``:
 
 * runs whose heartbeat went stale lost their worker: requeue them (and submit them again) or,
-  past ``max_attempts``, fail them;
+  past ``max_attempts``, fail them. Staleness is judged by the database's clock; and after
+  the database was unreachable, heartbeats could not land either, so the reaper waits
+  ``reap_grace_s`` (default: the heartbeat timeout) before judging them again
+  (``OutageGrace``);
 * runs the broker refused when they were submitted are submitted again;
 * queued runs whose message the broker may have lost (``Executor.resubmit_due``) are sent again.
 
@@ -14,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 import anyio
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import store
+from service.db import DB_ERRORS
 from service.executor import Executor, submit_run
 from service.settings import Settings
 from service.vocab import RunStatus
@@ -26,10 +32,55 @@ from service.vocab import RunStatus
 log = logging.getLogger("bnlab.api")
 
 
-def maintain_once(settings: Settings, sessions: sessionmaker[Session], executor: Executor) -> None:
-    """One maintenance pass (see the module docstring)."""
+class OutageGrace:
+    """When the database was last found unreachable, and whether reaping is allowed again:
+    only ``grace_s`` later, once healthy workers had time to land a heartbeat."""
+
+    def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace_s, self.clock = grace_s, clock
+        self._until = float("-inf")
+
+    def unreachable(self) -> None:
+        self._until = self.clock() + self.grace_s
+
+    def reaping_allowed(self) -> bool:
+        return self.clock() >= self._until
+
+
+def outage_grace(settings: Settings) -> OutageGrace:
+    grace = settings.reap_grace_s
+    return OutageGrace(settings.heartbeat_timeout_s if grace is None else grace)
+
+
+def maintain_once(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    executor: Executor,
+    grace: OutageGrace | None = None,
+) -> None:
+    """One maintenance pass (see the module docstring). A database error marks ``grace``."""
+    try:
+        _maintain(settings, sessions, executor, grace)
+    except DB_ERRORS:
+        if grace is not None:
+            grace.unreachable()
+        raise
+
+
+def _maintain(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    executor: Executor,
+    grace: OutageGrace | None,
+) -> None:
     with sessions() as session:
-        outcomes = store.reap_stale(session, settings.heartbeat_timeout_s, settings.max_attempts)
+        outcomes = []
+        if grace is None or grace.reaping_allowed():
+            outcomes = store.reap_stale(
+                session, settings.heartbeat_timeout_s, settings.max_attempts
+            )
+        else:
+            log.info("reaper waits: the database was unreachable less than the grace ago")
         for run_id, status in outcomes:
             log.warning("run %s lost its worker: now %s", run_id, status)
             if status == RunStatus.queued:
@@ -54,9 +105,10 @@ async def maintenance_loop(
 ) -> None:
     """``maintain_once`` every ``heartbeat_timeout_s / 4``, until cancelled."""
     interval = settings.heartbeat_timeout_s / 4
+    grace = outage_grace(settings)
     while True:
         await asyncio.sleep(interval)
         try:
-            await anyio.to_thread.run_sync(maintain_once, settings, sessions, executor)
+            await anyio.to_thread.run_sync(maintain_once, settings, sessions, executor, grace)
         except Exception as exc:  # keep the loop alive through a database outage
             log.error("maintenance pass failed: %s", str(exc).splitlines()[0] if str(exc) else exc)

@@ -87,11 +87,13 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     worker: Mapped[str | None] = mapped_column(String(200))
+    # The current attempt's fencing token (store.claim_run): every write a worker makes carries
+    # it, and a write with any other token changes nothing (issue 12, F1).
+    claim_token: Mapped[str | None] = mapped_column(String(64))
+    # The step the current attempt resumed from (its checkpoint), None when it started at 0.
+    resumed_step: Mapped[int | None] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    # The current attempt's owner (durable runs: a metric write with another token changes
-    # nothing). Added here and by the durable-runs migration alike; the lead keeps one.
-    claim_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     # Outcome, filled as the trainer reports it.
     last_step: Mapped[int | None] = mapped_column(Integer)

@@ -95,6 +95,31 @@ class Settings(BaseSettings):
         "harmless: claiming a run is guarded.",
     )
 
+    # Durable runs (issue 12): checkpoints, resume, the reaper's grace, stream bounds.
+    artifact_dir: Path = Field(
+        Path("artifacts"),
+        description="Checkpoints and final models, one folder per run (a shared volume when "
+        "workers run on several hosts).",
+    )
+    checkpoint_every: int = Field(
+        500, ge=0, description="Training steps between checkpoints (0: only the final one)."
+    )
+    checkpoint_keep: int = Field(
+        2, ge=1, description="Checkpoints kept per run (the newest; the final model is extra)."
+    )
+    reap_grace_s: float | None = Field(
+        None,
+        ge=0,
+        description="After the database was unreachable, the reaper waits this long (default: "
+        "heartbeat_timeout_s) before judging heartbeats, which could not land meanwhile.",
+    )
+    max_streams: int = Field(
+        100, ge=1, description="Concurrent event streams (SSE) the server serves in all."
+    )
+    max_streams_per_client: int = Field(
+        10, ge=1, description="Concurrent event streams (SSE) per client address."
+    )
+
     @field_validator("api_key_hashes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:

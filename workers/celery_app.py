@@ -11,7 +11,9 @@ The run's status lives in the database, so there is no result backend.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
 
 from celery import Celery
@@ -19,7 +21,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 
 from service import db, store
 from service.db import open_session
-from service.proc import set_parent_death_signal
+from service.proc import clean_stale_temp_dirs, set_parent_death_signal, unique_worker_id
 from service.settings import get_settings
 from workers.device import detect_device  # nvidia-smi, never torch
 
@@ -59,6 +61,20 @@ def _migrate(**_kwargs) -> None:  # noqa: ANN003
 
     migrate.upgrade(settings.database_url)
     log.info("database schema up to date")
+    for path in clean_stale_temp_dirs():
+        log.info("removed %s, left behind by a killed run", path)
+
+
+def executing_worker_id(hostname: str | None) -> str:
+    """This process's unique name (``PREFIX@HOST:PID:RANDOM``, the prefix from
+    ``bnlab worker --name``): pool processes of one worker, and workers of one host, never
+    share it. Fixed for the life of the process."""
+    return _process_worker_id(hostname or "celery", os.getpid())
+
+
+@functools.cache
+def _process_worker_id(hostname: str, _pid: int) -> str:
+    return unique_worker_id(hostname)
 
 
 @worker_process_init.connect
@@ -104,7 +120,7 @@ def _register(sender=None, **_kwargs) -> None:  # noqa: ANN001, ANN003
     global _heartbeat
     if _heartbeat is not None:  # ready again after a broker reconnect: already beating
         return
-    name = getattr(sender, "hostname", None) or "celery"
+    name = executing_worker_id(getattr(sender, "hostname", None))
     device = detect_device()
     try:
         with open_session(settings) as session:

@@ -5,7 +5,12 @@
 ``execute_run`` is the whole job of a worker, whoever calls it (the Celery task or the
 embedded executor's subprocess):
 
-* claim the run with a guarded UPDATE; a re-delivered task finds it taken and returns;
+* claim the run with a guarded UPDATE, which returns this attempt's claim token; a
+  re-delivered task finds it taken and returns. Every later write carries the token, so an
+  attempt that lost the run (stalled, reaped, claimed again, even under the same worker name)
+  changes nothing and stops its trainer at its next heartbeat;
+* the trainer resumes from the run's last checkpoint (``BNLAB_ARTIFACT_DIR/runs/RUN_ID``)
+  and says so first: the points a lost attempt stored after that step are deleted;
 * spawn ``python -m bncore.train SPEC.json --data-dir DIR`` in its own process group, with
   PR_SET_PDEATHSIG so it never outlives the thread that spawned it (the one running here);
 * read its JSON lines: the start event → device and torch version; metrics → the batching
@@ -31,9 +36,9 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +46,9 @@ from sqlalchemy.orm import Session
 
 from bncore import events
 from service import store
+from service.artifacts import run_artifact_dir
 from service.db import first_line, open_session, with_db_retry
-from service.proc import die_with_parent, embedded_worker_name
+from service.proc import die_with_parent, embedded_worker_name, run_temp_dir, unique_worker_id
 from service.settings import Settings, get_settings
 from service.vocab import RunStatus
 from workers.device import detect_device
@@ -88,8 +94,12 @@ def _read_stderr(stream, tail: collections.deque[str], run_id: str) -> None:  # 
 class _Execution:
     """The state of one claimed run, from spawn to outcome."""
 
-    def __init__(self, run_id: str, worker: str, spec: dict[str, Any], settings: Settings):
-        self.run_id, self.worker, self.spec, self.settings = run_id, worker, spec, settings
+    def __init__(self, run_id: str, worker: str, claim: Claim, settings: Settings):
+        self.run_id, self.worker, self.settings = run_id, worker, settings
+        self.spec = claim.spec
+        self.token = claim.token  # this attempt's claim: every write carries it
+        self.stored_step = claim.stored_step
+        self.resumed = False  # the trainer reported a resume (or a fresh start) to the store
         self.device = detect_device()
         self.proc: subprocess.Popen[str] | None = None
         self.end: dict[str, Any] | None = None
@@ -99,11 +109,13 @@ class _Execution:
         self._kill_lock = threading.Lock()
 
     def run(self) -> str:
-        writer = MetricWriter(self.run_id, self.settings)
-        heartbeat = Heartbeat(self.run_id, self.worker, self.device, self.settings, self._stop)
+        writer = MetricWriter(self.run_id, self.token, self.settings)
+        heartbeat = Heartbeat(
+            self.run_id, self.worker, self.token, self.device, self.settings, self._stop
+        )
         status: str | None = None
         try:
-            with tempfile.TemporaryDirectory(prefix=f"bnlab-{self.run_id[:8]}-") as tmp:
+            with run_temp_dir(self.run_id) as tmp:
                 spec_path = Path(tmp) / "spec.json"
                 spec_path.write_text(json.dumps(self.spec))
                 self.proc = self._spawn(spec_path)
@@ -161,6 +173,16 @@ class _Execution:
             str(spec_path),
             "--data-dir",
             str(self.settings.data_dir),
+            # Checkpoints: resumed from when the run is retried (bncore/checkpoint.py).
+            "--checkpoint-dir",
+            str(run_artifact_dir(self.settings, self.run_id)),
+            "--checkpoint-every",
+            str(self.settings.checkpoint_every),
+            "--checkpoint-keep",
+            str(self.settings.checkpoint_keep),
+            # A checkpoint past the points stored so far would leave a gap in the curve.
+            "--resume-max-step",
+            str(self.stored_step),
         ]
         proc = subprocess.Popen(
             cmd,
@@ -189,10 +211,33 @@ class _Execution:
             kind = event.get("event")
             if kind == "metrics":
                 writer.add(int(event["step"]), event.get("values") or {})
+            elif kind == "resume":
+                step = int(event.get("step") or 0)
+                self._record_resume(step if step > 0 else -1, str(event.get("reason") or ""))
             elif kind == "start":
+                if not self.resumed:  # no checkpoint: this attempt starts from step 0
+                    self._record_resume(-1, "")
                 writer.set_start(str(event.get("device", "")), str(event.get("torch", "")))
             elif kind == "end":
                 self.end = event
+
+    def _record_resume(self, step: int, why: str) -> None:
+        """Before any of its points: the store keeps only the points up to ``step`` (those of
+        the checkpoint this attempt resumed from; -1: none), so the curve is one attempt's."""
+        self.resumed = True
+        where = f"resumed from step {step}" if step > 0 else "started from step 0"
+        reason = f"running on {self.worker}; {where}" + (f" ({why})" if why else "")
+
+        def record(session: Session) -> bool:
+            return store.record_resume(session, self.run_id, self.token, step, reason[:500])
+
+        if not with_db_retry(
+            self.settings, f"run {self.run_id}: resume point", record, deadline_s=60
+        ):
+            log.warning("run %s: claim lost before the resume point was recorded", self.run_id)
+            self._stop("lost")
+        elif step > 0 or why:
+            log.info("run %s: %s", self.run_id, reason)
 
     def _stop(self, why: str) -> None:
         """Called by the heartbeat thread when the store says this run must stop."""
@@ -275,7 +320,7 @@ class _Execution:
 
         def finish(session: Session) -> bool:
             return store.finish_run(
-                session, self.run_id, status, reason, worker=self.worker, **outcome
+                session, self.run_id, status, reason, token=self.token, **outcome
             )
 
         if with_db_retry(
@@ -301,7 +346,11 @@ class _Execution:
 
         def release(session: Session) -> bool:
             return store.release_run(
-                session, self.run_id, self.worker, f"worker {self.worker} stopped; requeued"
+                session,
+                self.run_id,
+                self.worker,
+                f"worker {self.worker} stopped; requeued",
+                token=self.token,
             )
 
         if with_db_retry(self.settings, f"run {self.run_id}: release", release, deadline_s=10):
@@ -326,7 +375,7 @@ class _Execution:
                     self.run_id,
                     RunStatus.failed,
                     "worker could not record the outcome",
-                    worker=self.worker,
+                    token=self.token,
                 )
         except Exception as exc:  # the reaper will find it by its stale heartbeat
             log.error("run %s: could not record any outcome: %s", self.run_id, first_line(exc))
@@ -344,21 +393,33 @@ def execute_run(run_id: str, worker_name: str, settings: Settings | None = None)
     (a re-delivered task, a cancelled run, another worker's) is left alone."""
     settings = settings or get_settings()
 
-    def claim(session: Session) -> tuple[bool, str | None, dict[str, Any] | None]:
-        if store.claim_run(session, run_id, worker_name):
-            return True, None, store.get_run(session, run_id).spec
+    def claim(session: Session) -> Claim | str:
+        token = store.claim_run(session, run_id, worker_name)
+        if token is not None:
+            stored = store.metric_summary(session, run_id)
+            stored_step = max((s["last_step"] for s in stored.values()), default=0)
+            return Claim(token, store.get_run(session, run_id).spec, stored_step)
         try:
-            return False, store.get_run(session, run_id).status, None
+            return store.get_run(session, run_id).status
         except store.NotFound:
-            return False, "missing", None
+            return "missing"
 
-    claimed, status, spec = with_db_retry(settings, f"claiming run {run_id}", claim, deadline_s=30)
-    if not claimed:
-        log.info("run %s not executed by %s: it is %s, not queued", run_id, worker_name, status)
-        return status or "missing"
+    claimed = with_db_retry(settings, f"claiming run {run_id}", claim, deadline_s=30)
+    if not isinstance(claimed, Claim):
+        log.info("run %s not executed by %s: it is %s, not queued", run_id, worker_name, claimed)
+        return claimed
     log.info("run %s claimed by %s", run_id, worker_name)
-    assert spec is not None
-    return _Execution(run_id, worker_name, spec, settings).run()
+    return _Execution(run_id, worker_name, claimed, settings).run()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed attempt: its token, the run's spec, and the last step whose points earlier
+    attempts stored (a resume must not start past it)."""
+
+    token: str
+    spec: dict[str, Any]
+    stored_step: int
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -371,7 +432,9 @@ def _raise_interrupted(signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.execute", description=__doc__)
     parser.add_argument("run_id")
-    parser.add_argument("--worker", default=None, help="default: embedded@<hostname>")
+    parser.add_argument(
+        "--worker", default=None, help="default: a unique embedded@<hostname>:<pid>:<random>"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -380,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     # execute_run logs the outcome itself, whichever it is. Interrupted before the claim, there
     # is nothing to put back.
     with contextlib.suppress(Interrupted):
-        execute_run(args.run_id, args.worker or embedded_worker_name())
+        execute_run(args.run_id, args.worker or unique_worker_id(embedded_worker_name()))
     return 0
 
 

@@ -1,8 +1,9 @@
 """A run's heartbeat thread: proof of life to the reaper, and the way a stop reaches the trainer.
 
 Every ``heartbeat_interval_s`` the thread refreshes the run's heartbeat and the worker's row.
-The store answers whether the run is still this worker's: if not, the heartbeat reads why (the
-run's cancel flag was set → "cancel"; it was reaped, given to someone else or deleted → "lost")
+The store answers whether the run is still this attempt's (its claim token): if not, the
+heartbeat reads why (the run's cancel flag was set → "cancel"; it was reaped, claimed again by
+another attempt, even one under the same worker name, or deleted → "lost")
 and calls ``on_stop`` once, which stops the trainer (workers/execute.py).
 """
 
@@ -30,12 +31,13 @@ class Heartbeat(threading.Thread):
         self,
         run_id: str,
         worker: str,
+        token: str,
         device: str,
         settings: Settings,
         on_stop: Callable[[str], None],
     ) -> None:
         super().__init__(name=f"heartbeat-{run_id[:8]}", daemon=True)
-        self.run_id, self.worker, self.device = run_id, worker, device
+        self.run_id, self.worker, self.token, self.device = run_id, worker, token, device
         self.settings = settings
         self.on_stop = on_stop
         self._stopped = threading.Event()
@@ -51,7 +53,9 @@ class Heartbeat(threading.Thread):
         while not self._stopped.wait(self.settings.heartbeat_interval_s):
             try:
                 with open_session(self.settings) as session:
-                    keep_going = store.heartbeat(session, self.run_id, self.worker)
+                    keep_going = store.heartbeat(
+                        session, self.run_id, self.worker, token=self.token
+                    )
                     store.worker_seen(
                         session, self.worker, device=self.device, current_run_id=self.run_id
                     )
@@ -68,5 +72,5 @@ class Heartbeat(threading.Thread):
             run = store.get_run(session, self.run_id)
         except store.NotFound:
             return "lost"
-        mine = run.status == RunStatus.running and run.worker == self.worker
+        mine = run.status == RunStatus.running and run.claim_token == self.token
         return "cancel" if mine and run.cancel_requested else "lost"

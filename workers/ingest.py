@@ -4,6 +4,11 @@ The reader (``workers/execute.py``) hands every metrics event to a ``MetricWrite
 waits: the writer thread flushes every FLUSH_INTERVAL_S or FLUSH_POINTS, and a database error
 keeps the points buffered, in order, and retries with backoff. Writes are idempotent upserts, so
 a retried batch changes nothing. The start event's facts (device, torch version) ride along.
+
+Every write is fenced by the attempt's claim token: it lands only while the run is still this
+attempt's (``store.holds_claim``, in the write's own transaction, under the run's row lock).
+Once the claim is lost the writer drops what it has and whatever comes; the heartbeat stops
+the trainer.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import logging
 import threading
 import time
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from service import store
 from service.db import DB_ERRORS, first_line, open_session
@@ -30,9 +37,10 @@ class MetricWriter(threading.Thread):
     FLUSH_INTERVAL_S or FLUSH_POINTS. A database error keeps the points buffered and retries
     with backoff, so the reader (and the trainer behind it) never waits on the database."""
 
-    def __init__(self, run_id: str, settings: Settings) -> None:
+    def __init__(self, run_id: str, token: str, settings: Settings) -> None:
         super().__init__(name=f"metrics-{run_id[:8]}", daemon=True)
-        self.run_id = run_id
+        self.run_id, self.token = run_id, token
+        self.claim_lost = False  # a write found the run claimed by another attempt
         self.settings = settings
         self.max_step: int | None = None
         self.written = 0
@@ -45,6 +53,8 @@ class MetricWriter(threading.Thread):
     def add(self, step: int, values: dict[str, Any]) -> None:
         points = [(key, step, _as_float(value)) for key, value in values.items()]
         with self._cond:
+            if self.claim_lost:
+                return
             self._points.extend(points)
             self.max_step = step if self.max_step is None else max(self.max_step, step)
             if len(self._points) >= FLUSH_POINTS:
@@ -82,6 +92,16 @@ class MetricWriter(threading.Thread):
             try:
                 self._write(start, batch)
                 delay = 0.2
+            except ClaimLost:
+                log.warning(
+                    "run %s: claimed by another attempt; %d metric point(s) dropped",
+                    self.run_id,
+                    len(batch),
+                )
+                with self._cond:
+                    self.claim_lost = True
+                    self._points, self._start = [], None
+                continue
             except Exception as exc:
                 with self._cond:  # keep them, in order, ahead of anything newer
                     self._points[:0] = batch
@@ -112,10 +132,27 @@ class MetricWriter(threading.Thread):
     def _write(self, start: dict[str, str] | None, batch: list[tuple[str, int, float | None]]):
         with open_session(self.settings) as session:
             if start is not None:
+                self._fence(session)
                 store.record_start(session, self.run_id, **start)
             for i in range(0, len(batch), WRITE_BATCH):
-                store.add_metrics(session, self.run_id, batch[i : i + WRITE_BATCH])
+                # add_metrics' token guard keeps a lost attempt's points out; _fence also
+                # raises ClaimLost, so the writer stops at once instead of at the next heartbeat.
+                self._fence(session)
+                store.add_metrics(
+                    session, self.run_id, batch[i : i + WRITE_BATCH], token=self.token
+                )
         self.written += len(batch)
+
+    def _fence(self, session: Session) -> None:
+        """Lock the run's row (SQLite: the write lock) and check the claim, in the transaction
+        the next write commits: no other attempt can claim the run in between."""
+        if not store.holds_claim(session, self.run_id, self.token):
+            session.rollback()
+            raise ClaimLost(self.run_id)
+
+
+class ClaimLost(Exception):
+    """The run was claimed again (or reaped): this attempt's writes must not land."""
 
 
 def _as_float(value: Any) -> float | None:

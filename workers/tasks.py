@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.vocab import TASK_NAME
-from workers.celery_app import app
+from workers.celery_app import app, executing_worker_id
 from workers.execute import execute_run
 
 
@@ -20,4 +20,4 @@ from workers.execute import execute_run
     max_retries=20,
 )
 def run_training(self, run_id: str) -> str:  # noqa: ANN001
-    return execute_run(run_id, worker_name=self.request.hostname or "celery")
+    return execute_run(run_id, worker_name=executing_worker_id(self.request.hostname))

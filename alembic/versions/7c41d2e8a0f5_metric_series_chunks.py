@@ -1,5 +1,5 @@
 """metrics as series of packed chunks (metric_series, metric_chunks) instead of one row per
-point (metric_points); runs.claim_token (also added by the durable-runs migration: keep one)
+point (metric_points)
 
 Existing points are converted: one series per (run, key), its points in step order cut into
 chunks of 1024, steps int32 and values float64 (NULL as NaN), little-endian, with the chunk's
@@ -64,8 +64,6 @@ def _pack(series_id: int, steps: list, values: list) -> list[dict]:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('runs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('claim_token', sa.String(length=64), nullable=True))
     op.create_table(
         'metric_series',
         sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -140,5 +138,3 @@ def downgrade() -> None:
     op.drop_index('ix_metric_chunks_series_last', table_name='metric_chunks')
     op.drop_table('metric_chunks')
     op.drop_table('metric_series')
-    with op.batch_alter_table('runs', schema=None) as batch_op:
-        batch_op.drop_column('claim_token')

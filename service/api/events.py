@@ -26,6 +26,7 @@ import asyncio
 import json
 import re
 import time
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -42,6 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from service import store
 from service.api.common import MAX_STEP, NOT_FOUND, PROBLEM, RunId, SweepId
 from service.api.metrics import page_series
+from service.api.streams import SharedReads, StreamState, client_address, for_app
 from service.models import Run
 from service.schemas import MAX_SWEEP_RUNS, RunOut
 from service.store import FINISHED
@@ -107,9 +109,28 @@ def _sendable(steps: Mapping[int, Any], finished: bool, more: bool) -> list[int]
     return ordered
 
 
-async def _pump(request: Request, feed: Feed, timeout: float | None) -> AsyncIterator[str]:
+def _shared(reads: SharedReads | None, key: tuple, read: Any, not_before: float) -> Any:
+    """``read()`` through the app's shared reads (one read per poll interval for all streams
+    asking the same), stamped with when it was made: the reads that must come after it (a
+    run's points after its status) carry the stamp in their own key."""
+    stamped = lambda: (time.monotonic(), read())  # noqa: E731
+    return stamped() if reads is None else reads.get(key, stamped, not_before)
+
+
+async def _pump(
+    request: Request, feed: Feed, timeout: float | None, release: Any = None
+) -> AsyncIterator[str]:
     """The polling loop shared by the streams: retry hint, database outages, keep-alives,
-    ``?timeout=`` and client disconnects."""
+    ``?timeout=`` and client disconnects. ``release`` gives the stream's slot back."""
+    try:
+        async for chunk in _poll_loop(request, feed, timeout):
+            yield chunk
+    finally:
+        if release is not None:
+            release()
+
+
+async def _poll_loop(request: Request, feed: Feed, timeout: float | None) -> AsyncIterator[str]:
     deadline = time.monotonic() + timeout if timeout is not None else None
     last_sent = time.monotonic()
     yield f"retry: {RETRY_MS}\n\n"
@@ -142,10 +163,25 @@ async def _pump(request: Request, feed: Feed, timeout: float | None) -> AsyncIte
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
+def _streams(request: Request) -> StreamState:
+    return for_app(request, POLL_INTERVAL_S)
+
+
 def _event_response(request: Request, feed: Feed, timeout: float | None) -> StreamingResponse:
-    return StreamingResponse(
-        _pump(request, feed, timeout), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+    """The stream, in one of the app's stream slots (503 + Retry-After when none is free)."""
+    slots, client = _streams(request).slots, client_address(request)
+    slots.take(client)
+    released = False
+
+    def release() -> None:  # once, whichever comes first
+        nonlocal released
+        if not released:
+            released = True
+            slots.give_back(client)
+
+    body = _pump(request, feed, timeout, release)
+    weakref.finalize(body, release)  # a stream never started still gives its slot back
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _resume_from(last_event_id: str | None, after: Any) -> Any:
@@ -159,18 +195,29 @@ def _resume_from(last_event_id: str | None, after: Any) -> Any:
 
 
 class RunFeed:
-    def __init__(self, factory: Any, run_id: str, after: int | None) -> None:
+    def __init__(
+        self, factory: Any, run_id: str, after: int | None, reads: SharedReads | None = None
+    ) -> None:
         self.factory, self.run_id, self.after = factory, run_id, after
+        self.reads = reads
+        self.opened = time.monotonic()  # shared reads older than the stream are not used
         self.last_status: tuple | None = None
 
     def poll(self) -> tuple[list[str], State]:
         with self.factory() as session:
-            try:
-                run = RunOut.model_validate(store.get_run(session, self.run_id))
-            except store.NotFound:
-                run = None
-            else:
-                steps, more = _read_steps(session, self.run_id, self.after)
+
+            def read_run() -> RunOut | None:
+                try:
+                    return RunOut.model_validate(store.get_run(session, self.run_id))
+                except store.NotFound:
+                    return None
+
+            stamp, run = _shared(self.reads, ("run", self.run_id), read_run, self.opened)
+            if run is not None:
+                key = ("steps", self.run_id, self.after, BATCH_STEPS, stamp)
+                _, (steps, more) = _shared(
+                    self.reads, key, lambda: _read_steps(session, self.run_id, self.after), stamp
+                )
         if run is None:  # deleted while we watched
             end = {"run_id": self.run_id, "status": "deleted", "last_step": self.after}
             return [_sse("end", end)], "done"
@@ -226,7 +273,8 @@ async def run_events(
             raise HTTPException(400, "Last-Event-ID: expected the step of the last event") from exc
     if not await run_in_threadpool(_run_exists, factory, run_id):
         raise HTTPException(404, f"run {run_id} not found")
-    return _event_response(request, RunFeed(factory, run_id, resume), timeout)
+    feed = RunFeed(factory, run_id, resume, _streams(request).reads)
+    return _event_response(request, feed, timeout)
 
 
 def _run_exists(factory: Any, run_id: str) -> bool:
@@ -312,8 +360,17 @@ def _sweep_rows(session: Session, sweep_id: str) -> list[Any]:
 
 
 class SweepFeed:
-    def __init__(self, factory: Any, sweep_id: str, run_ids: list[str], sent: dict) -> None:
+    def __init__(
+        self,
+        factory: Any,
+        sweep_id: str,
+        run_ids: list[str],
+        sent: dict,
+        reads: SharedReads | None = None,
+    ) -> None:
         self.factory, self.sweep_id = factory, sweep_id
+        self.reads = reads
+        self.opened = time.monotonic()  # shared reads older than the stream are not used
         self.run_ids = run_ids  # the order the cursor follows
         self.sent = sent  # run id → last step sent (-1: none)
         self.last_status: dict[str, tuple] = {}
@@ -323,12 +380,21 @@ class SweepFeed:
         budget, more = BATCH_STEPS, False
         pending: dict[str, tuple[dict, bool]] = {}
         with self.factory() as session:
-            rows = _sweep_rows(session, self.sweep_id)
+            stamp, rows = _shared(
+                self.reads,
+                ("rows", self.sweep_id),
+                lambda: _sweep_rows(session, self.sweep_id),
+                self.opened,
+            )
             changed = [r.id for r in rows if _status_key(r) != self.last_status.get(r.id)]
             full = {}
             if changed:
-                query = select(Run).where(Run.id.in_(changed))
-                full = {r.id: RunOut.model_validate(r) for r in session.scalars(query)}
+
+                def read_full() -> dict[str, RunOut]:
+                    query = select(Run).where(Run.id.in_(changed))
+                    return {r.id: RunOut.model_validate(r) for r in session.scalars(query)}
+
+                _, full = _shared(self.reads, ("full", tuple(changed), stamp), read_full, stamp)
             for row in rows:
                 after = self.sent.get(row.id, -1)
                 if row.last_step is None or row.last_step <= after:
@@ -336,7 +402,13 @@ class SweepFeed:
                 if budget <= 0:
                     more = True  # the rest next slice
                     break
-                steps, run_more = _read_steps(session, row.id, after, min(budget, BATCH_STEPS))
+                limit = min(budget, BATCH_STEPS)
+                _, (steps, run_more) = _shared(
+                    self.reads,
+                    ("steps", row.id, after, limit, stamp),
+                    lambda: _read_steps(session, row.id, after, limit),  # noqa: B023 (called now)
+                    stamp,
+                )
                 pending[row.id] = steps, run_more
                 budget -= len(steps)
                 more = more or run_more
@@ -438,7 +510,8 @@ async def sweep_events(
             raise HTTPException(
                 400, "Last-Event-ID: expected the id of an event of this sweep's stream"
             ) from exc
-    return _event_response(request, SweepFeed(factory, sweep_id, run_ids, sent), timeout)
+    feed = SweepFeed(factory, sweep_id, run_ids, sent, _streams(request).reads)
+    return _event_response(request, feed, timeout)
 
 
 def _sweep_run_ids(factory: Any, sweep_id: str) -> list[str] | None:

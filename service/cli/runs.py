@@ -1,4 +1,5 @@
-"""Commands on single runs: ``submit``, ``show``, ``watch``, ``cancel``, ``delete``.
+"""Commands on single runs: ``submit``, ``show``, ``watch``, ``cancel``, ``delete``,
+``download``.
 
 Wherever a run id is taken, a unique prefix of it works too (tables show the first 8
 characters): :meth:`service.client.BnlabClient.resolve_run_id` turns it into the full id.
@@ -246,3 +247,23 @@ def delete(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help=RUN_ID
         full_id = client.resolve_run_id(run_id)
         client.delete(full_id)
     console.print(f"run {short_id(full_id)} deleted")
+
+
+@command(
+    epilog=examples(
+        "bnlab download 6f1c2a9b                 # ./bnlab-6f1c2a9b-model.pt",
+        "bnlab download 6f1c2a9b -o models/mlp.pt",
+    )
+)
+def download(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help=RUN_ID_HELP)],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="File or folder to save it in.", show_default=False),
+    ] = Path("."),
+) -> None:
+    """Download a finished run's final model (a torch state_dict for bncore.models)."""
+    with connected(ctx) as client:
+        path = client.download(client.resolve_run_id(run_id), output)
+    console.print(f"saved {escape(str(path))} ({path.stat().st_size:,} bytes)")

@@ -25,6 +25,7 @@ import typer
 from service.auth import ApiKey, Scope, check_name, hash_key, load_keys, new_key
 from service.cli.common import command, console, examples, fail, log_line
 from service.client import DEFAULT_SERVER
+from service.proc import port_in_use
 from service.settings import Settings, get_settings
 
 APP_FACTORY = "service.app:create_app"  # imported by uvicorn, in the server process
@@ -119,6 +120,8 @@ def serve(
     runs itself, each in a subprocess. With it, runs are queued for [bold]bnlab worker[/bold].
     Clients find a server started on another host or port through --server or BNLAB_SERVER.
     """
+    if port_in_use(host, port):  # before the database: a second server must touch no run
+        fail(f"port {port} on {host} is in use (another bnlab serve?); stop it or pick --port")
     settings = get_settings()
     key_count = configured_keys(settings)
     if not key_count and not is_loopback(host) and not (allow_open or settings.allow_open):
@@ -152,8 +155,17 @@ def serve(
 
     import uvicorn  # the server's dependency: loaded only by the command that serves
 
+    # Open event streams never end by themselves: on Ctrl-C close them after a few seconds
+    # (clients reconnect and resume with Last-Event-ID) instead of waiting for each to time out.
     try:
-        uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, reload=reload)
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            reload=reload,
+            timeout_graceful_shutdown=STREAM_CLOSE_GRACE_S,
+        )
     except SystemExit as exc:
         if exc.code in (None, 0):
             raise
@@ -167,7 +179,12 @@ def serve(
         fail(f"the server did not start (the error is above, e.g. port {port} in use)")
 
 
-def worker_command(concurrency: int, queues: Sequence[str], loglevel: str) -> list[str]:
+STREAM_CLOSE_GRACE_S = 3  # on shutdown, open requests (event streams) get this long
+
+
+def worker_command(
+    concurrency: int, queues: Sequence[str], loglevel: str, name: str | None = None
+) -> list[str]:
     """The Celery worker command line (by module name: the service never imports workers)."""
     command_line = [
         sys.executable,
@@ -185,6 +202,8 @@ def worker_command(concurrency: int, queues: Sequence[str], loglevel: str) -> li
     ]
     if queues:
         command_line += ["--queues", ",".join(queues)]
+    if name:  # Celery's node name; each process adds :PID:RANDOM (workers/celery_app.py)
+        command_line += ["--hostname", f"{name}@%h"]
     return command_line
 
 
@@ -208,6 +227,13 @@ def worker(
         ),
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Readable prefix of this worker's process names (NAME@host:pid:random).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start a Celery worker that trains queued runs (needs [bold]BNLAB_BROKER_URL[/bold]).
 
@@ -221,7 +247,7 @@ def worker(
             "runs itself (embedded mode) and no worker is needed."
         )
     queues = queue or [settings.queue]
-    command_line = worker_command(concurrency, queues, loglevel)
+    command_line = worker_command(concurrency, queues, loglevel, name)
     log_line(
         f"worker     broker {display_url(settings.broker_url)} (queue {', '.join(queues)}), "
         f"database {display_url(settings.database_url)}"

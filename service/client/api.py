@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -129,6 +130,36 @@ class BnlabClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
+
+    def download(self, run_id: str, destination: str | Path) -> Path:
+        """GET /runs/{id}/checkpoint: save the run's final model (a torch ``state_dict``) to
+        ``destination`` (a folder: the server's file name in it) and return the file's path.
+        The file appears whole or not at all."""
+        path = Path(destination)
+        headers = self._headers({"Accept": "application/octet-stream"})
+        url = f"{API}/runs/{run_id}/checkpoint"
+        try:
+            with self._http.stream(
+                "GET", url, headers=headers, **self._timeout_arg(self.timeout)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise BnlabError.from_response(response)
+                if path.is_dir():
+                    path = path / _attachment_name(response, f"{run_id}-model.pt")
+                partial = path.with_name(f".{path.name}.part")
+                try:
+                    with partial.open("wb") as out:
+                        for chunk in response.iter_bytes():
+                            out.write(chunk)
+                    partial.replace(path)
+                finally:
+                    partial.unlink(missing_ok=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unreachable(exc) from exc
+        except httpx.TransportError as exc:
+            raise BnlabError(f"download from bnlab at {self.base_url} failed: {exc}") from exc
+        return path
 
     def _open_stream(
         self,
@@ -506,6 +537,16 @@ class BnlabClient:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _attachment_name(response: httpx.Response, default: str) -> str:
+    """The file name a Content-Disposition header suggests (its last path part only)."""
+    disposition = response.headers.get("content-disposition", "")
+    for part in disposition.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "filename" and value.strip('"'):
+            return Path(value.strip('"')).name
+    return default
 
 
 def spec_to_dict(spec: SpecLike) -> dict[str, Any]:

@@ -42,14 +42,18 @@ from service.store.runs import (
     annotate_run,
     claim_run,
     create_run,
+    db_now,
     delete_run,
     fail_queued,
     finish_run,
     heartbeat,
+    holds_claim,
     reap_stale,
+    record_resume,
     record_start,
     release_run,
     request_cancel,
+    running_workers,
     set_queued_reason,
 )
 from service.store.sweeps import create_sweep, expand_grid, get_sweep, list_sweeps, sweep_runs
@@ -58,6 +62,11 @@ from service.vocab import FINISHED_STATUSES as FINISHED
 from service.vocab import SUBMIT_FAILED, WAITING, RunStatus
 
 __all__ = [
+    "delete_metrics_after",
+    "running_workers",
+    "record_resume",
+    "holds_claim",
+    "db_now",
     "SPEC_FILTERS",
     "FINISHED",
     "SUBMIT_FAILED",

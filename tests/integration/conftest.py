@@ -93,6 +93,7 @@ def int_settings(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         broker_url=REDIS_URL,
         queue=f"bnlab-test-{SESSION}",
         data_dir=tmp_path_factory.mktemp("data"),
+        artifact_dir=tmp_path_factory.mktemp("artifacts"),
         heartbeat_interval_s=1.0,
         heartbeat_timeout_s=6.0,
         max_attempts=2,

@@ -258,6 +258,7 @@ def fault_settings(database_url: str, broker_url: str | None, tmp: Path, **overr
         "broker_url": broker_url,
         "queue": f"bnlab-fault-{uuid.uuid4().hex[:8]}",
         "data_dir": tmp,
+        "artifact_dir": tmp / "artifacts",
         "heartbeat_interval_s": 1.0,
         "heartbeat_timeout_s": 6.0,
         "max_attempts": 2,

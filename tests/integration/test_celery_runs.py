@@ -52,7 +52,7 @@ def test_bn_and_plain_runs_succeed_and_metrics_land_in_postgres(api, worker, pg_
     for norm, run_id in ids.items():
         run = wait_for(api, run_id, lambda r: r["status"] in FINISHED)
         assert run["status"] == "succeeded", run
-        assert run["worker"] == worker.name and run["attempt"] == 1
+        assert run["worker"].startswith(f"{worker.name}:") and run["attempt"] == 1
         assert run["last_step"] == 30 and run["summary"]["best_test_acc"] > 0.1
         counts = store.metric_summary(pg_session, run_id)
         assert counts["train_loss"]["count"] == 30 and counts["test_acc"]["count"] == 4
@@ -110,7 +110,7 @@ def test_a_worker_killed_mid_run_loses_the_run_to_a_retry_without_duplicates(
     trainers = [p for p, cmd in tree.items() if b"bncore.train" in cmd]
     assert len(trainers) == 1, tree
     first = api.get(f"/api/v1/runs/{run.id}").json()
-    assert first["worker"] == victim.name
+    assert first["worker"].startswith(f"{victim.name}:")  # NAME:PID:RANDOM
 
     os.kill(victim.proc.pid, signal.SIGKILL)  # the main worker process, no warning
     victim.proc.wait()
@@ -124,7 +124,7 @@ def test_a_worker_killed_mid_run_loses_the_run_to_a_retry_without_duplicates(
     assert requeued["status"] != "failed", requeued
     final = wait_for(api, run.id, lambda r: r["status"] in FINISHED, timeout=90)
     assert final["status"] == "succeeded", final
-    assert final["worker"] == worker.name and final["attempt"] == 2
+    assert final["worker"].startswith(f"{worker.name}:") and final["attempt"] == 2
 
     series = store.get_metrics(pg_session, run.id)
     duplicates = [

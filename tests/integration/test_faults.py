@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from bncore.spec import JobSpec
 from service import store
@@ -394,10 +394,12 @@ def test_racing_transitions_have_exactly_one_outcome(fault_db: str, tmp_path: Pa
             assert final.status == expected
 
             run, _ = store.create_run(session, spec)
-            claimed = _race(*(session_call(store.claim_run, run.id, f"w{i}") for i in range(3)))
-            assert sum(claimed) == 1, claimed
+            tokens = _race(*(session_call(store.claim_run, run.id, f"w{i}") for i in range(3)))
+            claimed = [token is not None for token in tokens]
+            assert sum(claimed) == 1, tokens
             final = store.get_run(session, run.id)
             assert final.attempt == 1 and final.worker == f"w{claimed.index(True)}"
+            assert final.claim_token == tokens[claimed.index(True)]
 
             run, _ = store.create_run(session, spec)
             claim, cancelled = _race(
@@ -503,7 +505,11 @@ def test_a_task_redelivered_after_the_visibility_timeout_does_not_run_twice(
             lambda: store.get_run(session, run.id).status in FINISHED, 120, "the run to finish"
         )
         final = store.get_run(session, run.id)
-    assert final.status == "succeeded" and final.attempt == 1 and final.worker == first.name
+    assert (
+        final.status == "succeeded"
+        and final.attempt == 1
+        and final.worker.startswith(f"{first.name}:")
+    )
     assert claims(run.id, first, second) == 1
     assert_complete(settings, run.id, 200)
 
@@ -524,7 +530,8 @@ def test_an_idle_worker_is_listed_and_keeps_its_heartbeat(
 
         def listed() -> dict | None:
             found = client.get("/api/v1/workers").json()["workers"]
-            return next((w for w in found if w["name"] == worker.name), None)
+            # The worker's own process, named NAME:PID:RANDOM (unique per process).
+            return next((w for w in found if w["name"].startswith(f"{worker.name}:")), None)
 
         row = wait_until(listed, 10, "the idle worker in /workers")
         assert row["alive"] and row["current_run_id"] is None
@@ -536,4 +543,5 @@ def test_an_idle_worker_is_listed_and_keeps_its_heartbeat(
         )
         assert later["alive"]
     with open_session(settings) as session:
-        assert session.get(Worker, worker.name) is not None
+        names = session.scalars(select(Worker.name)).all()
+        assert any(name.startswith(f"{worker.name}:") for name in names)

@@ -36,6 +36,7 @@ def db_settings(tmp_path: Path) -> Settings:
         _env_file=None,
         database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
         data_dir=tmp_path,
+        artifact_dir=tmp_path / "artifacts",
         heartbeat_interval_s=0.2,
     )
     migrate.upgrade(settings.database_url)
@@ -129,10 +130,16 @@ def test_celery_executor_fails_fast_without_a_broker() -> None:
 
 
 def test_start_requeues_this_hosts_lost_runs_and_submits_queued(db_settings: Settings) -> None:
-    mine, other, waiting = (create(db_settings, LONG) for _ in range(3))
+    """Runs of a dead embedded server on this host are requeued at once; those of a live one
+    (a second server on the same database) and of other hosts are left alone (F3)."""
+    mine, live, other, waiting = (create(db_settings, LONG) for _ in range(4))
+    dead_pid = subprocess.Popen(["true"])  # noqa: S607
+    dead_pid.wait()
+    host = embedded_worker_name()
     with open_session(db_settings) as session:
-        assert store.claim_run(session, mine, embedded_worker_name())
-        assert store.claim_run(session, other, "celery@elsewhere")
+        assert store.claim_run(session, mine, f"{host}:{dead_pid.pid}:0a1b2c")
+        assert store.claim_run(session, live, f"{host}:{os.getppid()}:0a1b2c")
+        assert store.claim_run(session, other, "celery@elsewhere:12:0a1b2c")
     executor = LocalExecutor(db_settings)
     submitted: list[str] = []
     executor.submit = submitted.append  # type: ignore[method-assign]
@@ -140,7 +147,8 @@ def test_start_requeues_this_hosts_lost_runs_and_submits_queued(db_settings: Set
     executor.start()
 
     assert load(db_settings, mine).status == "queued"
-    assert "lost" in load(db_settings, mine).status_reason
+    assert "its server is gone" in load(db_settings, mine).status_reason
+    assert load(db_settings, live).status == "running"  # a live server's run
     assert load(db_settings, other).status == "running"  # not ours: the reaper's business
     assert set(submitted) == {mine, waiting}
 

@@ -37,6 +37,7 @@ def settings(tmp_path: Path) -> Settings:
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
         data_dir=tmp_path,
+        artifact_dir=tmp_path / "artifacts",
         heartbeat_interval_s=0.2,
         broker_url=None,
     )
@@ -167,7 +168,10 @@ def test_metric_writer_keeps_points_through_a_database_outage(
         return write(session, run, points)
 
     monkeypatch.setattr(store, "add_metrics", flaky)
-    writer = MetricWriter(run_id, settings)
+    with open_session(settings) as session:
+        token = store.claim_run(session, run_id, WORKER)
+    assert token is not None
+    writer = MetricWriter(run_id, token, settings)
     writer.start()
     for step in range(1, 1201):
         writer.add(step, {"loss": 1.0 / step, "nan_loss": None})
