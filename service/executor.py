@@ -342,6 +342,37 @@ class LocalExecutor:
                 store.fail_queued(session, run_id, reason)
 
 
+class RecordingExecutor:
+    """An executor that trains nothing: it records the run ids it is given. For tests and
+    dry runs of the API, where the caller plays the worker through the store.
+    ``fail_submit`` makes submit raise (a broker that is down); ``broker_up`` is what
+    broker_ok() says."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.started = False
+        self.stopped = False
+        self.fail_submit = False
+        self.broker_up = True
+
+    def submit(self, run_id: str) -> None:
+        if self.fail_submit:
+            raise ConnectionError("broker down (test)")
+        self.submitted.append(run_id)
+
+    def start(self) -> None:
+        self.started = True
+
+    def shutdown(self) -> None:
+        self.stopped = True
+
+    def broker_ok(self) -> bool:
+        return self.broker_up
+
+    def resubmit_due(self, queued: Sequence[str]) -> list[str]:
+        return []
+
+
 def make_executor(settings: Settings) -> Executor:
     """Celery when a broker is configured, else the embedded pool."""
     if settings.broker_url:

@@ -89,13 +89,9 @@ def _maintain(
         for run_id in refused:
             if not submit_run(session, executor, run_id, retry=True):
                 return  # still down: one warning per pass, not one per waiting run
-        # TRANSITIONAL (issue 10): the test doubles of the executor (tests/conftest.py,
-        # test_cli.py, test_client.py, test_fuzz_openapi.py) predate resubmit_due in the
-        # protocol; once they have it, call executor.resubmit_due directly.
-        resubmit_due = getattr(executor, "resubmit_due", lambda _queued: [])
         retried = set(refused)
         waiting = [r for r in store.queued_run_ids(session) if r not in retried]
-        for run_id in resubmit_due(waiting):
+        for run_id in executor.resubmit_due(waiting):
             if not submit_run(session, executor, run_id):
                 break
 

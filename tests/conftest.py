@@ -13,33 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
+from service.executor import RecordingExecutor
 from service.settings import Settings
-
-
-class RecordingExecutor:
-    """The Executor protocol, minus the execution: records submitted run ids. ``fail_submit``
-    makes submit raise (a broker that is down); ``broker_up`` is what broker_ok() says."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-        self.started = False
-        self.stopped = False
-        self.fail_submit = False
-        self.broker_up = True
-
-    def submit(self, run_id: str) -> None:
-        if self.fail_submit:
-            raise ConnectionError("broker down (test)")
-        self.submitted.append(run_id)
-
-    def start(self) -> None:
-        self.started = True
-
-    def shutdown(self) -> None:
-        self.stopped = True
-
-    def broker_ok(self) -> bool:
-        return self.broker_up
 
 
 def sqlite_settings(path: Path, **overrides: object) -> Settings:

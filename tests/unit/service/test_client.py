@@ -14,6 +14,7 @@ import pytest
 
 from bncore.spec import JobSpec
 from service.client import BnlabClient, BnlabError, RunEvent, parse_sse, series_to_rows
+from service.executor import RecordingExecutor
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -300,23 +301,6 @@ TINY_SPEC = {
     "batch_size": 32,
     "device": "cpu",
 }
-
-
-class RecordingExecutor:
-    """Takes runs and does nothing with them: the tests play the worker through the store."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def submit(self, run_id: str) -> None:
-        self.submitted.append(run_id)
-
-    def start(self) -> None: ...
-
-    def shutdown(self) -> None: ...
-
-    def broker_ok(self) -> bool:
-        return True
 
 
 def app_settings(tmp_path, **overrides):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from service.client import BnlabClient, BnlabError
+from service.executor import RecordingExecutor
 
 SPEC = {
     "name": "tiny",
@@ -16,19 +17,6 @@ SPEC = {
     "batch_size": 32,
     "device": "cpu",
 }
-
-
-class RecordingExecutor:
-    """Takes runs and does nothing with them: the tests play the worker through the store."""
-
-    def submit(self, run_id: str) -> None: ...
-
-    def start(self) -> None: ...
-
-    def shutdown(self) -> None: ...
-
-    def broker_ok(self) -> bool:
-        return True
 
 
 @pytest.fixture

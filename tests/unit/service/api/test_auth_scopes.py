@@ -30,6 +30,7 @@ NEEDS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/runs"): Scope.read,
     ("GET", "/api/v1/runs/{run_id}"): Scope.read,
     ("GET", "/api/v1/runs/{run_id}/metrics"): Scope.read,
+    ("GET", "/api/v1/runs/{run_id}/checkpoint"): Scope.read,
     ("GET", "/api/v1/runs/{run_id}/events"): Scope.read,
     ("GET", "/api/v1/sweeps"): Scope.read,
     ("GET", "/api/v1/sweeps/{sweep_id}"): Scope.read,

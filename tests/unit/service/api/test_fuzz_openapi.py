@@ -24,27 +24,12 @@ from schemathesis.python import asgi
 
 from service import store
 from service.app import create_app
+from service.executor import RecordingExecutor
 from service.settings import Settings
 
 MAX_EXAMPLES = 30
 KNOWN_IDS: dict[str, list[str]] = {}  # path parameter → ids that exist, filled by fuzz_app
 pytestmark = pytest.mark.timeout(300)
-
-
-class NullExecutor:
-    """The executor protocol, accepting everything and running nothing."""
-
-    def submit(self, run_id: str) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def broker_ok(self) -> bool:
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +39,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite: Path):  
     path = tmp_path_factory.mktemp("fuzz") / "bnlab.db"
     shutil.copyfile(migrated_sqlite, path)
     app = create_app(
-        Settings(_env_file=None, database_url=f"sqlite:///{path}"), executor=NullExecutor()
+        Settings(_env_file=None, database_url=f"sqlite:///{path}"), executor=RecordingExecutor()
     )
     ids: dict[str, list[str]] = {"run_id": [], "sweep_id": []}
     with app.state.session_factory() as session:

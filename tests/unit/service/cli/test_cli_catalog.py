@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from service import cli
 from service.cli import common, server
 from service.client import BnlabClient
+from service.executor import RecordingExecutor
 from service.vocab import short_id
 
 runner = CliRunner()
@@ -20,17 +21,6 @@ NARROW = {"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
 
 def invoke(*args: str):
     return runner.invoke(cli.app, list(args), env=NARROW)
-
-
-class RecordingExecutor:
-    def submit(self, run_id: str) -> None: ...
-
-    def start(self) -> None: ...
-
-    def shutdown(self) -> None: ...
-
-    def broker_ok(self) -> bool:
-        return True
 
 
 @pytest.fixture

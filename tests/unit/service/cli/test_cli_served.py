@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from service import cli
 from service.cli import common
 from service.client import BnlabClient
+from service.executor import RecordingExecutor
 from service.vocab import short_id
 
 runner = CliRunner()
@@ -22,21 +23,6 @@ NARROW = WIDE | {"COLUMNS": "80"}
 
 def invoke(*args: str, env: dict[str, str] = WIDE):
     return runner.invoke(cli.app, list(args), env=env)
-
-
-class RecordingExecutor:
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def submit(self, run_id: str) -> None:
-        self.submitted.append(run_id)
-
-    def start(self) -> None: ...
-
-    def shutdown(self) -> None: ...
-
-    def broker_ok(self) -> bool:
-        return True
 
 
 def serve_in_process(tmp_path, monkeypatch, **settings_values):
