@@ -12,6 +12,7 @@ shape), and eval forwards. The floor rows put the differences in scale: the same
 no normalization at all, and one bare call of bncore's operator (no module, no autograd).
 
     python benchmarks/mlp_step.py [--repeats N] [--steps N] [--threads N] [--batch N]
+                                  [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -86,11 +87,14 @@ def _eval_step(norm: tuple[str, str | None], batch: int) -> Callable[[], None]:
     return step
 
 
+_clock = time.perf_counter
+
+
 def _time(fn: Callable[[], None], steps: int) -> float:
-    start = time.perf_counter()
+    start = _clock()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - start) / steps
+    return (_clock() - start) / steps
 
 
 def main() -> None:
@@ -99,7 +103,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=60)
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or process CPU time (steadier on a machine shared with other jobs)",
+    )
     args = parser.parse_args()
+    global _clock
+    _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     BF.set_backend("auto")  # what the trainer uses
 
@@ -109,7 +121,10 @@ def main() -> None:
         f"eval forward, batch {args.batch}": _eval_step,
         "eval forward, batch 1000": lambda norm, _: _eval_step(norm, 1000),
     }
-    print(f"torch {torch.__version__}, {args.threads} thread(s), medians of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, "
+        f"medians of {args.repeats} × {args.steps} steps"
+    )
     print(f"{'µs per step':36} {'torch':>7} {'bncore':>7} {'ratio':>6} {'eager':>7} {'ratio':>6}")
     for name, make in rows.items():
         med = _medians({c: make(spec, args.batch) for c, spec in CONTENDERS.items()}, args)

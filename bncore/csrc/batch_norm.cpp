@@ -67,7 +67,7 @@ void channel_sums(const T* x, Shape sh, std::vector<double>& out, F f) {
   });
 }
 
-// out = a[c]·(x − μ[c]) + b[c] (+ k[c]·dy if dy) per element, as T.
+// out = a[c]·(x − μ[c]) + b[c] (+ k[c]·dy if dy) per element, as T; without μ, a[c]·x + b[c].
 template <typename T>
 void affine_centred(const T* x, Shape sh, const T* mu, const T* a, const T* b, T* out,
                     const T* dy = nullptr, const T* k = nullptr) {
@@ -79,14 +79,20 @@ void affine_centred(const T* x, Shape sh, const T* mu, const T* a, const T* b, T
           out[off + c] = k[c] * dy[off + c] + a[c] * (x[off + c] - mu[c]) + b[c];
         continue;
       }
+      if (sh.s == 1 && !mu) {
+        for (int64_t c = c0; c < c1; ++c) out[off + c] = a[c] * x[off + c] + b[c];
+        continue;
+      }
       if (sh.s == 1) {
         for (int64_t c = c0; c < c1; ++c) out[off + c] = a[c] * (x[off + c] - mu[c]) + b[c];
         continue;
       }
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t o = off + c * sh.s;
-        const T ac = a[c], mc = mu[c], bc = b[c];
-        if (dy) {
+        const T ac = a[c], mc = mu ? mu[c] : T(0), bc = b[c];
+        if (!mu) {
+          for (int64_t i = 0; i < sh.s; ++i) out[o + i] = ac * x[o + i] + bc;
+        } else if (dy) {
           const T kc = k[c];
           for (int64_t i = 0; i < sh.s; ++i)
             out[o + i] = kc * dy[o + i] + ac * (x[o + i] - mc) + bc;
@@ -141,13 +147,15 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const OptTensor
       ip[c] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(rv[c]) + eps));
     }
   }
+  // y = γ·x̂ + β = scale·x + shift with scale = γ·invstd, shift = β − μ·scale (as torch's
+  // CPU kernel computes it): one multiply-add per element.
   std::vector<T> scale(sh.c), shift(sh.c);
   for (int64_t c = 0; c < sh.c; ++c) {
     scale[c] = w ? ip[c] * w[c] : ip[c];
-    shift[c] = b ? b[c] : T(0);
+    shift[c] = (b ? b[c] : T(0)) - mp[c] * scale[c];
   }
   Tensor y = torch::empty_like(x);
-  affine_centred(xp, sh, mp, scale.data(), shift.data(), y.data_ptr<T>());
+  affine_centred<T>(xp, sh, nullptr, scale.data(), shift.data(), y.data_ptr<T>());
   if (!training) mean = torch::empty({0}, x.options());
   return {y, mean, invstd};
 }
