@@ -310,9 +310,19 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
   }
 };
 
+bool requires_grad(const OptTensor& t) { return t.has_value() && t->requires_grad(); }
+
 Tensor batch_norm_autograd(const Tensor& x, const OptTensor& weight, const OptTensor& bias,
                            const OptTensor& rmean, const OptTensor& rvar, bool training,
                            double momentum, double eps) {
+  if (!torch::GradMode::is_enabled() ||
+      !(x.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
+    // Nothing to differentiate (inference): no autograd node, no saved state.
+    return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bncore_bn_fwd", [&] {
+      return std::get<0>(
+          forward_impl<scalar_t>(x, weight, bias, rmean, rvar, training, momentum, eps));
+    });
+  }
   return BatchNormFunction::apply(x, weight, bias, rmean, rvar, training, momentum, eps);
 }
 
