@@ -1,13 +1,14 @@
 """Speed of bncore's batch norm relative to torch's native one (ratio < 1: bncore is faster).
 
 For each shape, training (forward + backward) and eval (forward, no grad) are timed for
-native ``torch.nn.functional.batch_norm`` and bncore's eager and compiled backends, side by
-side: each repeat times every contender once, in turn, so machine noise hits all alike; the
-table shows medians over repeats. The one-time torch.compile cost (first call of a new shape
-family) is measured separately and reported on its own.
+native ``torch.nn.functional.batch_norm`` and bncore's eager, compiled and cpp (its C++
+operator) backends, side by side: each repeat times every contender once, in turn, so
+machine noise hits all alike; the table shows medians over repeats. The one-time
+torch.compile cost (first call of a new shape family) is measured separately and reported on
+its own.
 
     python benchmarks/bn_speed.py [--quick] [--device cuda] [--repeats N] [--threads N]
-                                  [--clock wall|cpu]
+                                  [--clock wall|cpu] [--no-compiled]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from bncore import functional as BF
 
 SHAPES: list[tuple[int, ...]] = [(4096, 1024), (64, 64, 32, 32), (256, 128, 8, 8)]
-CONTENDERS = ("native", "eager", "compiled")
+CONTENDERS = ("native", "eager", "compiled", "cpp")
 
 
 def _sync(device: torch.device) -> None:
@@ -88,6 +89,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
     )
+    parser.add_argument(
+        "--no-compiled", action="store_true", help="skip the compiled backend (compiling is slow)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,42 +105,44 @@ def main() -> None:
         f"{BF.compiled_available(device.type)}"
     )
 
+    contenders = tuple(c for c in CONTENDERS if not (args.no_compiled and c == "compiled"))
     rows: list[tuple[tuple[int, ...], bool, dict[str, float]]] = []
     compile_times = []
     for shape in SHAPES:
         for training in (True, False):
-            steps = {n: _make_step(n, shape, training, device) for n in CONTENDERS}
-            t0 = time.perf_counter()
-            steps["compiled"]()  # first call: compiles (or reuses) the kernels
-            _sync(device)
-            compile_times.append((shape, training, time.perf_counter() - t0))
+            steps = {n: _make_step(n, shape, training, device) for n in contenders}
+            if "compiled" in steps:
+                t0 = time.perf_counter()
+                steps["compiled"]()  # first call: compiles (or reuses) the kernels
+                _sync(device)
+                compile_times.append((shape, training, time.perf_counter() - t0))
             for step in steps.values():  # warm up caches and allocators
                 step()
             # Short timings (~50 ms), many repeats, each repeat timing every contender in a
             # rotating order: the ratio of each repeat compares runs made moments apart.
             one = _time(steps["native"], 1, device, args.clock)
             iters = max(1, int(0.05 / max(one, 1e-6)))
-            times: dict[str, list[float]] = {n: [] for n in CONTENDERS}
+            times: dict[str, list[float]] = {n: [] for n in contenders}
             for r in range(repeats):
-                order = CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]
+                k = r % len(contenders)
+                order = contenders[k:] + contenders[:k]
                 for name in order:
                     times[name].append(_time(steps[name], iters, device, args.clock))
             med = {n: statistics.median(t) for n, t in times.items()}
-            for name in ("eager", "compiled"):
+            for name in contenders[1:]:
                 ratios = [a / b for a, b in zip(times[name], times["native"], strict=True)]
                 med[name + "/native"] = statistics.median(ratios)
             rows.append((shape, training, med))
 
     mode = {True: "train fwd+bwd", False: "eval fwd"}
     print()
-    print("| shape | mode | native ms | eager ms | eager/native | compiled ms | compiled/native |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    names = contenders[1:]
+    header = " | ".join(f"{n} ms | {n}/native" for n in names)
+    print(f"| shape | mode | native ms | {header} |")
+    print("|---|---|---:|" + "---:|---:|" * len(names))
     for shape, training, med in rows:
-        n, e, c = med["native"], med["eager"], med["compiled"]
-        print(
-            f"| {tuple(shape)} | {mode[training]} | {n * 1e3:.3f} | {e * 1e3:.3f} | "
-            f"{med['eager/native']:.2f} | {c * 1e3:.3f} | {med['compiled/native']:.2f} |"
-        )
+        cells = " | ".join(f"{med[n] * 1e3:.3f} | {med[n + '/native']:.2f}" for n in names)
+        print(f"| {tuple(shape)} | {mode[training]} | {med['native'] * 1e3:.3f} | {cells} |")
     print()
     print("One-time compile, caches disabled (first call of each shape family, s):")
     for shape, training, secs in compile_times:

@@ -1,15 +1,21 @@
-"""Which implementation of bncore's batch-norm math runs: eager torch ops or torch.compile.
+"""Which implementation of bncore's batch-norm math runs: bncore's C++ operator, eager torch
+ops, or torch.compile.
 
-The math lives in :mod:`bncore.functional` as pure functions of tensors; this module decides,
-per call, whether to run them as they are ("eager") or through :func:`torch.compile`
+The math lives in :mod:`bncore._math` as pure functions of tensors and, the same formulas, in
+bncore's C++ operator (:mod:`bncore._native`); this module decides, per call, whether to run
+the operator ("cpp"), the functions as they are ("eager") or through :func:`torch.compile`
 ("compiled": fused C++ loops on CPU, Triton on CUDA), and keeps the compiled copies.
 
 Choice
-    ``set_backend("auto" | "eager" | "compiled")`` sets the default (the environment variable
-    ``BNCORE_BACKEND`` sets the initial one); a call or a module may override it. "auto"
-    compiles only training math on inputs of at least ``AUTO_COMPILE_MIN_NUMEL`` elements:
-    below that a call costs microseconds of Python and kernel launches that fusing cannot
-    save, while compiling costs seconds. Eval is one pass, as fast eagerly.
+    ``set_backend("auto" | "eager" | "compiled" | "cpp")`` sets the default (the environment
+    variable ``BNCORE_BACKEND`` sets the initial one); a call or a module may override it.
+    "auto" runs the C++ operator wherever it applies (plain autograd on CPU float32/float64
+    contiguous inputs, no torch.func transform, forward-mode AD, torch.compile or tensor
+    subclass) except training math on inputs of at least ``AUTO_COMPILE_MIN_NUMEL`` elements,
+    which it compiles (where torch.compile works): below that a call costs microseconds of
+    Python and kernel launches that only one native call saves, while compiling costs
+    seconds. Elsewhere it runs eagerly. "cpp" is "auto" without the compiled part (and eager
+    where the operator does not apply or is unavailable).
 
 Cache
     One compiled copy per *graph key*: everything that changes the traced graph (the
@@ -34,11 +40,14 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
+
+from bncore import _native
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "compiled")
+BACKENDS = ("auto", "eager", "compiled", "cpp")
 
 # Below this many elements "auto" stays eager (see the module docstring).
 AUTO_COMPILE_MIN_NUMEL = 1 << 18
@@ -73,8 +82,10 @@ def check_backend(name: str | None) -> None:
 
 def compile_stats() -> dict[str, Any]:
     """Counters of the compiled backend: graph keys compiled and failed, calls that ran
-    compiled code and calls that fell back to eager, and the failure reasons by key."""
-    return {**_stats, "failures": {repr(k): why for k, why in _failed.items()}}
+    compiled code and calls that fell back to eager, and the failure reasons by key; under
+    "cpp", the C++ operator's (:func:`bncore._native.ext_stats`)."""
+    failures = {repr(k): why for k, why in _failed.items()}
+    return {**_stats, "failures": failures, "cpp": _native.ext_stats()}
 
 
 def reset_compile_cache() -> None:
@@ -126,6 +137,29 @@ def has_forward_grad(*ts: Tensor | None) -> bool:
     fw = torch.autograd.forward_ad
     return fw._current_level >= 0 and any(
         t is not None and fw.unpack_dual(t).tangent is not None for t in ts
+    )
+
+
+def use_cpp(
+    backend: str | None,
+    x: Tensor,
+    training: bool,
+    *ts: Tensor | None,
+) -> bool:
+    """Whether this call should try the C++ operator (which still declines the inputs it does
+    not handle exactly: other devices, dtypes and layouts, wrapped or batched tensors)."""
+    backend = backend or _backend
+    if backend == "eager" or backend == "compiled":
+        return False
+    if (
+        torch.compiler.is_compiling()  # a user's torch.compile traces the Python path
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or fwAD._current_level >= 0
+        or torch._C._has_torch_function_variadic(x, *ts)
+    ):
+        return False
+    return backend == "cpp" or not (
+        training and x.numel() >= AUTO_COMPILE_MIN_NUMEL and compiled_available(x.device.type)
     )
 
 

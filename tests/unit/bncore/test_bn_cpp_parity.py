@@ -1,0 +1,127 @@
+"""The parity suites of the Python path, run again against bncore's C++ operator.
+
+Every test of test_bn_functional, test_torch_nn_batchnorm and test_torch_func_batchnorm runs
+here with the "cpp" backend (float64 parity ~1e-10 and torch's own tolerances against
+torch.nn, gradcheck, double backward, errors, zero-size batches, torch.func), plus the
+module-level parity of test_torch_modules_batchnorm. Inputs the operator does not handle
+(channels_last, half precision, torch.func transforms, forward AD) must still match: they
+take the Python path. ``calls_the_operator`` checks the operator really ran.
+
+Skipped only where no C++ compiler exists; a compiler with a failing build is a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from test_bn_functional import *  # noqa: F403
+from test_bn_functional import _inputs
+from test_torch_func_batchnorm import *  # noqa: F403
+from test_torch_modules_batchnorm import CASES, TOL, _input, _pair, _step
+from test_torch_nn_batchnorm import *  # noqa: F403
+
+from bncore import _native
+from bncore import functional as BF
+
+pytestmark = pytest.mark.skipif(
+    not _native.compiler_found(), reason="no C++ compiler: the Python path is the only one"
+)
+
+
+def _use_cpp() -> Iterator[None]:
+    before = BF.get_backend()
+    BF.set_backend("cpp")
+    yield
+    BF.set_backend(before)
+
+
+# The imported suites' autouse fixtures, by the same names, now choosing the operator.
+eager_backend = pytest.fixture(autouse=True)(_use_cpp)
+eager_by_default = pytest.fixture(autouse=True)(_use_cpp)
+
+
+@pytest.fixture
+def backend() -> str:  # test_torch_nn_batchnorm's parametrized backend, now only "cpp"
+    return "cpp"
+
+
+def test_backward_is_the_custom_function() -> None:
+    """test_bn_functional's test of the same name, for the operator's C++ autograd node."""
+    x, w, b, _, _ = _inputs((4, 3))
+    y = BF.batch_norm(x.requires_grad_(), None, None, w.requires_grad_(), b, True)
+    # torch::autograd::CppNode<BatchNormFunction> (the Python path's: BatchNormFunctionBackward)
+    assert "CppNode" in y.grad_fn.name() and "BatchNormFunction" in y.grad_fn.name()
+    # Its inputs are x and w directly: no autograd-generated ops in between.
+    assert {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None} == {
+        "AccumulateGrad"
+    }
+
+
+def test_the_operator_is_built_and_runs() -> None:
+    assert _native.module() is not None, BF.compile_stats()["cpp"]
+    x, w, b, rm, rv = _inputs((6, 4))
+    before = BF.compile_stats()["cpp"]["calls"]
+    y = BF.batch_norm(x.requires_grad_(True), rm, rv, w, b, True, 0.1, 1e-5)
+    assert BF.compile_stats()["cpp"]["calls"] == before + 1
+    assert "CppNode" in y.grad_fn.name()  # the operator's C++ autograd node
+    # Registered with torch.library: callable as an ordinary torch operator too.
+    y2 = torch.ops.bncore.batch_norm(x, w, b, None, None, True, 0.1, 1e-5)
+    torch.testing.assert_close(y2, y, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_modules_match_torch_through_the_operator(case: object, training: bool) -> None:
+    """test_torch_modules_batchnorm's forward/backward parity (two steps, every grad and
+    state-dict entry), with the layer on the C++ operator."""
+    ours, theirs = _pair(case, training)
+    ours.backend = "cpp"
+    for step in range(2):
+        x = _input(case, seed=step)
+        dy = _input(case, seed=10 + step)
+        for a, b in zip(_step(ours, x, dy), _step(theirs, x, dy), strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("shape", [(60, 100), (4, 3, 5, 5)])
+def test_batched_and_double_backward_through_the_operator(shape: tuple[int, ...]) -> None:
+    """A node recorded by the operator, differentiated again or with a batch of grad outputs:
+    its backward switches to differentiable ops (statistics recomputed from x)."""
+    g = torch.Generator().manual_seed(0)
+    c = shape[1]
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+    w = torch.randn(c, generator=g, dtype=torch.float64).requires_grad_(True)
+    b = torch.randn(c, generator=g, dtype=torch.float64).requires_grad_(True)
+    dys = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    outs = {}
+    for name in ("cpp", "torch"):
+        fn = torch.nn.functional.batch_norm if name == "torch" else BF.batch_norm
+        y = fn(x, None, None, w, b, True, 0.1, 1e-5)
+        (gx,) = torch.autograd.grad((y * y.sin()).sum(), x, create_graph=True)
+        (ggw,) = torch.autograd.grad(gx.square().sum(), w, retain_graph=True)
+        (bx,) = torch.autograd.grad(y, x, dys, is_grads_batched=True)
+        outs[name] = (gx, ggw, bx)
+    for a, b_ in zip(outs["cpp"], outs["torch"], strict=True):
+        torch.testing.assert_close(a, b_, atol=1e-10, rtol=1e-10)
+
+
+def test_gradcheck_through_the_operator() -> None:
+    x, w, b, rm, rv = _inputs((6, 3, 2))
+    for training in (True, False):
+        args = (x.requires_grad_(True), w.requires_grad_(True), b.requires_grad_(True))
+
+        def fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, t: bool = training):
+            return BF.batch_norm(x, rm.clone(), rv.clone(), w, b, t, 0.1, 1e-5)
+
+        assert torch.autograd.gradcheck(fn, args, check_batched_grad=True)
+        assert torch.autograd.gradgradcheck(fn, args)
+
+
+def test_inference_mode_tensors() -> None:
+    x, w, b, rm, rv = _inputs((5, 4))
+    with torch.inference_mode():
+        y = BF.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)
+    ref = torch.nn.functional.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)
+    torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-10)
