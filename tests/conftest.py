@@ -22,6 +22,20 @@ def sqlite_settings(path: Path, **overrides: object) -> Settings:
     return Settings(_env_file=None, database_url=f"sqlite:///{path}", **overrides)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bncore_operator_built() -> None:
+    """Build bncore's C++ batch-norm operator once, before any test, in this process.
+
+    The first batch-norm call on a machine compiles it (about 40 s on 2 idle cores) into a
+    cache that every later process loads. Trainer subprocesses started by the tests would
+    otherwise take that minute inside a run whose test waits with a deadline."""
+    import logging
+
+    from bncore import _native
+
+    logging.getLogger("bncore").info("bncore C++ operator: %s", _native.module())
+
+
 @pytest.fixture(scope="session")
 def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file migrated to head once per test session; tests get copies (the app's own
