@@ -11,8 +11,8 @@ every BN layer of a model for the other kind, copying parameters and buffers.
 
 Each layer also has two plain attributes (not saved in the state dict):
 
-- ``backend``: None (follow :func:`bncore.functional.set_backend`), "auto", "eager" or
-  "compiled".
+- ``backend``: None (follow :func:`bncore.functional.set_backend`), "auto", "eager",
+  "cpp" (the C++ operator) or "compiled".
 - ``inference_stats``: which statistics eval mode normalizes with:
   "running" (default, like torch: the exponential/cumulative moving averages),
   "population" (the paper's Algorithm 2, computed by :func:`population_statistics`), or
