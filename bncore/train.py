@@ -4,7 +4,8 @@
 
 prints one JSON line per event and flushes each, so a worker can stream them. An invalid spec
 or a job that cannot run (bad data_path, missing files) → a message on stderr, exit 2; a crash
-→ traceback on stderr, exit 1.
+→ traceback on stderr, exit 1. (A little past 400 lines: the loop, its evaluation and its
+checkpoint/resume hooks stay together so one training step reads top to bottom.)
 
 The loop: seeded model init and seeded shuffling (same spec → same numbers on CPU), mini-batches
 of ``batch_size`` with the last partial batch of each epoch dropped (BN needs more than one

@@ -22,7 +22,9 @@ embedded executor's subprocess):
   failed with the exit code and the tail of stderr. Every exception path ends the run too.
 
 The worker never imports torch: the trainer subprocess is the only place CUDA is touched
-(``workers/device.py`` names the device without it).
+(``workers/device.py`` names the device without it). Past 400 lines because one attempt is
+one story (claim, resume, spawn, stream, outcome, temp-folder cleanup) best read in order;
+the batching writer and the heartbeat live in their own modules.
 """
 
 from __future__ import annotations

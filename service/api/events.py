@@ -18,6 +18,10 @@ on a sweep's it is a cursor holding the last step sent for every run of the swee
 step exists, because its values can arrive in more than one write (training metrics, then the
 evaluation at the same step); once the run has finished nothing more can arrive and every step
 is sent.
+
+Past 400 lines on purpose: the run and the sweep stream share one polling loop, one
+hold-back rule and the cursor maths, which would otherwise be split across files that must
+change together.
 """
 
 from __future__ import annotations
