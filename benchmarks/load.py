@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
+import httpx2 as httpx
 from sqlalchemy import create_engine, text
 
 from bncore import events

@@ -120,12 +120,12 @@ def serve(
     runs itself, each in a subprocess. With it, runs are queued for [bold]bnlab worker[/bold].
     Clients find a server started on another host or port through --server or BNLAB_SERVER.
     """
-    if port_in_use(host, port):  # before the database: a second server must touch no run
-        fail(f"port {port} on {host} is in use (another bnlab serve?); stop it or pick --port")
     settings = get_settings()
     key_count = configured_keys(settings)
     if not key_count and not is_loopback(host) and not (allow_open or settings.allow_open):
         fail(OPEN_BIND_REFUSED.format(host=host))
+    if port_in_use(host, port):  # before the database: a second server must touch no run
+        fail(f"port {port} on {host} is in use (another bnlab serve?) or not this machine's")
     database = display_url(settings.database_url)
     log_line(f"database   {database}")
     try:

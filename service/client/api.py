@@ -19,7 +19,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
+# httpx2: httpx's maintained successor, same API; Starlette's TestClient (which tests and the
+# embedded reproduction server hand to this client) is built on it.
+import httpx2 as httpx
 
 from bncore.spec import JobSpec
 from service.client.errors import BnlabError

@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 
 
 class BnlabError(Exception):

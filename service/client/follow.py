@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 
 from service.client.errors import BnlabError
 from service.client.events import EventCallback, RunEvent, parse_data, parse_sse

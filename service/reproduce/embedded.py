@@ -11,17 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
+
+from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.client import BnlabClient
 from service.settings import Settings
-
-with warnings.catch_warnings():  # starlette's notice about httpx, meant for test suites
-    warnings.simplefilter("ignore")  # (its own class, not a DeprecationWarning)
-    from fastapi.testclient import TestClient
 
 
 @contextlib.contextmanager

@@ -324,7 +324,7 @@ def start_celery_worker(
 
 def start_server(settings: Settings, logs: Path, started: list[Proc], label: str) -> Proc:
     """A real ``bnlab serve`` subprocess (uvicorn) on a free port; waits for /healthz."""
-    import httpx
+    import httpx2 as httpx
 
     port = free_port()
     log_path = logs / f"serve-{label}.log"

@@ -211,7 +211,7 @@ def test_a_run_killed_mid_way_resumes_to_the_same_curve(
 def test_a_second_embedded_server_leaves_the_first_ones_run_alone(
     fault_db: str, processes: list[Proc], logs: Path, tmp_path: Path
 ) -> None:
-    import httpx
+    import httpx2 as httpx
 
     settings = fault_settings(fault_db, None, tmp_path)
     first = start_server(settings, logs, processes, "first")

@@ -231,7 +231,7 @@ def test_openapi_documents_the_sweep_stream(client) -> None:  # noqa: ANN001
 
 def test_client_watch_sweep_polls_a_server_without_the_stream() -> None:
     """An older server (404 "Not Found" from the router, not "sweep … not found"): polling."""
-    import httpx
+    import httpx2 as httpx
 
     statuses = iter([("queued", "queued"), ("running", "queued"), ("succeeded", "failed")])
 

@@ -311,7 +311,7 @@ def test_compare_checks_its_options_before_asking(served) -> None:
 
 def test_the_problem_detail_and_field_errors_are_printed(monkeypatch) -> None:
     """The 422 the server sends for an unknown metric (its shape, as a problem+json body)."""
-    import httpx
+    import httpx2 as httpx
 
     problem = {
         "type": "about:blank",
