@@ -247,7 +247,7 @@ def test_censored_on_both_sides_gives_no_speedup():
     bn = [run("b0", 200, norm="batchnorm", seed=0), run("b1", None, norm="batchnorm", seed=1)]
     c = compare(plain + bn, target=0.9)
     assert c.arms[1].speedup["mean"] is None
-    assert c.arms[1].p_value is not None and 0 < c.arms[1].p_value <= 1
+    assert c.arms[1].p_value == pytest.approx(1.0)  # U = n1·n2/2 after the continuity correction
 
 
 def test_target_reached_at_step_zero_has_no_finite_speedup():
