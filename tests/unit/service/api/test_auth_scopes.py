@@ -45,6 +45,9 @@ NEEDS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/sweeps"): Scope.submit,
     ("GET", "/api/v1/audit"): Scope.admin,
 }
+# Routes whose run (a fresh queued one) has nothing to return yet: past the key check they
+# answer 404 with their own reason instead of 2xx.
+PAST_AUTH_NOT_FOUND = {("GET", "/api/v1/runs/{run_id}/checkpoint")}
 BODIES = {
     ("POST", "/api/v1/runs"): {"steps": 10},
     ("POST", "/api/v1/sweeps"): {"name": "s", "grid": {"seed": [0, 1]}},
@@ -131,7 +134,10 @@ def test_scopes_on_every_route(settings, executor, auth_reads, key, method, path
     for client in make_app(settings, executor, auth_reads):
         response = request(client, method, path, key)
         want = expected(NEEDS[method, path], key, auth_reads)
-        if want == 200:
+        if want == 200 and (method, path) in PAST_AUTH_NOT_FOUND:
+            # Authorized; the run has no final model yet, so the route itself answers 404.
+            assert response.status_code == 404 and "no final model" in response.text
+        elif want == 200:
             assert response.is_success, (response.status_code, response.text)
         else:
             assert response.status_code == want, response.text
