@@ -161,11 +161,11 @@ def test_metric_writer_keeps_points_through_a_database_outage(
     write = store.add_metrics
     outage = {"failures_left": 3}
 
-    def flaky(session, run, points):  # noqa: ANN001
+    def flaky(session, run, points, **fence):  # noqa: ANN001, ANN003
         if outage["failures_left"]:
             outage["failures_left"] -= 1
             raise OperationalError("INSERT", {}, ConnectionError("server closed the connection"))
-        return write(session, run, points)
+        return write(session, run, points, **fence)
 
     monkeypatch.setattr(store, "add_metrics", flaky)
     with open_session(settings) as session:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service import store
-from service.models import MetricChunk, Run
+from service.models import MetricChunk, MetricSeries, Run
 from service.store.series import CHUNK_POINTS
 
 
@@ -47,7 +47,12 @@ def check_round_trip(session: Session) -> None:
     assert got["acc"] == [(s, s / 7) for s in range(0, n, 100)]
     summary = store.metric_summary(session, run_id)
     assert summary["loss"] == {"count": n, "first_step": 0, "last_step": 3 * (n - 1)}
-    chunks = session.scalar(select(func.count()).select_from(MetricChunk))
+    chunks = session.scalar(  # this run's only: the database may hold other tests' runs
+        select(func.count())
+        .select_from(MetricChunk)
+        .join(MetricSeries, MetricSeries.id == MetricChunk.series_id)
+        .where(MetricSeries.run_id == run_id)
+    )
     assert chunks <= math.ceil(n / CHUNK_POINTS) + 1 + 10  # chunks are filled, not one per batch
 
 
