@@ -234,6 +234,10 @@ def test_stale_worker_cannot_finish(engine: Engine) -> None:
     check_stale_worker_cannot_finish(engine)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="quarantined (issue 17): failed once in CI on a loaded machine, not reproduced",
+)
 def test_distinct_workers_race_to_finish(engine: Engine) -> None:
     check_distinct_workers_race_to_finish(engine)
 
