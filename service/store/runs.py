@@ -267,7 +267,7 @@ def reap_stale(
     then says how they were found lost. The claim token is cleared: the lost attempt's
     writes are refused from now on."""
     cutoff = db_now(session) - timedelta(seconds=timeout_s)
-    stale = or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff)
+    stale = or_(Run.heartbeat_at.is_(None), Run.heartbeat_at <= cutoff)
     query = select(Run.id, Run.attempt, Run.worker, Run.cancel_requested).where(
         Run.status == RunStatus.running.value, stale
     )

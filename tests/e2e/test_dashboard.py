@@ -291,7 +291,9 @@ def test_diverged_run_axis_and_smoothing(page, seed, artifacts_dir: Path) -> Non
     assert float(slider.input_value()) == 0.6
     assert "train (batch), EMA 0.60" in chart(page, "chart-loss")["legend"]
     slider.fill("0")
-    assert chart(page, "chart-loss")["legend"] == "test|train (batch)"
+    # The chart redraws on the next frame after the input event.
+    legend = "document.getElementById('chart-loss').dataset.legend"
+    wait_until(page, f"{legend} === 'test|train (batch)'")
     slider.fill("0.9")
     assert page.evaluate("localStorage.getItem('bnlab.smoothing')") == "0.9"
     page.reload()

@@ -211,6 +211,20 @@ def test_a_cancelled_run_is_not_retried(session: Session) -> None:
     ]
 
 
+def test_a_zero_timeout_reaps_a_heartbeat_of_this_very_moment(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """timeout 0 means "every running run of these workers is lost", even one whose heartbeat
+    the database's clock stamped at the same instant (SQLite's clock counts milliseconds)."""
+    frozen = store.db_now(session)
+    monkeypatch.setattr("service.store.runs.db_now", lambda _session: frozen)
+    run_id = _queued(session, "same-moment")
+    assert store.claim_run(session, run_id, W1)
+    assert store.reap_stale(session, 0.0, max_attempts=3, worker_prefix=PREFIX) == [
+        (run_id, RunStatus.queued)
+    ]
+
+
 def test_a_fresh_heartbeat_keeps_the_run(session: Session) -> None:
     """Only runs silent for longer than the timeout are reaped."""
     run_id = _queued(session, "alive")
@@ -234,10 +248,6 @@ def test_stale_worker_cannot_finish(engine: Engine) -> None:
     check_stale_worker_cannot_finish(engine)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="quarantined (issue 17): failed once in CI on a loaded machine, not reproduced",
-)
 def test_distinct_workers_race_to_finish(engine: Engine) -> None:
     check_distinct_workers_race_to_finish(engine)
 
