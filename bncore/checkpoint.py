@@ -1,11 +1,13 @@
 """Checkpoints: a training run's whole state on disk, so a retried run resumes where it was.
 
-    DIR/step-000000500.pt   the state after step 500 (the newest ``keep`` are kept)
+    DIR/step-000000500.pt   the state after step 500
     DIR/model.pt            the final model's ``state_dict`` (what GET /runs/{id}/checkpoint serves)
 
-A checkpoint holds the model (parameters and BN buffers), the optimizer and scheduler, the RNG
-states (torch's global one, CUDA's, and the shuffling generator with its position in the
-epoch), the loop's own state (first loss, divergence flag, evaluations so far) and the step.
+The folder's layout and retention are in bncore/checkpoint_files.py (no torch there: the
+worker prunes by it). A checkpoint holds the model (parameters and BN buffers), the optimizer
+and scheduler, the RNG states (torch's global one, CUDA's, and the shuffling generator with
+its position in the epoch), the loop's own state (first loss, divergence flag, evaluations so
+far) and the step.
 Restoring it and training on gives the same numbers as never stopping (same machine, same
 seed). Files are written atomically (a temporary file in the same folder, fsync, rename), so a
 kill mid-write leaves the previous checkpoint intact.
@@ -31,11 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from bncore.checkpoint_files import FINAL_MODEL, prune, step_checkpoints, step_path
 from bncore.spec import JobSpec
 
 FORMAT = 1  # bumped when the payload's layout changes: older files are refused
-FINAL_MODEL = "model.pt"
-_PREFIX, _SUFFIX = "step-", ".pt"
 
 
 def spec_fingerprint(spec: JobSpec) -> str:
@@ -90,25 +91,26 @@ class CheckpointRefused(Exception):
 
 class Checkpoints:
     """One run's checkpoint folder. ``every`` steps between checkpoints (0: only the final
-    one), the newest ``keep`` kept. Without a folder, nothing is saved or loaded."""
+    one), the newest ``keep`` kept (0: all; the worker then prunes as the run's points are
+    stored, see bncore/checkpoint_files.py). Without a folder, nothing is saved or loaded."""
 
     def __init__(self, directory: str | Path | None, spec: JobSpec, every: int, keep: int):
         self.directory = Path(directory) if directory else None
-        self.every, self.keep = every, max(1, keep)
+        self.every, self.keep = every, keep
         self.fingerprint = spec_fingerprint(spec)
 
     def due(self, step: int) -> bool:
         return self.directory is not None and self.every > 0 and step > 0 and step % self.every == 0
 
     def save(self, step: int, state: dict[str, Any]) -> None:
-        """Write the state after ``step`` atomically, then drop all but the newest ``keep``."""
+        """Write the state after ``step`` atomically, then drop all but the newest ``keep``
+        (none with ``keep`` 0)."""
         if self.directory is None:
             return
         payload = {"format": FORMAT, "fingerprint": self.fingerprint, "step": step, **state}
-        _atomic_save(payload, self.directory / f"{_PREFIX}{step:09d}{_SUFFIX}")
-        for old in self._steps()[self.keep :]:
-            with contextlib.suppress(OSError):
-                old.unlink()
+        _atomic_save(payload, step_path(self.directory, step))
+        if self.keep > 0:
+            prune(self.directory, self.keep, step)
 
     def save_final(self, model_state: dict[str, Any]) -> None:
         if self.directory is not None:
@@ -125,7 +127,7 @@ class Checkpoints:
         if self.directory is None:
             return None, refused
         initial = copy.deepcopy(parts.state())
-        for path in self._steps():
+        for _, path in step_checkpoints(self.directory):
             try:
                 payload = self._read(path)
                 if max_step is not None and payload["step"] > max_step:
@@ -149,12 +151,6 @@ class Checkpoints:
         if payload.get("fingerprint") != self.fingerprint:
             raise CheckpointRefused("made for another spec")
         return payload
-
-    def _steps(self) -> list[Path]:
-        """Step checkpoints, newest first."""
-        if self.directory is None or not self.directory.is_dir():
-            return []
-        return sorted(self.directory.glob(f"{_PREFIX}*{_SUFFIX}"), reverse=True)
 
 
 @dataclass

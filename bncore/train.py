@@ -388,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint-dir", default=None, help="resume from and save checkpoints here"
     )
     parser.add_argument("--checkpoint-every", type=int, default=500, help="steps (0: at the end)")
-    parser.add_argument("--checkpoint-keep", type=int, default=2, help="newest checkpoints kept")
+    parser.add_argument(
+        "--checkpoint-keep",
+        type=int,
+        default=2,
+        help="newest checkpoints kept (0: all; the worker prunes as the points are stored)",
+    )
     parser.add_argument(
         "--resume-max-step", type=int, default=None, help="resume from no later step than this"
     )

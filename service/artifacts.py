@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bncore.checkpoint_files import FINAL_MODEL
 from service.settings import Settings
-
-FINAL_MODEL_FILE = "model.pt"  # = bncore.checkpoint.FINAL_MODEL (that module imports torch)
 
 
 def run_artifact_dir(settings: Settings, run_id: str) -> Path:
@@ -21,4 +20,4 @@ def run_artifact_dir(settings: Settings, run_id: str) -> Path:
 
 def final_model_path(settings: Settings, run_id: str) -> Path:
     """The final ``state_dict`` of the run's model (torch format), once it finished."""
-    return run_artifact_dir(settings, run_id) / FINAL_MODEL_FILE
+    return run_artifact_dir(settings, run_id) / FINAL_MODEL

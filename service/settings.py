@@ -105,7 +105,11 @@ class Settings(BaseSettings):
         500, ge=0, description="Training steps between checkpoints (0: only the final one)."
     )
     checkpoint_keep: int = Field(
-        2, ge=1, description="Checkpoints kept per run (the newest; the final model is extra)."
+        2,
+        ge=1,
+        description="Checkpoints kept per run: the newest whose step the stored "
+        "curve reaches (a retry may resume from them), besides any later ones; the final "
+        "model is extra.",
     )
     reap_grace_s: float | None = Field(
         None,

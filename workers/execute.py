@@ -47,6 +47,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from bncore import events
+from bncore.checkpoint_files import prune
 from service import store
 from service.artifacts import run_artifact_dir
 from service.db import first_line, open_session, with_db_retry
@@ -111,7 +112,7 @@ class _Execution:
         self._kill_lock = threading.Lock()
 
     def run(self) -> str:
-        writer = MetricWriter(self.run_id, self.token, self.settings)
+        writer = MetricWriter(self.run_id, self.token, self.settings, self._prune_checkpoints)
         heartbeat = Heartbeat(
             self.run_id, self.worker, self.token, self.device, self.settings, self._stop
         )
@@ -181,7 +182,7 @@ class _Execution:
             "--checkpoint-every",
             str(self.settings.checkpoint_every),
             "--checkpoint-keep",
-            str(self.settings.checkpoint_keep),
+            "0",  # all: _prune_checkpoints keeps what a retry may still resume from
             # A checkpoint past the points stored so far would leave a gap in the curve.
             "--resume-max-step",
             str(self.stored_step),
@@ -201,6 +202,15 @@ class _Execution:
         )
         log.info("run %s: trainer started (pid %d) on %s", self.run_id, proc.pid, self.device)
         return proc
+
+    def _prune_checkpoints(self, stored_step: int) -> None:
+        """Points up to ``stored_step`` are stored: keep the newest ``checkpoint_keep``
+        checkpoints at or before it and every later one (a retry resumes from the newest
+        checkpoint its stored curve reaches; the trainer, running ahead of the store, cannot
+        know which that is). Only after this attempt's own fenced writes: a lost attempt
+        prunes nothing."""
+        directory = run_artifact_dir(self.settings, self.run_id)
+        prune(directory, self.settings.checkpoint_keep, stored_step)
 
     def _read_events(self, writer: MetricWriter) -> None:
         assert self.proc is not None and self.proc.stdout is not None

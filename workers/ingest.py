@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -37,9 +38,16 @@ class MetricWriter(threading.Thread):
     FLUSH_INTERVAL_S or FLUSH_POINTS. A database error keeps the points buffered and retries
     with backoff, so the reader (and the trainer behind it) never waits on the database."""
 
-    def __init__(self, run_id: str, token: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        token: str,
+        settings: Settings,
+        on_stored: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__(name=f"metrics-{run_id[:8]}", daemon=True)
         self.run_id, self.token = run_id, token
+        self.on_stored = on_stored  # called with the last step stored, after each write
         self.claim_lost = False  # a write found the run claimed by another attempt
         self.settings = settings
         self.max_step: int | None = None
@@ -92,6 +100,8 @@ class MetricWriter(threading.Thread):
             try:
                 self._write(start, batch)
                 delay = 0.2
+                if batch and self.on_stored is not None:
+                    self.on_stored(max(step for _, step, _ in batch))
             except ClaimLost:
                 log.warning(
                     "run %s: claimed by another attempt; %d metric point(s) dropped",

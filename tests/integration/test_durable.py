@@ -140,11 +140,6 @@ def assert_same_curve(got: dict, expected: dict) -> None:
         ), (key, value, got[key])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="quarantined (issue 12): on a loaded machine the retry sometimes finds no usable "
-    "checkpoint and restarts from step 0 (resumed_step -1); the run still succeeds",
-)
 def test_a_stalled_worker_never_records_over_its_same_named_peer(
     private_redis, fault_db: str, processes: list[Proc], logs: Path, tmp_path: Path
 ) -> None:
@@ -192,11 +187,6 @@ def _gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="quarantined (issue 12): on a loaded machine the retry sometimes finds no usable "
-    "checkpoint and restarts from step 0 (resumed_step -1); the run still succeeds",
-)
 def test_a_run_killed_mid_way_resumes_to_the_same_curve(
     private_redis, fault_db: str, processes: list[Proc], logs: Path, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bncore.checkpoint import FINAL_MODEL, Checkpoints
+from bncore.checkpoint_files import prune, step_checkpoints, step_path
 from bncore.models import build_model
 from bncore.spec import JobSpec
 from bncore.train import train
@@ -121,3 +122,19 @@ def test_unusable_checkpoints_are_refused_with_a_reason(tmp_path: Path, damage: 
     assert events[0]["step"] == 20 and "step-000000040.pt refused" in reason
     assert ("unreadable" if damage == "corrupt" else "another spec") in reason
     assert events[-1]["outcome"] == "succeeded"
+
+
+def test_pruning_keeps_what_the_stored_curve_can_resume_from(tmp_path: Path) -> None:
+    """The trainer runs ahead of the store: with checkpoints at 20..80 and points stored only
+    up to 45, the newest checkpoint a retry may use (40) survives however far the trainer got,
+    and so does every later one; only the older usable ones beyond ``keep`` go."""
+    ckpts = Checkpoints(tmp_path, SPEC, every=20, keep=0)  # keep 0: the trainer prunes nothing
+    run_until(SPEC, ckpts, stop_step=85)
+    assert [step for step, _ in step_checkpoints(tmp_path)] == [80, 60, 40, 20]
+
+    assert prune(tmp_path, keep=1, stored_step=45) == [step_path(tmp_path, 20)]
+    assert [step for step, _ in step_checkpoints(tmp_path)] == [80, 60, 40]
+    assert list(train(SPEC, checkpoints=ckpts, resume_max_step=45))[0]["step"] == 40
+
+    assert prune(tmp_path, keep=2, stored_step=80) == [step_path(tmp_path, 40)]
+    assert prune(tmp_path, keep=2, stored_step=10) == []  # nothing stored reaches any of them

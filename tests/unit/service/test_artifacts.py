@@ -10,12 +10,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from bncore.checkpoint import FINAL_MODEL
 from bncore.models import build_model
 from bncore.spec import JobSpec
 from service import store
 from service.app import create_app
-from service.artifacts import FINAL_MODEL_FILE, final_model_path
+from service.artifacts import final_model_path
 from service.client import BnlabClient, BnlabError
 from service.settings import Settings
 
@@ -77,7 +76,3 @@ def test_an_unknown_run_has_no_checkpoint(api, tmp_path: Path) -> None:  # noqa:
     with pytest.raises(BnlabError) as missing:
         client.download("00000000-0000-0000-0000-000000000000", tmp_path)
     assert missing.value.status == 404
-
-
-def test_the_service_names_the_trainers_final_model_file() -> None:
-    assert FINAL_MODEL_FILE == FINAL_MODEL

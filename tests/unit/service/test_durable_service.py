@@ -137,11 +137,6 @@ def test_the_temporary_folders_of_killed_runs_are_removed(tmp_path: Path) -> Non
     assert not killed.exists() and live.exists() and unrelated.exists()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="quarantined (issue 12): on a loaded machine the retry sometimes finds no usable "
-    "checkpoint and restarts from step 0 (resumed_step -1); the run still succeeds",
-)
 def test_a_run_requeued_while_its_process_runs_is_executed_again(db_settings: Settings) -> None:
     """F2: the reaper requeued the run (its process looked stalled) and the maintenance pass
     submitted it again while that process still counted as pending."""
