@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import store
 from service.api.common import MAX_STEP, NOT_FOUND, PROBLEM, RunId, SweepId
-from service.api.metrics import page_series
+from service.api.paging import page_series
 from service.api.streams import SharedReads, StreamState, client_address, for_app
 from service.models import Run
 from service.schemas import MAX_SWEEP_RUNS, RunOut

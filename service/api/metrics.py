@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from service.analysis.downsample import downsample_indices
 from service.api.cache import etag, finished_cache, heavy_slot, live_cache, not_modified
 from service.api.common import MAX_STEP, NOT_FOUND, PROBLEM, RunId
 from service.api.deps import SettingsDep, in_session, json_body
+from service.api.paging import decode_step_cursor, encode_step_cursor, page_arrays
 from service.schemas import KeyInfo, MetricsOut, SeriesOut
 from service.settings import Settings
 from service.store import FINISHED
@@ -23,57 +23,12 @@ from service.store.series import Arrays, as_lists
 
 router = APIRouter(prefix="/runs", tags=["metrics"])
 
-Points = list[tuple[int, float | None]]
 EMPTY: Arrays = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
 Summary = dict[str, dict[str, int]]
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # Steps are 32-bit integer columns: a larger bound overflows the database driver (SQLite:
 # OverflowError, PostgreSQL: "integer out of range"), a 500 before these limits existed.
 MAX_KEYS = 64
-
-
-def encode_step_cursor(step: int) -> str:
-    return base64.urlsafe_b64encode(f"step:{step}".encode()).decode().rstrip("=")
-
-
-def decode_step_cursor(cursor: str) -> int:
-    """The step a metrics cursor continues after; ValueError for anything we did not make."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, step = raw.partition(":")
-        if prefix != "step" or not 0 <= int(step) <= MAX_STEP:
-            raise ValueError
-        return int(step)
-    except Exception as exc:
-        raise ValueError("invalid cursor") from exc
-
-
-def page_series(series: dict[str, Points], limit: int) -> tuple[dict[str, Points], int | None]:
-    """page_arrays for (step, value) pairs (the event stream pages these)."""
-    truncated = [points[limit - 1][0] for points in series.values() if len(points) > limit]
-    if not truncated:
-        return series, None
-    boundary = min(truncated)
-    return {k: [p for p in pts if p[0] <= boundary] for k, pts in series.items()}, boundary
-
-
-def page_arrays(series: dict[str, Arrays], limit: int) -> tuple[dict[str, Arrays], int | None]:
-    """Cut series (steps and values arrays per key, after the cursor) into one page.
-
-    Keys are paged together by step: the page ends at the smallest ``limit``-th step among the
-    keys that have more than ``limit`` points, and every key is cut there. So a dense key (every
-    step) and a sparse one (every 100th) both continue from the same step on the next page:
-    no point is skipped and none is sent twice. Returns (page, step to continue after or None).
-    """
-    truncated = [int(steps[limit - 1]) for steps, _ in series.values() if len(steps) > limit]
-    if not truncated:
-        return series, None
-    boundary = min(truncated)
-    page = {}
-    for key, (steps, values) in series.items():
-        end = int(np.searchsorted(steps, boundary, "right"))
-        page[key] = (steps[:end], values[:end])
-    return page, boundary
 
 
 def parse_keys(keys: str | None) -> list[str] | None:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from service import store
-from service.api.metrics import page_series
+from service.api.paging import page_series
 
 RUNS = "/api/v1/runs"
 
