@@ -44,6 +44,10 @@ def lttb(points: Sequence[Point], n: int) -> list[Point]:
 def downsample(points: Sequence[MaybePoint], n: int) -> list[MaybePoint]:
     """At most ``n`` of ``points`` (in step order): LTTB plus the first, last, minimum and
     maximum finite points, and the first and last missing values as markers."""
+    steps, values = getattr(points, "steps", None), getattr(points, "values", None)
+    if isinstance(steps, np.ndarray) and isinstance(values, np.ndarray):
+        # A clean Curve (service.analysis.runs): its arrays as they are, no None in them.
+        return [(int(steps[i]), float(values[i])) for i in downsample_indices(steps, values, n)]
     pts = list(points)
     kept = downsample_indices([s for s, _ in pts], [v for _, v in pts], n)
     return [pts[i] for i in kept]
@@ -60,7 +64,7 @@ def downsample_indices(steps: Sequence[float], values: Sequence[float | None], n
         raise ValueError(f"downsample needs n >= {MIN_POINTS} (first, last, min, max), got {n}")
     if len(steps) <= n:
         return list(range(len(steps)))
-    if None not in values:  # the usual case: nothing to set aside
+    if isinstance(values, np.ndarray) or None not in values:  # usual: nothing to set aside
         return _downsample(np.asarray(steps, dtype=float), np.asarray(values, dtype=float), n)
     finite = [i for i, v in enumerate(values) if v is not None]
     nulls = [i for i, v in enumerate(values) if v is None]

@@ -2,14 +2,19 @@
 
 Pure functions over ``(step, value)`` pairs: no database, no HTTP, no torch. Missing or
 non-finite values (a diverged loss) are dropped by :func:`clean` before anything is measured.
+``clean`` returns a :class:`Curve` (still a list of pairs) that the measures take as it is and
+read through numpy: a comparison measures each series several times, and over 10 runs × 10k
+steps re-cleaning and looping in Python was most of its time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 Point = tuple[int, float]
 Series = list[Point]
@@ -41,7 +46,7 @@ class RunData:
     diverged_step: int | None = None
     metrics: dict[str, Series] = field(default_factory=dict)
 
-    def series(self, key: str) -> Series:
+    def series(self, key: str) -> Curve:
         """The finite points of one metric, sorted by step."""
         return clean(self.metrics.get(key, []))
 
@@ -60,10 +65,48 @@ class RunData:
         return max(int(self.spec.get("steps") or 0), int(last))
 
 
-def clean(points: Iterable[Sequence[Any]]) -> Series:
-    """Sort by step and drop points whose value is missing or not finite."""
+class Curve(Sequence[Point]):
+    """A clean series: finite ``(step, value)`` points sorted by step, as :func:`clean` makes
+    them, held as two numpy arrays (``steps``, ``values``) that the measures read directly;
+    indexing and iterating give ``(int, float)`` pairs, and it equals a list of the same
+    pairs."""
+
+    def __init__(self, steps: np.ndarray, values: np.ndarray) -> None:
+        self.steps, self.values = steps, values
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(zip(self.steps[index].tolist(), self.values[index].tolist(), strict=True))
+        return int(self.steps[index]), float(self.values[index])
+
+    def __iter__(self) -> Iterator[Point]:
+        return zip(self.steps.tolist(), self.values.tolist(), strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Curve({list(self)!r})"
+
+
+def curve_of(steps: np.ndarray, values: np.ndarray) -> Curve:
+    """The Curve of arrays already in step order (the store's): non-finite values dropped."""
+    finite = np.isfinite(values)
+    return Curve(np.asarray(steps[finite], dtype=np.int64), np.asarray(values[finite], float))
+
+
+def clean(points: Iterable[Sequence[Any]]) -> Curve:
+    """Sort by step and drop points whose value is missing or not finite (a Curve is
+    returned as it is: it is clean already)."""
+    if isinstance(points, Curve):
+        return points
     out = [(int(s), float(v)) for s, v in points if v is not None and math.isfinite(float(v))]
-    return sorted(out, key=lambda p: p[0])
+    out.sort(key=lambda p: p[0])
+    steps = np.array([s for s, _ in out], dtype=np.int64)
+    return Curve(steps, np.array([v for _, v in out], dtype=float))
 
 
 def higher_is_better(metric: str) -> bool:
@@ -78,24 +121,24 @@ def steps_to_target(
 
     ``None`` means the target was never reached: a censored value, not an error.
     """
-    for step, value in clean(points):
-        if (value >= target) if higher_is_better else (value <= target):
-            return step
-    return None
+    curve = clean(points)
+    hit = curve.values >= target if higher_is_better else curve.values <= target
+    first = int(np.argmax(hit)) if len(hit) else 0
+    return int(curve.steps[first]) if len(hit) and hit[first] else None
 
 
 def best(points: Sequence[Point], higher_is_better: bool = True) -> float | None:
     """The best value of a series (max, or min for a loss); None for an empty series."""
-    values = [v for _, v in clean(points)]
-    if not values:
+    values = clean(points).values
+    if not len(values):
         return None
-    return max(values) if higher_is_better else min(values)
+    return float(values.max() if higher_is_better else values.min())
 
 
 def final(points: Sequence[Point]) -> float | None:
     """The value at the last finite point; None for an empty series."""
-    pts = clean(points)
-    return pts[-1][1] if pts else None
+    values = clean(points).values
+    return float(values[-1]) if len(values) else None
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -116,17 +159,18 @@ def tail_gain(
     ``last - tail × (last - first)``. None (unknown) when the head is empty, the tail has fewer
     than two points, or the head's best is 0.
     """
-    pts = clean(points)
-    if len(pts) < 3:
+    curve = clean(points)
+    steps, values = curve.steps, curve.values
+    if len(steps) < 3:
         return None
-    start = pts[-1][0] - tail * (pts[-1][0] - pts[0][0])
-    head = [v for s, v in pts if s < start]
-    rest = [v for s, v in pts if s >= start]
-    if not head or len(rest) < 2:
+    start = int(steps[-1]) - tail * (int(steps[-1]) - int(steps[0]))
+    in_tail = steps >= start
+    head, rest = values[~in_tail], values[in_tail]
+    if not len(head) or len(rest) < 2:
         return None
     sign = 1.0 if higher_is_better else -1.0
-    head_best = max(sign * v for v in head)
-    gain = max(sign * v for v in rest) - head_best
+    head_best = float((sign * head).max())
+    gain = float((sign * rest).max()) - head_best
     if head_best == 0:
         return None
     return max(0.0, gain) / abs(head_best)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from service import store
 from service.analysis.compare import Comparison, ComparisonError, RunData, compare
+from service.analysis.runs import Curve, curve_of
 from service.analysis.table import to_csv
 from service.analysis.targets import DEFAULT_FRACTIONS, MAX_TARGETS
 from service.api.cache import etag, finished_cache, heavy_slot, live_cache, not_modified
@@ -186,7 +187,7 @@ class _Pairs(Mapping[str, list]):
 @dataclass
 class StoredRun(RunData):
     """A RunData over the store's arrays: ``series(key)`` (the finite points in step order, as
-    ``clean`` makes them) is computed once per key with numpy, not once per use from pairs.
+    ``clean`` makes them) is built once per key from the arrays, not once per use from pairs.
     A comparison asks for each series several times; over 10 runs x 10k steps that repetition
     was most of its time."""
 
@@ -194,16 +195,12 @@ class StoredRun(RunData):
 
     def __post_init__(self) -> None:
         self.metrics = _Pairs(self.arrays)
-        self._clean: dict[str, list] = {}
+        self._curves: dict[str, Curve] = {}
 
-    def series(self, key: str) -> list:
-        if key not in self._clean:
-            steps, values = self.arrays.get(key, EMPTY)
-            finite = np.isfinite(values)
-            self._clean[key] = list(
-                zip(steps[finite].tolist(), values[finite].tolist(), strict=True)
-            )
-        return list(self._clean[key])  # a copy: callers own what they get, as from clean()
+    def series(self, key: str) -> Curve:
+        if key not in self._curves:
+            self._curves[key] = curve_of(*self.arrays.get(key, EMPTY))
+        return self._curves[key]
 
     @property
     def budget(self) -> int:
