@@ -8,9 +8,15 @@ C++ autograd Function (no Python in the backward).
 
 Build
     On first use, with torch.utils.cpp_extension (the machine's C++ compiler and ninja), into
-    ``$BNCORE_EXT_DIR`` or ``~/.cache/bncore/ext``, in a folder named by the source's hash and
-    the torch version: a changed source or torch rebuilds, later processes load the built
-    library (torch's build lock makes concurrent first uses wait for one build). Logged once.
+    ``$BNCORE_EXT_DIR`` or ``~/.cache/bncore/ext``, in a folder named by the source's hash,
+    the torch version and the interpreter's environment (two virtualenvs sharing the cache
+    would otherwise rebuild it in turn, their include paths differ): a changed source or
+    torch rebuilds, later processes load the built library. Logged once.
+
+    Concurrent first uses wait for one build under an ``flock`` (released by the kernel when
+    its holder dies). torch's own build lock is a plain file that a process killed mid-build
+    (a cancelled trainer) leaves behind, and every later build would wait on it forever: held
+    under the flock, no build is running, so such a file is stale and removed.
 
 Fallback
     ``BNCORE_NO_EXT=1`` (read once, at import), no compiler, or a failed build or load: every
@@ -20,10 +26,14 @@ Fallback
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,9 +52,24 @@ _stats = {"calls": 0, "fallback_calls": 0}
 
 
 def _build_dir() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(SOURCE.read_bytes() + sys.prefix.encode()).hexdigest()[:16]
     root = os.environ.get("BNCORE_EXT_DIR") or Path.home() / ".cache" / "bncore" / "ext"
     return Path(root) / f"torch{torch.__version__}-{digest}"
+
+
+@contextlib.contextmanager
+def _build_lock(build: Path) -> Iterator[None]:
+    """Hold the build folder's flock; under it, torch's lock file can only be stale."""
+    with open(build / "bncore.flock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = build / "lock"  # torch.utils.cpp_extension's FileBaton
+            if stale.exists():
+                log.warning("bncore: removing a stale build lock %s (a killed build)", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def compiler_found() -> bool:
@@ -68,13 +93,14 @@ def _load() -> ModuleType | None:
         fresh = not any(build.glob("*.so"))
         if fresh:
             log.warning("bncore: building the C++ batch-norm operator into %s (once)", build)
-        _module = cpp_extension.load(
-            name="bncore_batch_norm",
-            sources=[str(SOURCE)],
-            build_directory=str(build),
-            extra_cflags=["-O3"],
-            verbose=False,
-        )
+        with _build_lock(build):
+            _module = cpp_extension.load(
+                name="bncore_batch_norm",
+                sources=[str(SOURCE)],
+                build_directory=str(build),
+                extra_cflags=["-O3"],
+                verbose=False,
+            )
     except Exception as err:  # no compiler, a compile error, an ABI mismatch: Python path
         _error = f"{type(err).__name__}: {err}".strip()[:2000]
         log.warning("bncore: C++ batch-norm operator unavailable (%s); using Python", _error)

@@ -8,7 +8,8 @@ Every ``heartbeat_timeout_s / 4`` the API (``service/app.py``'s lifespan) runs `
   ``reap_grace_s`` (default: the heartbeat timeout) before judging them again
   (``OutageGrace``);
 * runs the broker refused when they were submitted are submitted again;
-* queued runs whose message the broker may have lost (``Executor.resubmit_due``) are sent again.
+* queued runs whose message the broker may have lost (``Executor.resubmit_due``) are sent again;
+* rows of workers silent for ``worker_retention_s`` are removed (each process has its own).
 
 A duplicate submission is harmless: claiming a run is a guarded UPDATE (workers/execute.py).
 """
@@ -85,6 +86,8 @@ def _maintain(
             log.warning("run %s lost its worker: now %s", run_id, status)
             if status == RunStatus.queued:
                 submit_run(session, executor, run_id)
+        if pruned := store.prune_workers(session, settings.worker_retention_s):
+            log.info("removed %d worker row(s) silent too long", pruned)
         refused = store.submit_failed_run_ids(session)
         for run_id in refused:
             if not submit_run(session, executor, run_id, retry=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -67,6 +68,21 @@ def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict
 def embedded_worker_name() -> str:
     """The worker name of this host's embedded executor (runs it left running are its own)."""
     return f"embedded@{socket.gethostname()}"
+
+
+WORKER_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+def check_worker_prefix(prefix: str) -> str:
+    """``prefix`` if it can start a worker name (``bnlab worker --name``), else ValueError:
+    '@' and ':' separate the host and the process in ``PREFIX@HOST:PID:RANDOM``."""
+    if not WORKER_PREFIX.fullmatch(prefix):
+        raise ValueError(
+            f"invalid worker name {prefix[:60]!r}: 1 to 40 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit (the host, process id and a random part are "
+            "added: NAME@host:pid:random)"
+        )
+    return prefix
 
 
 def unique_worker_id(prefix: str) -> str:

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         description="After the database was unreachable, the reaper waits this long (default: "
         "heartbeat_timeout_s) before judging heartbeats, which could not land meanwhile.",
     )
+    worker_retention_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="A worker row silent this long (a stopped worker or process; every process "
+        "has a name of its own) is removed from GET /api/v1/workers by the maintenance pass.",
+    )
     max_streams: int = Field(
         100, ge=1, description="Concurrent event streams (SSE) the server serves in all."
     )

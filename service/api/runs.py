@@ -22,6 +22,7 @@ from service.api.deps import (
     json_body,
     json_response,
 )
+from service.artifacts import remove_run_artifacts
 from service.executor import submit_run
 from service.quotas import RATE_LIMIT_DOC, RETRY_AFTER, RUN_QUOTA_DOC, enforce_run_quotas
 from service.schemas import RunOut, RunPage, RunPatch, RunQuery, Tag
@@ -204,7 +205,8 @@ def cancel_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> Any:
     "/{run_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a finished run",
-    description="Deletes the run and its metrics. Queued or running runs: cancel them first. "
+    description="Deletes the run, its metrics and its files (checkpoints, final model). "
+    "Queued or running runs: cancel them first. "
     "A `submit` key may delete the runs it submitted; anyone else's need an `admin` key. "
     "Every delete is in the audit trail.",
     responses={
@@ -213,11 +215,14 @@ def cancel_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> Any:
         409: {**PROBLEM, "description": "The run has not finished."},
     },
 )
-def delete_run(run_id: RunId, session: SessionDep, caller: CallerDep) -> Response:
+def delete_run(
+    run_id: RunId, session: SessionDep, caller: CallerDep, settings: SettingsDep
+) -> Response:
     run = store.get_run(session, run_id)
     ensure_may_change(caller, run.created_by, "deleting")
     status_before = run.status
     store.delete_run(session, run_id)
+    remove_run_artifacts(settings, run_id)
     audit.record(session, "delete", run_id, caller_name(caller), detail=f"was {status_before}")
     log.info("run %s deleted", run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

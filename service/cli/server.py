@@ -25,7 +25,7 @@ import typer
 from service.auth import ApiKey, Scope, check_name, hash_key, load_keys, new_key
 from service.cli.common import command, console, examples, fail, log_line
 from service.client import DEFAULT_SERVER
-from service.proc import port_in_use
+from service.proc import check_worker_prefix, port_in_use
 from service.settings import Settings, get_settings
 
 APP_FACTORY = "service.app:create_app"  # imported by uvicorn, in the server process
@@ -246,6 +246,11 @@ def worker(
             "BNLAB_BROKER_URL=redis://127.0.0.1:6379/0). Without one, `bnlab serve` trains "
             "runs itself (embedded mode) and no worker is needed."
         )
+    if name is not None:
+        try:
+            check_worker_prefix(name)
+        except ValueError as exc:
+            fail(f"--name: {exc}")
     queues = queue or [settings.queue]
     command_line = worker_command(concurrency, queues, loglevel, name)
     log_line(

@@ -57,7 +57,7 @@ from service.store.runs import (
     set_queued_reason,
 )
 from service.store.sweeps import create_sweep, expand_grid, get_sweep, list_sweeps, sweep_runs
-from service.store.workers import list_workers, worker_alive, worker_seen
+from service.store.workers import list_workers, prune_workers, worker_alive, worker_seen
 from service.vocab import FINISHED_STATUSES as FINISHED
 from service.vocab import SUBMIT_FAILED, WAITING, RunStatus
 
@@ -98,6 +98,7 @@ __all__ = [
     "list_runs",
     "list_sweeps",
     "list_workers",
+    "prune_workers",
     "metric_summary",
     "metric_versions",
     "read_series",

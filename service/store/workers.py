@@ -3,7 +3,9 @@ can tell who is alive (independent of any run's heartbeat)."""
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,3 +44,12 @@ def worker_alive(session: Session, name: str, *, device: str) -> None:
 
 def list_workers(session: Session) -> list[Worker]:
     return list(session.scalars(select(Worker).order_by(Worker.name)))
+
+
+def prune_workers(session: Session, silent_for_s: float) -> int:
+    """Delete the rows of workers silent for ``silent_for_s`` or longer (worker names are
+    unique per process, so the rows of stopped ones would pile up); returns how many."""
+    cutoff = utcnow() - timedelta(seconds=silent_for_s)
+    removed = session.execute(delete(Worker).where(Worker.last_heartbeat <= cutoff)).rowcount
+    session.commit()
+    return removed

@@ -6,6 +6,8 @@ and real ``bnlab serve`` processes.
   its trainer, and the stored curve is exactly the retry's.
 * F6: a worker killed with SIGKILL mid-run; the retry resumes from the checkpoint and the
   stored curve equals an uninterrupted run's.
+* F2: an embedded run whose execution process stalls (SIGSTOP) past the timeout is requeued and
+  executed again by the same server; resumed, the stale process records nothing.
 * F3: a second embedded server on the same database leaves the first one's run alone.
 * A database outage longer than the heartbeat timeout reaps no healthy run.
 """
@@ -229,6 +231,39 @@ def test_a_second_embedded_server_leaves_the_first_ones_run_alone(
     assert "lost" not in second.log() and "previous server" not in second.log()
     httpx.post(f"{base}/api/v1/runs/{run_id}/cancel", timeout=10)
     wait_until(lambda: load(settings, run_id).status == "cancelled", 60, "the cancel")
+
+
+def test_an_embedded_run_whose_process_stalls_is_executed_again(
+    fault_db: str, processes: list[Proc], logs: Path, tmp_path: Path
+) -> None:
+    import httpx2 as httpx
+
+    settings = fault_settings(fault_db, None, tmp_path, checkpoint_every=100)
+    server = start_server(settings, logs, processes, "stall")
+    base = server.extra["base"]
+    run_id = httpx.post(f"{base}/api/v1/runs", json=LONG, timeout=10).json()["id"]
+    trainer, execution = the_trainer(server.proc.pid)
+    wait_until(lambda: (load(settings, run_id).last_step or 0) >= 300, 120, "progress")
+
+    os.kill(trainer, signal.SIGSTOP)
+    os.kill(execution, signal.SIGSTOP)
+    try:  # the server's own maintenance pass reaps the run and submits it again
+        wait_until(
+            lambda: load(settings, run_id).attempt == 2 and load(settings, run_id).worker,
+            120,
+            "the run to be executed again",
+        )
+    finally:
+        os.kill(execution, signal.SIGCONT)
+        os.kill(trainer, signal.SIGCONT)
+    wait_until(lambda: _gone(trainer), 30, "the stale trainer to stop")
+    wait_until(lambda: load(settings, run_id).status in FINISHED, 240, "the run to finish")
+
+    run = load(settings, run_id)
+    assert run.status == "succeeded" and run.attempt == 2, run.status_reason
+    assert worker_host_pid(run.worker)[1] == server.proc.pid  # the same server executed it
+    assert run.resumed_step is not None and run.resumed_step >= 300 - 100
+    assert_same_curve(stored_curve(settings, run_id), reference_curve(LONG))
 
 
 def test_a_database_outage_longer_than_the_timeout_reaps_no_healthy_run(

@@ -12,7 +12,12 @@ Skipped only where no C++ compiler exists; a compiler with a failing build is a 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +130,22 @@ def test_inference_mode_tensors() -> None:
         y = BF.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)
     ref = torch.nn.functional.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)
     torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-10)
+
+
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_one(tmp_path: Path) -> None:
+    """torch's build lock is a plain file: a process killed mid-build leaves it, and every
+    later first use would wait on it forever. Under bncore's flock it is known stale and
+    removed, and the (already built) operator loads."""
+    assert _native.module() is not None  # built: the copy below only needs loading
+    built = _native._build_dir()
+    copy = tmp_path / built.name
+    shutil.copytree(built, copy, ignore=shutil.ignore_patterns("lock", "*.flock"))
+    (copy / "lock").touch()  # what the killed build left
+
+    probe = "from bncore import _native; print(_native.module() is not None)"
+    env = {**os.environ, "BNCORE_EXT_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.stdout.strip() == "True", done.stderr[-2000:]
+    assert "stale build lock" in done.stderr and not (copy / "lock").exists()

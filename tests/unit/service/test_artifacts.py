@@ -70,6 +70,9 @@ def test_the_final_model_downloads_and_loads_into_bncore_models(api, tmp_path: P
         assert torch.equal(model.state_dict()[name], value), name
     assert not list(tmp_path.glob(".*.part"))
 
+    client.delete(run["id"])  # the run's files go with it
+    assert not final.parent.exists() and final.parent.parent.is_dir()
+
 
 def test_an_unknown_run_has_no_checkpoint(api, tmp_path: Path) -> None:  # noqa: ANN001
     client, _settings, _app = api

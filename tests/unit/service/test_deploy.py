@@ -100,3 +100,13 @@ def test_dockerfile_copies_what_exists_and_pins_the_same_torch() -> None:
     assert "torch==2.13.0" in pyproject["project"]["dependencies"]
     assert '"torch==2.13.0"' in dockerfile
     assert "deploy" in pyproject["project"]["optional-dependencies"]
+
+
+def test_the_api_serves_the_artifacts_the_workers_write(compose: dict) -> None:
+    """Checkpoints and final models: one named volume, mounted where both look for them."""
+    services = compose["services"]
+    for name in ("api", "worker"):
+        folder = services[name]["environment"]["BNLAB_ARTIFACT_DIR"]
+        mounts = {(m["source"], m["target"]) for m in services[name]["volumes"]}
+        assert ("artifacts", folder) in mounts, name
+    assert "artifacts" in compose["volumes"]

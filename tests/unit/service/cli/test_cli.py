@@ -103,6 +103,14 @@ def test_worker_execs_celery_by_module_name(monkeypatch) -> None:
     assert invoke("worker").exit_code == 0
     assert executed[0][-2:] == ["--queues", settings.queue]
 
+    executed.clear()
+    assert invoke("worker", "--name", "gpu-0.a").exit_code == 0
+    assert executed[0][-2:] == ["--hostname", "gpu-0.a@%h"]
+    for bad in ("gpu@box", "a:b", "-x", "", "x" * 41, "gpu 0"):
+        result = invoke("worker", "--name", bad)
+        assert result.exit_code == 1 and "invalid worker name" in result.stderr, bad
+    assert len(executed) == 1  # no bad name reached Celery
+
 
 def test_parse_grid_values() -> None:
     grid = specs.parse_grid(
