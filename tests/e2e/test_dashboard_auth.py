@@ -159,6 +159,7 @@ def test_asks_for_a_key_refuses_a_wrong_one_and_keeps_it_for_the_tab(
     page.locator(f"#runs-table tr[data-run-id='{run_id}']").wait_for()
     expect(page.locator("#key-state")).to_be_visible()
     assert storage(page) == {"session": READ_KEY, "local": None}
+    page.locator(".topbar").screenshot(path=str(artifacts_dir / "dashboard-key-set.png"))
 
     # A new tab of the same browser shares localStorage but not sessionStorage: it asks again.
     other = page.context.new_page()
