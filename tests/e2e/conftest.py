@@ -60,22 +60,24 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def live_app(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """The production app (embedded executor, SQLite in a temporary directory), not started."""
+def live_app(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):  # noqa: ANN201
+    """The production app (embedded executor, SQLite in a temporary directory), not started.
+    A test module may set ``LIVE_APP_SETTINGS`` (e.g. API keys) to change its settings."""
     _require_browser()
     from service.app import create_app
     from service.settings import Settings
 
     tmp = tmp_path_factory.mktemp("e2e")
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp / 'bnlab.db'}",
-        broker_url=None,  # the embedded executor, whatever the environment says
-        api_key_hashes=[],
-        data_dir=tmp,
-        heartbeat_interval_s=1.0,
-        embedded_concurrency=1,
-    )
+    values = {
+        "database_url": f"sqlite:///{tmp / 'bnlab.db'}",
+        "broker_url": None,  # the embedded executor, whatever the environment says
+        "api_key_hashes": [],
+        "data_dir": tmp,
+        "heartbeat_interval_s": 1.0,
+        "embedded_concurrency": 1,
+    }
+    values.update(getattr(request.module, "LIVE_APP_SETTINGS", {}))
+    settings = Settings(_env_file=None, **values)
     return create_app(settings)
 
 

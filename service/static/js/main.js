@@ -5,6 +5,7 @@
 // from the server's GET /api/v1/vocab, read once before the first view opens.
 
 import { loadVocab, problemText } from "./api.js";
+import { askForKey, currentKey, forgetKey, initKeyDialog, migrateStoredKey, onKeyChange } from "./auth.js";
 import { $, showBanner } from "./dom.js";
 import { startRouter } from "./router.js";
 import { compareView, initCompareView } from "./views/compare.js";
@@ -13,17 +14,30 @@ import { initRunsView, runsView } from "./views/runs.js";
 import { initSubmitForm } from "./views/submit.js";
 import { initSweepViews, sweepsView, sweepView } from "./views/sweeps.js";
 
-function initApiKey() {
-  const keyInput = $("api-key");
-  keyInput.value = localStorage.getItem("bnlab.apiKey") || "";
-  keyInput.addEventListener("change", () => {
-    if (keyInput.value) localStorage.setItem("bnlab.apiKey", keyInput.value);
-    else localStorage.removeItem("bnlab.apiKey");
+/** The header's key control: "API key…" opens the dialog, "Forget key" drops this tab's key.
+ * Either way the current view opens again, with what the new key (or none) may read. */
+function initKeyControl() {
+  migrateStoredKey();
+  initKeyDialog();
+  const show = (key) => {
+    $("key-state").hidden = !key;
+    $("key-forget").hidden = !key;
+    $("key-open").textContent = key ? "Change key…" : "API key…";
+  };
+  show(currentKey());
+  onKeyChange(show);
+  const reopenView = () => window.dispatchEvent(new HashChangeEvent("hashchange"));
+  $("key-open").addEventListener("click", async () => {
+    if (await askForKey({ force: true })) reopenView();
+  });
+  $("key-forget").addEventListener("click", () => {
+    forgetKey();
+    reopenView();
   });
 }
 
 async function init() {
-  initApiKey();
+  initKeyControl();
   initSubmitForm();
   initRunsView();
   initRunView();

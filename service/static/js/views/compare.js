@@ -1,7 +1,8 @@
 // #/compare?runs=A,B[&baseline=A]: pick runs, then the speed-up table, the arms (mean ± 95 % CI
 // curves and statistics) and the server-rendered plot.
 
-import { API, FINISHED, api, problemText, vocab } from "../api.js";
+import { API, FINISHED, api, apiBlob, problemText, vocab } from "../api.js";
+import { currentKey } from "../auth.js";
 import { $, badge, el, replace, showBanner } from "../dom.js";
 import { fmtNum, fmtPct, fmtSeconds, shortId, splitRunName } from "../format.js";
 import { compareHash } from "../router.js";
@@ -90,15 +91,55 @@ async function loadComparison(ids, baseline) {
   }
   renderComparison(result.body);
   // The plot is rendered by the server; the <img> shows it as soon as it arrives.
-  $("compare-plot").src = `${API}/compare/plot?${query}&format=png`;
+  showPlot(`${API}/compare/plot?${query}&format=png`);
   $("compare-figure").hidden = false;
+  const link = (href, text, file) => el("a", { href, text, onclick: (e) => downloadWithKey(e, file) });
   replace(
     $("compare-links"),
     "Download: ",
-    el("a", { href: `${API}/compare?${query}&format=csv`, text: "CSV" }), " · ",
-    el("a", { href: `${API}/compare?${query}&format=json`, text: "JSON" }), " · ",
-    el("a", { href: `${API}/compare/plot?${query}&format=svg`, text: "SVG" }),
+    link(`${API}/compare?${query}&format=csv`, "CSV", "compare.csv"), " · ",
+    link(`${API}/compare?${query}&format=json`, "JSON", "compare.json"), " · ",
+    link(`${API}/compare/plot?${query}&format=svg`, "SVG", "compare.svg"),
   );
+}
+
+// An <img> or a link cannot send the API key (and the key never goes in a URL): with a key,
+// the plot is fetched with it and shown as a data: URL (the page's CSP allows those), and a
+// download link fetches its file with it and saves the Blob. Without a key they work as is.
+let plotRequest = 0;
+
+async function showPlot(url) {
+  const img = $("compare-plot");
+  const mine = ++plotRequest;
+  if (!currentKey()) {
+    img.src = url;
+    return;
+  }
+  img.removeAttribute("src");
+  const result = await apiBlob(url);
+  if (mine !== plotRequest) return; // another comparison was asked for meanwhile
+  if (!result.ok) {
+    showBanner(`Could not load the plot. ${problemText(result.body, result.status)}`);
+    return;
+  }
+  const reader = new FileReader();
+  reader.addEventListener("load", () => {
+    if (mine === plotRequest) img.src = reader.result;
+  });
+  reader.readAsDataURL(result.blob);
+}
+
+async function downloadWithKey(event, filename) {
+  if (!currentKey()) return; // the browser follows the link itself
+  event.preventDefault();
+  const result = await apiBlob(event.currentTarget.href);
+  if (!result.ok) {
+    showBanner(`Could not download ${filename}. ${problemText(result.body, result.status)}`);
+    return;
+  }
+  const url = URL.createObjectURL(result.blob);
+  el("a", { href: url, download: filename }).click();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 /** "Target: 91.2% test accuracy (…). Baseline: name." */

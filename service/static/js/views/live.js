@@ -4,60 +4,58 @@
 // onMode(text)}; series is {key: {steps: [], values: []}} as GET /runs/{id}/metrics returns it.
 
 import { API, FINISHED, api } from "../api.js";
+import { openEventStream } from "../sse.js";
 
 const POLL_MS = 2000;
 
 export function follow(runId, keys, lastStep, handlers) {
-  const live = { source: null, timer: null, stopped: false };
+  const live = { close: null, timer: null, stopped: false };
   const stop = () => {
     live.stopped = true;
-    if (live.source) live.source.close();
+    live.close?.();
     clearTimeout(live.timer);
   };
   const poll = () => startPolling(runId, keys, lastStep, handlers, live);
-  if (!window.EventSource) poll();
+  if (!window.ReadableStream || !window.TextDecoder) poll();
   else openStream(runId, handlers, live, poll);
   return stop;
 }
 
-// The SSE stream replays the run's points from the start and then follows it; EventSource
-// reconnects by itself and resumes with Last-Event-ID.
+// The SSE stream replays the run's points from the start and then follows it; after a drop
+// sse.js reconnects and resumes with Last-Event-ID (the step of the last point received).
 function openStream(runId, handlers, live, poll) {
-  const source = new EventSource(`${API}/runs/${encodeURIComponent(runId)}/events`);
-  live.source = source;
-  let received = false;
   handlers.onMode("connecting…");
-  source.addEventListener("open", () => handlers.onMode("live (SSE)"));
-  source.addEventListener("status", (event) => {
-    received = true;
-    handlers.onRun(JSON.parse(event.data));
+  live.close = openEventStream(`${API}/runs/${encodeURIComponent(runId)}/events`, {
+    onOpen: () => handlers.onMode("live (SSE)"),
+    onDrop: () => handlers.onMode("reconnecting…"),
+    // The stream was refused (404, a scope, a server without SSE, no stream slot free): it is
+    // not coming back; poll the metrics endpoint instead, from the last step we have.
+    onFail: () => {
+      live.close = null;
+      if (!live.stopped) poll();
+    },
+    onEvent: (type, data) => {
+      if (live.stopped) return;
+      if (type === "status") handlers.onRun(JSON.parse(data));
+      else if (type === "metrics") onMetrics(JSON.parse(data), handlers);
+      else if (type === "end") onEnd(runId, handlers, live);
+    },
   });
-  source.addEventListener("metrics", (event) => {
-    received = true;
-    const data = JSON.parse(event.data);
-    const series = {};
-    for (const [key, value] of Object.entries(data.values || {})) {
-      series[key] = { steps: [data.step], values: [value] };
-    }
-    handlers.onPoints(series);
-    handlers.onStep(data.step);
-  });
-  source.addEventListener("end", async () => {
-    source.close();
-    handlers.onMode("finished");
-    const result = await api(`/runs/${encodeURIComponent(runId)}`);
-    if (result.ok && !live.stopped) handlers.onRun(result.body);
-  });
-  source.addEventListener("error", () => {
-    // A stream that never delivered anything and was closed for good (404, 401, a server
-    // without SSE) is not coming back: poll the metrics endpoint instead.
-    if (!received && source.readyState === EventSource.CLOSED) {
-      live.source = null;
-      poll();
-    } else if (source.readyState === EventSource.CONNECTING) {
-      handlers.onMode("reconnecting…");
-    }
-  });
+}
+
+function onMetrics(data, handlers) {
+  const series = {};
+  for (const [key, value] of Object.entries(data.values || {})) {
+    series[key] = { steps: [data.step], values: [value] };
+  }
+  handlers.onPoints(series);
+  handlers.onStep(data.step);
+}
+
+async function onEnd(runId, handlers, live) {
+  handlers.onMode("finished");
+  const result = await api(`/runs/${encodeURIComponent(runId)}`);
+  if (result.ok && !live.stopped) handlers.onRun(result.body);
 }
 
 // Poll the run and its new metric points every few seconds until it finishes.
