@@ -62,7 +62,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
     "convert_batchnorm",
+    "convert_sync_batchnorm",
     "population_statistics",
     "set_inference_stats",
 ]
@@ -361,3 +363,13 @@ def population_statistics(
             layer.running_var.copy_(var)
         result[name] = (mean, var)
     return result
+
+
+# SyncBatchNorm lives in bncore.sync_batchnorm, which subclasses _BatchNorm from here: resolved
+# on first use (PEP 562) so that importing either module first works.
+def __getattr__(name: str) -> Any:
+    if name in ("SyncBatchNorm", "convert_sync_batchnorm"):
+        from bncore import sync_batchnorm
+
+        return getattr(sync_batchnorm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
