@@ -8,6 +8,8 @@ dtype=None, *, bias=True)`` and have the same parameters and buffers (``weight``
 ``running_mean``, ``running_var``, ``num_batches_tracked``), so their ``state_dict`` loads into
 ``torch.nn.BatchNorm*d`` and back. ``convert_batchnorm(model, to="bncore" | "torch")`` swaps
 every BN layer of a model for the other kind, copying parameters and buffers.
+``SyncBatchNorm`` (statistics over a torch.distributed process group's global batch) and
+``convert_sync_batchnorm(model, process_group=None)`` live in :mod:`bncore.sync_batchnorm`.
 
 Each layer also has two plain attributes (not saved in the state dict):
 
@@ -62,9 +64,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
-    "SyncBatchNorm",
+    "SyncBatchNorm",  # noqa: F822  (resolved by __getattr__ at the bottom)
     "convert_batchnorm",
-    "convert_sync_batchnorm",
+    "convert_sync_batchnorm",  # noqa: F822
     "population_statistics",
     "set_inference_stats",
 ]

@@ -1,14 +1,16 @@
 """bncore's SyncBatchNorm on real gloo process groups (2 and 3 ranks on 127.0.0.1), float64.
 
-One group is spawned per world size (a module-scoped fixture); each rank runs every check's
-distributed part and saves what it saw to a file; the tests compare that, here, with
+One 3-rank world is spawned for the whole module (a module-scoped fixture); the 2-rank checks
+run on the group of its ranks 0 and 1, the 1-rank ones on rank 0 alone. Each rank runs every
+check's distributed part and saves what it saw to a file; the tests compare that, here, with
 ``torch.nn.BatchNorm*d`` applied to the concatenated global batch. Per-rank batches are
 uneven and some step gives a rank nothing at all (N = 0).
 
 Gradient convention checked: each rank's loss is Σ w·y over its own slice, so the sum of the
 ranks' losses is the reference's loss over the global batch; the input gradients must equal
 the reference's slices, the parameter gradients summed over the ranks (all_reduce SUM) the
-reference's, and DDP's (which averages) the reference's divided by the world size.
+reference's, and after DDP's reduction (all_reduce SUM / world size, what DDP does) the
+reference's divided by the world size, for the layer before SyncBatchNorm too.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ def _set_params(layer: nn.Module, case: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _train_steps(rank: int, world: int, case: str) -> dict[str, Any]:
-    layer = SyncBatchNorm(C, momentum=MOMENTUM[case], dtype=F64)
+def _train_steps(rank: int, world: int, case: str, group: Any) -> dict[str, Any]:
+    layer = SyncBatchNorm(C, momentum=MOMENTUM[case], process_group=group, dtype=F64)
     _set_params(layer, case)
     steps = []
     for step, sizes in enumerate(SIZES[world]):
@@ -110,29 +112,36 @@ def _train_steps(rank: int, world: int, case: str) -> dict[str, Any]:
     return {"steps": steps, "eval": (layer(x_eval).detach(), plain(x_eval).detach())}
 
 
-def _ddp_grads(rank: int, world: int) -> dict[str, Tensor]:
-    """One step of Linear → SyncBatchNorm under DDP (gloo averages the gradients)."""
-    sizes = SIZES[world][1] if world == 2 else SIZES[world][0]
-    torch.manual_seed(7)
-    model = nn.Sequential(nn.Linear(5, C), SyncBatchNorm(C)).to(F64)
-    ddp = nn.parallel.DistributedDataParallel(model)
-    u, w = _ddp_batch(sum(sizes))
-    part = rank_slice(sizes, rank)
-    (ddp(u[part]) * w[part]).sum().backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
+def _ddp_sizes(world: int) -> list[int]:
+    return SIZES[world][1] if world == 2 else SIZES[world][0]  # with an empty rank
 
 
 def _ddp_batch(total: int) -> tuple[Tensor, Tensor]:
     g = _generator(5, total)
-    return torch.randn(total, 5, generator=g, dtype=F64), torch.randn(total, C, generator=g, dtype=F64)
+    u = torch.randn(total, 5, generator=g, dtype=F64)
+    return u, torch.randn(total, C, generator=g, dtype=F64)
 
 
-def _one_rank_group(rank: int) -> dict[str, Any]:
+def _ddp_grads(rank: int, world: int, group: Any) -> dict[str, Tensor]:
+    """One step of Linear → SyncBatchNorm, then DDP's reduction of the gradients: all_reduce
+    SUM divided by the world size (DDP itself would import torch._dynamo, ~10 s a process)."""
+    sizes = _ddp_sizes(world)
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(5, C), SyncBatchNorm(C, process_group=group)).to(F64)
+    u, w = _ddp_batch(sum(sizes))
+    part = rank_slice(sizes, rank)
+    (model(u[part]) * w[part]).sum().backward()
+    grads = {}
+    for name, p in model.named_parameters():
+        grad = p.grad.clone()
+        dist.all_reduce(grad, group=group)
+        grads[name] = grad / world
+    return grads
+
+
+def _one_rank_group(group: Any) -> dict[str, Any]:
     """In a group of one rank the layer is bncore's BatchNorm; the Function, which always
     communicates, passes gradcheck there."""
-    group = dist.new_group([0])  # every rank must call new_group
-    if rank != 0:
-        return {}
     out: dict[str, Any] = {}
     sync, plain = SyncBatchNorm(C, process_group=group, dtype=F64), bnn.BatchNorm2d(C, dtype=F64)
     for layer in (sync, plain):
@@ -156,20 +165,30 @@ def _one_rank_group(rank: int) -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    """One rank of a 3-rank world: the 3-rank checks on the world group, the 2-rank ones on
+    the group of ranks 0 and 1 (one spawn, not two: each process spends seconds importing
+    torch), the 1-rank ones on rank 0 alone."""
     torch.set_num_threads(1)
     bnf.set_backend("eager")  # the delegated path: no C++ operator to load in the children
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
-        world_size=world,
+        world_size=3,
         timeout=timedelta(seconds=60),  # a missed collective fails instead of hanging
     )
     try:
-        results = {case: _train_steps(rank, world, case) for case in SPATIAL}
-        results["ddp"] = _ddp_grads(rank, world)
-        results["one_rank"] = _one_rank_group(rank)
+        # Every rank creates every group, in the same order, members or not.
+        groups = {3: dist.group.WORLD, 2: dist.new_group([0, 1]), 1: dist.new_group([0])}
+        results: dict[Any, Any] = {}
+        for world in (3, 2):
+            if rank < world:
+                group = groups[world]
+                results[world] = {c: _train_steps(rank, world, c, group) for c in SPATIAL}
+                results[world]["ddp"] = _ddp_grads(rank, world, group)
+        if rank == 0:
+            results[1] = _one_rank_group(groups[1])
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -181,23 +200,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=lambda w: f"{w}ranks")
-def group_results(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[int, list[dict[str, Any]]]:
-    world = request.param
-    out_dir = tmp_path_factory.mktemp(f"syncbn{world}")
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[Any, Any]]:
+    """What each of the 3 ranks saved (spawned once for the whole module)."""
+    out_dir = tmp_path_factory.mktemp("syncbn")
     context = mp.start_processes(
-        _worker, args=(world, _free_port(), str(out_dir)), nprocs=world, join=False,
-        start_method="spawn",
+        _worker, args=(_free_port(), str(out_dir)), nprocs=3, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + DEADLINE_S
     while not context.join(timeout=1):  # raises with a rank's traceback if one fails
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
-            pytest.fail(f"the {world}-rank group did not finish in {DEADLINE_S} s")
-    return world, [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]
+            pytest.fail(f"the 3-rank group did not finish in {DEADLINE_S} s")
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(3)]
+
+
+@pytest.fixture(params=[2, 3], ids=lambda w: f"{w}ranks")
+def group_results(request: pytest.FixtureRequest, rank_results) -> tuple[int, list[dict]]:
+    """(world size, each member rank's results) for the 2-rank and the 3-rank group."""
+    world = request.param
+    return world, [rank_results[r][world] for r in range(world)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,9 +261,9 @@ def test_eval_mode_is_bncore_batchnorm(group_results, case):
         torch.testing.assert_close(sync_y, plain_y, rtol=0, atol=0)
 
 
-def test_ddp_averages_the_gradients_of_the_summed_loss(group_results):
+def test_ddp_reduction_gives_the_summed_loss_gradient_over_the_world_size(group_results):
     world, results = group_results
-    sizes = SIZES[world][1] if world == 2 else SIZES[world][0]
+    sizes = _ddp_sizes(world)
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(5, C), nn.BatchNorm1d(C)).to(F64)
     u, w = _ddp_batch(sum(sizes))
@@ -250,9 +273,8 @@ def test_ddp_averages_the_gradients_of_the_summed_loss(group_results):
             torch.testing.assert_close(r["ddp"][name], p.grad / world, **TOL)
 
 
-def test_a_one_rank_group_is_bncore_batchnorm_and_the_function_passes_gradcheck(group_results):
-    _, results = group_results
-    one = results[0]["one_rank"]
+def test_a_one_rank_group_is_bncore_batchnorm_and_the_function_passes_gradcheck(rank_results):
+    one = rank_results[0][1]
     for got, expected in zip(one["sync"], one["plain"], strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert one["gradcheck"] and one["gradcheck_no_affine"]
