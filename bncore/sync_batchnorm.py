@@ -27,7 +27,8 @@ It is exact and stable: nothing like Σx² − n·μ² is formed, which loses ev
 and, if tracked, updates the running estimates as torch does, with the *global* count:
 ``r ← (1 − momentum)·r + momentum·stat``, the variance entering unbiased, n/(n − 1)·σ²
 (``momentum=None``: cumulative average, factor 1/num_batches_tracked). The statistics are
-identical on every rank, so the running buffers stay equal across ranks.
+identical on every rank, so the running buffers stay equal across ranks. A step where every
+rank is empty (n = 0) leaves them as they were.
 
 Backward
 --------
@@ -142,8 +143,12 @@ class SyncBatchNormFunction(torch.autograd.Function):
         if running_mean is not None and running_var is not None:
             with torch.no_grad():
                 unbiased = var * (total / (total - 1))
-                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+                # An empty global batch (every rank empty) leaves the estimates as they were;
+                # torch.where, not an `if`, so that no host sync waits for the count.
+                seen = total > 0
+                for running, stat in ((running_mean, mean), (running_var, unbiased)):
+                    updated = running.lerp(stat.to(running.dtype), momentum)
+                    running.copy_(torch.where(seen, updated, running))
         ctx.save_for_backward(x, weight, mean, invstd, total)
         ctx.process_group = process_group
         return normalize(x, mean, invstd, weight, bias)

@@ -139,6 +139,16 @@ def _ddp_grads(rank: int, world: int, group: Any) -> dict[str, Tensor]:
     return grads
 
 
+def _all_ranks_empty(group: Any) -> dict[str, Any]:
+    """A step in which no rank has data: every rank joins the collectives and gets nothing."""
+    layer = SyncBatchNorm(C, process_group=group, dtype=F64)
+    with torch.no_grad():
+        layer.running_mean.fill_(2.0), layer.running_var.fill_(3.0)
+    x = torch.empty(0, C, 2, dtype=F64, requires_grad=True)
+    layer(x).sum().backward()
+    return {"dx": x.grad, "running": (layer.running_mean, layer.running_var)}
+
+
 def _one_rank_group(group: Any) -> dict[str, Any]:
     """In a group of one rank the layer is bncore's BatchNorm; the Function, which always
     communicates, passes gradcheck there."""
@@ -187,6 +197,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 group = groups[world]
                 results[world] = {c: _train_steps(rank, world, c, group) for c in SPATIAL}
                 results[world]["ddp"] = _ddp_grads(rank, world, group)
+                results[world]["all_empty"] = _all_ranks_empty(group)
         if rank == 0:
             results[1] = _one_rank_group(groups[1])
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -271,6 +282,15 @@ def test_ddp_reduction_gives_the_summed_loss_gradient_over_the_world_size(group_
     for r in results:
         for name, p in model.named_parameters():
             torch.testing.assert_close(r["ddp"][name], p.grad / world, **TOL)
+
+
+def test_a_step_with_every_rank_empty_leaves_the_running_statistics(group_results):
+    _, results = group_results
+    for r in results:
+        assert r["all_empty"]["dx"].shape == (0, C, 2)
+        mean, var = r["all_empty"]["running"]
+        assert torch.equal(mean, torch.full((C,), 2.0, dtype=F64))
+        assert torch.equal(var, torch.full((C,), 3.0, dtype=F64))
 
 
 def test_a_one_rank_group_is_bncore_batchnorm_and_the_function_passes_gradcheck(rank_results):
