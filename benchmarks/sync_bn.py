@@ -86,7 +86,8 @@ def _time(step: Callable[[], None], iters: int, device: torch.device) -> float:
 def _iters(step: Callable[[], None], device: torch.device) -> int:
     """Iterations for about TARGET_S, the same on both ranks (the collectives must match)."""
     per_step = _time(step, 3, device)
-    iters = torch.tensor([max(1, min(1000, round(TARGET_S / max(per_step, 1e-7))))])
+    wanted = max(1, min(1000, round(TARGET_S / max(per_step, 1e-7))))
+    iters = torch.tensor([wanted], device=device)  # NCCL reduces device tensors only
     dist.all_reduce(iters, op=dist.ReduceOp.MAX)
     return int(iters)
 
