@@ -38,7 +38,7 @@ from torch import nn
 
 from bncore import functional as BF
 from bncore import nn as bnn
-from bncore.sync_batchnorm import SyncBatchNorm
+from bncore.nn.sync_batchnorm import SyncBatchNorm
 
 WORLD = 2
 SHAPES: list[tuple[int, ...]] = [(60, 100), (512, 1024), (16, 64, 16, 16), (64, 128, 8, 8)]

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 import bncore.functional as bnf
 import bncore.nn as bnn
 from bncore.models import build_model
+from bncore.nn.sync_batchnorm import SyncBatchNorm, SyncBatchNormFunction, convert_sync_batchnorm
 from bncore.spec import ModelSpec
-from bncore.sync_batchnorm import SyncBatchNorm, SyncBatchNormFunction, convert_sync_batchnorm
 
 F64 = torch.float64
 C = 3

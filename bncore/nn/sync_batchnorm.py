@@ -69,7 +69,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from bncore._math import acc_dtype, per_channel, reduce_dims
-from bncore.nn import _BatchNorm
+from bncore.nn.batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "convert_sync_batchnorm"]
 
