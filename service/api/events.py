@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from itertools import groupby
 from typing import Annotated, Any, Literal, Protocol
 
+from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
@@ -135,12 +136,15 @@ async def _pump(
 
 
 async def _poll_loop(request: Request, feed: Feed, timeout: float | None) -> AsyncIterator[str]:
+    # Polls run in worker threads of their own (StreamState.poll_threads), not in the pool
+    # that serves every other route: many streams must not queue ahead of other requests.
+    limiter = _streams(request).poll_threads
     deadline = time.monotonic() + timeout if timeout is not None else None
     last_sent = time.monotonic()
     yield f"retry: {RETRY_MS}\n\n"
     while True:
         try:
-            chunks, state = await run_in_threadpool(feed.poll)
+            chunks, state = await to_thread.run_sync(feed.poll, limiter=limiter)
         except DBAPIError:
             # The response has started: no 503 now. Keep the stream and retry; a comment
             # line is invisible to EventSource but tells a human reader what is going on.
@@ -394,9 +398,15 @@ class SweepFeed:
             full = {}
             if changed:
 
-                def read_full() -> dict[str, RunOut]:
+                def read_full() -> dict[str, tuple[tuple, str]]:
+                    """Each changed run's status key and its ``status`` event, serialized
+                    once for every stream that shares this read."""
                     query = select(Run).where(Run.id.in_(changed))
-                    return {r.id: RunOut.model_validate(r) for r in session.scalars(query)}
+                    outs = (RunOut.model_validate(r) for r in session.scalars(query))
+                    return {
+                        out.id: (_status_key(out), _sse("status", out.model_dump(mode="json")))
+                        for out in outs
+                    }
 
                 _, full = _shared(self.reads, ("full", tuple(changed), stamp), read_full, stamp)
             for row in rows:
@@ -429,8 +439,8 @@ class SweepFeed:
                 chunks.append(_sse("deleted", {"run_id": run_id}, event_id=cursor))
         for run_id in changed:
             if run_id in full:
-                self.last_status[run_id] = _status_key(full[run_id])
-                chunks.append(_sse("status", full[run_id].model_dump(mode="json")))
+                self.last_status[run_id], status_event = full[run_id]
+                chunks.append(status_event)
         statuses = {row.id: row.status for row in rows}
         for index, run_id in enumerate(self.run_ids):
             if run_id not in pending:

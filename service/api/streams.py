@@ -6,7 +6,10 @@
 * ``SharedReads``: the reads a stream's poll makes, shared for one poll interval between
   streams that ask the same question (every stream on one sweep asks for the same run rows and,
   when they follow closely, the same metric slices): 200 streams on a sweep cost about one
-  poll per interval instead of 200.
+  poll per interval instead of 200;
+* the poll threads: at most POLL_THREADS stream polls run at once, in worker threads apart
+  from the pool that serves every other route (with 200 streams sharing that pool, a plain
+  GET waited behind 200 polls: 30 s in tests/integration/test_sweep_streams.py).
 
 Both live on the app (``for_app``); a stream takes a slot before it starts and gives it back
 in its generator's ``finally``, whichever way it ends (finished, client gone, shutdown).
@@ -20,12 +23,14 @@ from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+import anyio
 from fastapi import HTTPException, Request
 
 from service.settings import Settings
 
 T = TypeVar("T")
 RETRY_AFTER_S = 5
+POLL_THREADS = 8  # stream polls in flight at once (anyio's pool for routes has 40)
 
 
 class StreamSlots:
@@ -99,9 +104,14 @@ class SharedReads:
 
 
 class StreamState:
+    """An app's stream slots, shared reads, and the worker threads stream polls run in: at
+    most POLL_THREADS at once, apart from the thread pool that serves every other route, so
+    a crowd of streams waits for itself rather than ahead of other requests."""
+
     def __init__(self, settings: Settings, poll_interval_s: float) -> None:
         self.slots = StreamSlots(settings.max_streams, settings.max_streams_per_client)
         self.reads = SharedReads(ttl_s=poll_interval_s * 0.9)
+        self.poll_threads = anyio.CapacityLimiter(POLL_THREADS)
 
 
 _create_lock = threading.Lock()
