@@ -39,7 +39,7 @@ from service.proc import (
     unique_worker_id,
 )
 from service.settings import Settings
-from service.vocab import SUBMIT_FAILED, TASK_NAME, WAITING, RunStatus
+from service.vocab import SUBMIT_FAILED, TASK_NAME, WAITING, RunStatus, queue_for_replicas
 
 log = logging.getLogger("bnlab.executor")
 
@@ -114,17 +114,27 @@ class CeleryExecutor:
         self._seen_down = False  # the broker was unreachable since we last knew its identity
 
     def submit(self, run_id: str) -> None:
+        queue = queue_for_replicas(self.settings.queue, self._replicas(run_id))
         self._app.send_task(
             TASK_NAME,
             args=[run_id],
-            queue=self.settings.queue,
+            queue=queue,
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5},
         )
         with self._lock:
             previous = self._sent.get(run_id)
             self._sent[run_id] = (self._clock(), 0 if previous is None else previous[1] + 1)
-        log.info("run %s sent to queue %s", run_id, self.settings.queue)
+        log.info("run %s sent to queue %s", run_id, queue)
+
+    def _replicas(self, run_id: str) -> int:
+        """The run's size, which picks its queue (service.vocab.queue_for_replicas): only
+        workers that can hold that many replicas consume it."""
+        try:
+            with open_session(self.settings) as session:
+                return int(store.get_run(session, run_id).spec.get("replicas", 1))
+        except store.NotFound:
+            return 1  # deleted meanwhile: the worker's claim finds nothing either way
 
     def start(self) -> None:
         """Nothing to start: Celery workers run elsewhere; the API reaps lost runs. Notes the
