@@ -300,14 +300,17 @@ class _Execution:
         tail = [line for line in self.stderr_tail if line.strip()]
         last = tail[-1].strip() if tail else "no output on stderr"
         what = f"trainer {exit_description(code)} without an end event"
+        failed_ranks = ""  # the launcher's own summary fills the tail: keep the ranks' words
         if self.rank_failures:  # the first rank to fail; the others followed it down
             rank, last = self.rank_failures[0]
             what = f"rank {rank} of {self.replicas} failed (launcher {exit_description(code)})"
+            failed_ranks = "".join(f"[rank {r}] {why}\n" for r, why in self.rank_failures)
         log.error("run %s: %s", self.run_id, what)
         return self._record(
             RunStatus.failed,
             f"{what}: {last}"[:500],
-            error=f"{what}\n--- last lines of stderr ---\n" + "\n".join(self.stderr_tail),
+            error=f"{what}\n{failed_ranks}--- last lines of stderr ---\n"
+            + "\n".join(self.stderr_tail),
             wall_time=elapsed,
         )
 
