@@ -8,6 +8,8 @@ dtype=None, *, bias=True)`` and have the same parameters and buffers (``weight``
 ``running_mean``, ``running_var``, ``num_batches_tracked``), so their ``state_dict`` loads into
 ``torch.nn.BatchNorm*d`` and back. ``convert_batchnorm(model, to="bncore" | "torch")`` swaps
 every BN layer of a model for the other kind, copying parameters and buffers.
+``SyncBatchNorm`` (statistics over a torch.distributed process group's global batch) and
+``convert_sync_batchnorm(model, process_group=None)`` live in :mod:`bncore.sync_batchnorm`.
 
 Each layer also has two plain attributes (not saved in the state dict):
 
@@ -62,7 +64,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",  # noqa: F822  (resolved by __getattr__ at the bottom)
     "convert_batchnorm",
+    "convert_sync_batchnorm",  # noqa: F822
     "population_statistics",
     "set_inference_stats",
 ]
@@ -361,3 +365,13 @@ def population_statistics(
             layer.running_var.copy_(var)
         result[name] = (mean, var)
     return result
+
+
+# SyncBatchNorm lives in bncore.sync_batchnorm, which subclasses _BatchNorm from here: resolved
+# on first use (PEP 562) so that importing either module first works.
+def __getattr__(name: str) -> Any:
+    if name in ("SyncBatchNorm", "convert_sync_batchnorm"):
+        from bncore import sync_batchnorm
+
+        return getattr(sync_batchnorm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
