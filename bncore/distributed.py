@@ -139,7 +139,6 @@ def setup(spec: JobSpec) -> Replicas:
     if world == 1:
         return Replicas(0, 1, device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    die_with_launcher()
     if device.type == "cuda":
         gpus = torch.cuda.device_count()
         if local_rank >= gpus:
@@ -151,6 +150,7 @@ def setup(spec: JobSpec) -> Replicas:
             "torch_sync_batchnorm (torch.nn.SyncBatchNorm) needs GPUs and this run is on the "
             "CPU: use sync_batchnorm (bncore's) instead"
         )
+    die_with_launcher()
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     return Replicas(rank, world, device, crash_step=_crash_step(rank))
