@@ -4,7 +4,10 @@
 
 prints one JSON line per event and flushes each, so a worker can stream them. An invalid spec
 or a job that cannot run (bad data_path, missing files) → a message on stderr, exit 2; a crash
-→ traceback on stderr, exit 1. (A little past 400 lines: the loop, its evaluation and its
+→ traceback on stderr, exit 1. With ``replicas`` > 1 it runs once per replica under
+torch.distributed's launcher; what a replica does differently is in bncore/distributed.py (the
+loop calls it at four places: shard the batch, average the synced losses, rank 0 evaluates
+and checkpoints, close the group). (Past 400 lines: the loop, its evaluation and its
 checkpoint/resume hooks stay together so one training step reads top to bottom.)
 
 The loop: seeded model init and seeded shuffling (same spec → same numbers on CPU), mini-batches
@@ -378,7 +381,7 @@ replicas > 1 (data-parallel, bncore/distributed.py): start one process per
 replica with torch.distributed's launcher; rank 0 prints the events, every
 rank's stderr lines start with "[rank R] ", a failing rank's last line is
 "[rank R] failed: <why>":
-  python -m torch.distributed.run --standalone --nproc-per-node 2 \
+  python -m torch.distributed.run --standalone --nproc-per-node 2 \\
       -m bncore.train spec.json
 
 example, the paper's MNIST net with BN on Fashion-MNIST:
