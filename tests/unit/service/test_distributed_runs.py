@@ -19,7 +19,7 @@ import pytest
 from bncore.spec import JobSpec
 from service import migrate, store
 from service.db import open_session
-from service.executor import LocalExecutor
+from service.executor import CeleryExecutor, LocalExecutor, submit_run
 from service.settings import Settings
 from service.vocab import queue_for_replicas, queues_for_capacity
 from workers.execute import execute_run
@@ -120,6 +120,21 @@ def test_runs_are_routed_to_queues_a_worker_can_hold() -> None:
     assert queues_for_capacity("bnlab", 1) == ["bnlab"]
     assert queues_for_capacity("bnlab", 3) == ["bnlab", "bnlab.r2"]
     assert queues_for_capacity("bnlab", 8) == ["bnlab", "bnlab.r2", "bnlab.r4", "bnlab.r8"]
+
+
+def test_the_celery_executor_sends_a_run_to_the_queue_of_its_size(
+    db_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = CeleryExecutor(
+        db_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    )
+    sent: list[str] = []
+    monkeypatch.setattr(executor._app, "send_task", lambda *a, **k: sent.append(k["queue"]))
+    runs = [create(db_settings, PAIR | {"replicas": n, "batch_size": 24}) for n in (1, 2, 3)]
+    with open_session(db_settings) as session:
+        assert all(submit_run(session, executor, run_id) for run_id in runs)
+    assert sent == ["bnlab", "bnlab.r2", "bnlab.r4"]
+    executor.shutdown()
 
 
 def test_a_run_larger_than_the_worker_is_failed_with_the_reason(db_settings: Settings) -> None:
