@@ -195,6 +195,22 @@ def test_cancel_kills_the_launcher_and_every_rank(db_settings: Settings) -> None
     wait_for(lambda: not any(alive(pid) for pid in pids), timeout_s=30)
 
 
+def test_divergence_stops_both_ranks_at_the_same_step(db_settings: Settings) -> None:
+    """The ranks judge the replica-averaged losses, so they break out together (a rank left
+    behind would hang in its next all-reduce and the run would never end)."""
+    spec = PAIR | {
+        "steps": 200,
+        "log_every": 5,
+        "model": {"hidden": [16], "activation": "relu", "norm": "none", "init": "poor"},
+        "optimizer": {"lr": 100.0},
+    }
+    run_id = create(db_settings, spec)
+    assert execute_run(run_id, WORKER, db_settings) == "diverged"
+    run = load(db_settings, run_id)
+    assert run.diverged_step is not None and f"at step {run.diverged_step}" in run.status_reason
+    assert not trainer_processes()
+
+
 def test_a_crashing_rank_fails_the_run_naming_the_rank(
     db_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
