@@ -22,6 +22,7 @@ meanings only (a number computed differently gets a different name).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 Outcome = Literal["succeeded", "diverged"]
@@ -87,3 +88,18 @@ def decode(line: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return event if isinstance(event, dict) and "event" in event else None
+
+
+# A data-parallel run (replicas > 1, bncore/distributed.py) prefixes each rank's stderr lines
+# with "[rank R] "; a rank that cannot go on ends with "[rank R] failed: <why>" or
+# "[rank R] invalid job: <why>" (the launcher's own summary follows, naming only exit codes).
+_RANK_FAILURE = re.compile(r"^\[rank (\d+)\] (failed|invalid job|invalid spec): (.+)$")
+
+
+def rank_failure(line: str) -> tuple[int, str] | None:
+    """(rank, why) from a rank's last stderr line, e.g. (1, "invalid job: ..."); else None."""
+    match = _RANK_FAILURE.match(line.strip())
+    if match is None:
+        return None
+    kind, why = match.group(2), match.group(3)
+    return int(match.group(1)), why if kind == "failed" else f"{kind}: {why}"

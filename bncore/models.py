@@ -24,9 +24,23 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tan
 
 
 def make_norm(norm: str, spatial_dims: int, features: int, spec: ModelSpec) -> nn.Module:
-    """A normalization over ``features`` channels of inputs with 0 (MLP), 1 or 2 spatial axes."""
+    """A normalization over ``features`` channels of inputs with 0 (MLP), 1 or 2 spatial axes.
+
+    The synchronized variants are the plain layer converted (bncore's
+    ``convert_sync_batchnorm``, or torch's ``SyncBatchNorm.convert_sync_batchnorm``): inside a
+    torch.distributed process group they normalize over every replica's batch; outside one
+    they are plain BN."""
     if norm == "none":
         return nn.Identity()
+    if norm in ("sync_batchnorm", "torch_sync_batchnorm"):
+        plain = make_norm(
+            norm.removesuffix("sync_batchnorm") + "batchnorm", spatial_dims, features, spec
+        )
+        if norm == "torch_sync_batchnorm":
+            return nn.SyncBatchNorm.convert_sync_batchnorm(plain)
+        from bncore import nn as bnn
+
+        return bnn.convert_sync_batchnorm(plain)
     if norm == "batchnorm":
         from bncore import nn as bnn  # ours, from scratch
 

@@ -9,7 +9,9 @@ exhaust the machine is refused up front with an error naming the field and the l
      "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0},
      "batch_size": 60, "steps": 3000, "eval_every": 100, "seed": 0}
 
-Unknown keys are rejected (``extra="forbid"``), numbers must be finite.
+Unknown keys are rejected (``extra="forbid"``), numbers must be finite. ``replicas`` > 1 runs
+the job data-parallel (bncore/distributed.py): ``batch_size`` stays the global batch and must
+divide evenly across the replicas.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Hard limits. They keep one job within what a single worker can hold; raise them with care.
 MAX_STEPS = 200_000
@@ -26,11 +35,16 @@ MAX_WIDTH = 4096
 MAX_DEPTH = 16
 MAX_PARAMETERS = 20_000_000
 MAX_LR = 100.0
+MAX_REPLICAS = 8  # processes of one data-parallel run (a worker may hold fewer: its capacity)
 
 Dataset = Literal["mnist1d", "digits", "synthetic", "fashion_mnist", "mnist_idx", "npz"]
 FILE_DATASETS = ("fashion_mnist", "mnist_idx", "npz")  # the ones data_path applies to
 Activation = Literal["sigmoid", "tanh", "relu"]
-Norm = Literal["none", "batchnorm", "torch_batchnorm"]
+# With replicas > 1, "batchnorm"/"torch_batchnorm" normalize each replica's slice of the batch
+# on its own ("ghost" batches); the sync variants normalize over the whole global batch.
+# "torch_sync_batchnorm" (torch.nn.SyncBatchNorm, the oracle) needs GPUs when replicas > 1.
+Norm = Literal["none", "batchnorm", "torch_batchnorm", "sync_batchnorm", "torch_sync_batchnorm"]
+SYNC_NORMS = ("sync_batchnorm", "torch_sync_batchnorm")
 
 # (example shape as (channels, *spatial), number of classes) for the datasets whose shape is
 # known up front; npz files are checked when loaded. "synthetic" uses synthetic_features.
@@ -63,7 +77,14 @@ class ModelSpec(_Strict):
         "4: four equal branches), e.g. [32, 64, 64, 128].",
     )
     activation: Activation = "sigmoid"
-    norm: Norm = "batchnorm"
+    norm: Norm = Field(
+        "batchnorm",
+        description="batchnorm: bncore's, from scratch; torch_batchnorm: torch.nn's. With "
+        "replicas > 1 both normalize each replica's slice alone (ghost batches); "
+        "sync_batchnorm (bncore's) and torch_sync_batchnorm (torch.nn.SyncBatchNorm, GPUs "
+        "only when replicas > 1) use the statistics of the whole global batch. With "
+        "replicas = 1 every BN variant is plain BN.",
+    )
     init: Literal["default", "poor"] = Field(
         "default",
         description="'poor' draws weights from N(0, 1) regardless of fan-in (badly scaled on "
@@ -151,7 +172,21 @@ class JobSpec(_Strict):
     )
     model: ModelSpec = Field(default_factory=ModelSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    batch_size: int = Field(60, ge=2, le=MAX_BATCH_SIZE)
+    batch_size: int = Field(
+        60,
+        ge=2,
+        le=MAX_BATCH_SIZE,
+        description="The global mini-batch: with replicas > 1 each replica takes batch_size / "
+        "replicas examples of it.",
+    )
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="Data-parallel processes (torch.distributed, DistributedDataParallel): one "
+        "per GPU on a CUDA worker, CPU processes otherwise. Must divide batch_size; a run only "
+        "goes to a worker that can hold this many.",
+    )
     steps: int = Field(3000, ge=1, le=MAX_STEPS)
     eval_every: int = Field(100, ge=1, le=MAX_STEPS)
     log_every: int = Field(1, ge=1, le=MAX_STEPS, description="Emit train metrics every N steps.")
@@ -187,6 +222,18 @@ class JobSpec(_Strict):
             raise ValueError("data_path may not contain a NUL character")
         return value
 
+    @field_validator("replicas")
+    @classmethod
+    def _check_replicas(cls, value: int, info: ValidationInfo) -> int:
+        """The global batch splits evenly: replica r takes the r-th slice of each batch."""
+        batch = info.data.get("batch_size")  # absent when batch_size itself was refused
+        if batch is not None and batch % value:
+            raise ValueError(
+                f"batch_size {batch} must be divisible by replicas {value} (each replica "
+                f"takes an equal slice of the global batch)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> JobSpec:
         if self.dataset in ("mnist_idx", "npz") and not self.data_path:
@@ -198,6 +245,22 @@ class JobSpec(_Strict):
             raise ValueError(
                 f"arch 'inception' needs (C, H, W) images; dataset '{self.dataset}' has examples "
                 f"of shape {shape[0]}"
+            )
+        per_replica = self.batch_size // self.replicas
+        if per_replica < 2 and self.model.norm in ("batchnorm", "torch_batchnorm"):
+            raise ValueError(
+                f"norm '{self.model.norm}' normalizes each replica's slice alone, and "
+                f"batch_size {self.batch_size} / replicas {self.replicas} leaves 1 example: "
+                "use a larger batch_size or sync_batchnorm"
+            )
+        if (
+            self.replicas > 1
+            and self.model.norm == "torch_sync_batchnorm"
+            and (self.device == "cpu")
+        ):
+            raise ValueError(
+                "torch_sync_batchnorm (torch.nn.SyncBatchNorm) runs on GPUs only; on CPU use "
+                "sync_batchnorm (bncore's)"
             )
         depth = len(self.model.hidden)
         if not -depth <= self.probe_layer < depth:

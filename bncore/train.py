@@ -4,7 +4,10 @@
 
 prints one JSON line per event and flushes each, so a worker can stream them. An invalid spec
 or a job that cannot run (bad data_path, missing files) → a message on stderr, exit 2; a crash
-→ traceback on stderr, exit 1. (A little past 400 lines: the loop, its evaluation and its
+→ traceback on stderr, exit 1. With ``replicas`` > 1 it runs once per replica under
+torch.distributed's launcher; what a replica does differently is in bncore/distributed.py (the
+loop calls it at four places: shard the batch, average the synced losses, rank 0 evaluates
+and checkpoints, close the group). (Past 400 lines: the loop, its evaluation and its
 checkpoint/resume hooks stay together so one training step reads top to bottom.)
 
 The loop: seeded model init and seeded shuffling (same spec → same numbers on CPU), mini-batches
@@ -39,6 +42,7 @@ import copy
 import math
 import sys
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,12 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bncore import events
+from bncore import distributed, events
 from bncore.checkpoint import Checkpoints, ResumableBatches, TrainingParts, resume_event
 from bncore.data import load_data
+from bncore.distributed import Replicas, pick_device  # noqa: F401 (pick_device: re-exported)
 from bncore.models import build_model, norm_layers, parameter_count
 from bncore.probes import PROBE_SIZE, grad_norm, unit_percentiles
-from bncore.spec import MAX_PARAMETERS, JobSpec, OptimizerSpec, parse_spec
+from bncore.spec import MAX_PARAMETERS, SYNC_NORMS, JobSpec, OptimizerSpec, parse_spec
 
 # Evaluation batch (in eval mode the batch size does not change the result). On CPU a large
 # one is slow for conv nets (activations outgrow the caches): the Inception net scored 10k
@@ -61,12 +66,6 @@ EVAL_BATCH = {"cpu": 256}
 EVAL_BATCH_DEFAULT = 4096  # GPUs
 TRAIN_EVAL_CAP = 10_000  # training examples scored for train_acc_full
 POPULATION_BATCHES = 100  # training mini-batches averaged for Algorithm 2's statistics
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def make_optimizer(spec: OptimizerSpec, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -164,12 +163,16 @@ def train(
     data_dir: str | Path | None = None,
     checkpoints: Checkpoints | None = None,
     resume_max_step: int | None = None,
+    replicas: Replicas | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run one job; yield a start event, metrics events and one end event. With
     ``checkpoints``, resume from the newest usable one (at most ``resume_max_step``; a resume
-    event comes first) and save one every ``checkpoints.every`` steps and at the end."""
+    event comes first) and save one every ``checkpoints.every`` steps and at the end.
+    ``replicas`` (default: joined from the launcher's environment, bncore/distributed.py):
+    this process's rank; ranks other than 0 train and yield nothing past the start."""
     wall_start = time.perf_counter()
-    device = pick_device(spec.device)
+    replicas = replicas or distributed.setup(spec)
+    device = replicas.device
     torch.manual_seed(spec.seed)  # model init
     data = load_data(spec, data_dir)
     model = build_model(spec.model, data.example_shape, data.classes).to(device)
@@ -189,6 +192,8 @@ def train(
     parts = TrainingParts(model, optimizer, scheduler, batches, device)
     resumed, refused = checkpoints.resume(parts, resume_max_step)
     start_step = resumed["step"] if resumed else 0
+    replicas.check_same(start_step, "the step resumed from")
+    net = replicas.wrap(model)  # DDP with replicas > 1; ``model`` stays the module itself
     if checkpoints.directory is not None:
         yield resume_event(start_step, refused)
 
@@ -200,7 +205,8 @@ def train(
         values = torch.stack([loss, acc, *probe.values()]).tolist()  # one sync
         return dict(zip(("test_loss", "test_acc", *probe), values, strict=True))
 
-    if resumed is None:
+    evals: dict[int, dict[str, float]] = {}
+    if resumed is None and replicas.main:  # rank 0 alone evaluates
         evals = {0: evaluation()}
         yield events.metrics_event(0, _finite(evals[0]))
 
@@ -216,21 +222,24 @@ def train(
         limit = spec.divergence_factor * first_loss
         window.copy_(loop["window"].to(device))
 
-    def checkpoint(at: int) -> None:  # after step ``at``'s events went out
+    def checkpoint(at: int) -> None:  # after step ``at``'s events went out; rank 0 only
+        if not replicas.main:
+            return
         loop = {"evals": evals, "first_loss": first_loss, "last_sync": last_sync}
         checkpoints.save(at, {**parts.state(), "loop": loop | {"window": window.cpu()}})
 
     outcome, reason, step = "succeeded", None, start_step
     train_seconds, timed_steps, timer = 0.0, 0, time.perf_counter()
-    model.train()
+    net.train()
     for step in range(start_step + 1, spec.steps + 1):
         if step - 1 > start_step and checkpoints.due(step - 1):
             checkpoint(step - 1)
         is_log = step % spec.log_every == 0
         is_eval = step % spec.eval_every == 0 or step == spec.steps
-        idx = next(batches)
+        idx = replicas.shard(next(batches))  # this rank's slice of the global batch
         xb, yb = x_train[idx], y_train[idx]
-        logits = model(xb)
+        replicas.crash_hook(step)
+        logits = net(xb)
         loss = F.cross_entropy(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -244,16 +253,19 @@ def train(
         loss_d = loss.detach()
         window[step - last_sync - 1] = loss_d
         if step == 1:
-            first_loss = loss_d.item()  # the one per-step sync, once
+            first_loss = replicas.mean(loss_d).item()  # the one per-step sync, once
             limit = spec.divergence_factor * first_loss
         if not (is_log or is_eval):
             continue
 
-        losses = window[: step - last_sync]
+        # Over the replicas' slices: the global batch's losses, the same on every rank, so
+        # all ranks judge divergence alike and stop together.
+        acc = (logits.argmax(1) == yb).float().mean()
+        synced = replicas.mean(torch.cat([window[: step - last_sync], acc.view(1)]))
+        losses, acc = synced[:-1], synced[-1]
         bad = ~torch.isfinite(losses) | (losses > limit)
         first_bad = bad.int().argmax()  # the first True (0 when none)
-        acc = (logits.argmax(1) == yb).float().mean()
-        stats = [loss_d, acc, bad.any().float(), first_bad.float(), losses[first_bad]]
+        stats = [losses[-1], acc, bad.any().float(), first_bad.float(), losses[first_bad]]
         loss_v, acc_v, any_bad, first_bad_v, bad_loss_v, *gnorm_v = torch.stack(
             stats + [gnorm] if is_log else stats
         ).tolist()  # one sync
@@ -281,17 +293,22 @@ def train(
                 reason = f"loss became {bad_loss_v} at step {step}"
             break
         last_sync = step
-        if is_eval:
+        if is_eval and replicas.main:
             train_seconds += time.perf_counter() - timer
             evals[step] = evaluation()
             values |= evals[step]
-            model.train()  # evaluation left it in eval mode
+            net.train()  # evaluation left it in eval mode
             timer = time.perf_counter()
         yield events.metrics_event(step, _finite(values))
 
     if outcome == "succeeded" and step > start_step:
         checkpoint(step)  # a run retried after its last step only computes the summary
+    replicas.close()  # no collective after this: rank 0 finishes alone
+    if not replicas.main:
+        return
     checkpoints.save_final(model.state_dict())
+    if spec.model.norm in SYNC_NORMS:  # plain BN again, which Algorithm 2's statistics find
+        model = distributed.plain_batchnorm(model)
     summary = _summary(spec, model, evals, x_train, y_train, x_test, y_test, has_bn)
     wall = time.perf_counter() - wall_start
     yield events.end_event(outcome, step, reason, wall, _finite(summary))
@@ -360,6 +377,13 @@ prints, on stdout, one JSON object per line (flushed; non-finite numbers: null):
 exit status: 0 done (a diverged run too), 2 invalid spec or job (why: stderr),
 1 crash (traceback: stderr).
 
+replicas > 1 (data-parallel, bncore/distributed.py): start one process per
+replica with torch.distributed's launcher; rank 0 prints the events, every
+rank's stderr lines start with "[rank R] ", a failing rank's last line is
+"[rank R] failed: <why>":
+  python -m torch.distributed.run --standalone --nproc-per-node 2 \\
+      -m bncore.train spec.json
+
 example, the paper's MNIST net with BN on Fashion-MNIST:
   echo '{"dataset": "fashion_mnist", "batch_size": 60, "steps": 50000,
          "eval_every": 500, "log_every": 100,
@@ -402,6 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     # and workers run jobs side by side. Measured on a busy 2-core machine: the paper's MLP ran
     # 2,000 steps in 4 s with 1 thread and in 66 s with 2 (oversubscribed threads spin).
     torch.set_num_threads(max(1, args.threads))
+    rank = distributed.label_streams()  # under the launcher: "[rank R] " on stderr
+    try:
+        return _run(args, rank)
+    except Exception as exc:
+        if rank is None:
+            raise  # traceback, exit 1
+        traceback.print_exc()
+        print(f"failed: {type(exc).__name__}: {str(exc).strip()[:300]}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, rank: int | None) -> int:
     try:
         text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()
         spec = parse_spec(text)
@@ -417,9 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"invalid job: {e}", file=sys.stderr)
         return 2
-    _emit(first)
+    emit = _emit if not rank else lambda _event: None  # rank 0 alone prints events
+    emit(first)
     for event in stream:
-        _emit(event)
+        emit(event)
     return 0
 
 

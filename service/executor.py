@@ -39,7 +39,7 @@ from service.proc import (
     unique_worker_id,
 )
 from service.settings import Settings
-from service.vocab import SUBMIT_FAILED, TASK_NAME, WAITING, RunStatus
+from service.vocab import SUBMIT_FAILED, TASK_NAME, WAITING, RunStatus, queue_for_replicas
 
 log = logging.getLogger("bnlab.executor")
 
@@ -48,7 +48,9 @@ RESUBMIT_MAX_S = 3600.0  # the longest wait between two resends of one queued ru
 
 
 class Executor(Protocol):
-    def submit(self, run_id: str) -> None: ...  # never blocks on training; raises if refused
+    # Never blocks on training; raises if refused. ``replicas`` (the spec's) picks the Celery
+    # queue, so that only a worker able to hold the run gets it (service.vocab).
+    def submit(self, run_id: str, replicas: int = 1) -> None: ...
     def start(self) -> None: ...  # called in the API lifespan startup
     def shutdown(self) -> None: ...
     def broker_ok(self) -> bool: ...  # for /readyz
@@ -63,7 +65,11 @@ def submit_run(session: Session, executor: Executor, run_id: str, *, retry: bool
     """Hand a queued run to the executor. If the broker is down the run stays queued with the
     reason ``SUBMIT_FAILED`` and the maintenance pass tries again later (``retry=True``)."""
     try:
-        executor.submit(run_id)
+        replicas = int(store.get_run(session, run_id).spec.get("replicas", 1))
+        if replicas > 1:  # sized: the Celery queue of runs this large
+            executor.submit(run_id, replicas=replicas)
+        else:
+            executor.submit(run_id)
     except Exception as exc:
         log.warning("run %s: submit failed (%s); will retry", run_id, exc)
         store.set_queued_reason(session, run_id, SUBMIT_FAILED)
@@ -113,18 +119,19 @@ class CeleryExecutor:
         self._epoch: str | None = None  # the broker's identity (Redis run id) when last seen
         self._seen_down = False  # the broker was unreachable since we last knew its identity
 
-    def submit(self, run_id: str) -> None:
+    def submit(self, run_id: str, replicas: int = 1) -> None:
+        queue = queue_for_replicas(self.settings.queue, replicas)
         self._app.send_task(
             TASK_NAME,
             args=[run_id],
-            queue=self.settings.queue,
+            queue=queue,
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5},
         )
         with self._lock:
             previous = self._sent.get(run_id)
             self._sent[run_id] = (self._clock(), 0 if previous is None else previous[1] + 1)
-        log.info("run %s sent to queue %s", run_id, self.settings.queue)
+        log.info("run %s sent to queue %s", run_id, queue)
 
     def start(self) -> None:
         """Nothing to start: Celery workers run elsewhere; the API reaps lost runs. Notes the
@@ -235,7 +242,8 @@ class LocalExecutor:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._closed = False
 
-    def submit(self, run_id: str) -> None:
+    def submit(self, run_id: str, replicas: int = 1) -> None:
+        """``replicas`` is not needed here: the child's worker checks its own capacity."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the embedded executor is shut down")
@@ -355,7 +363,7 @@ class RecordingExecutor:
         self.fail_submit = False
         self.broker_up = True
 
-    def submit(self, run_id: str) -> None:
+    def submit(self, run_id: str, replicas: int = 1) -> None:
         if self.fail_submit:
             raise ConnectionError("broker down (test)")
         self.submitted.append(run_id)

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     # Added for the Celery executor and workers (workers/celery_app.py, service/executor.py):
     # producers and workers must agree on both, so they live here rather than in code.
     queue: str = Field("bnlab", min_length=1, description="Celery queue for training tasks.")
+    max_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description="Replicas one run may have on this worker (its capacity; default: the GPU "
+        "count on a CUDA worker, else the CPU count, at most 8). A Celery worker consumes the "
+        "queues of the run sizes it can hold (service.vocab.queues_for_capacity).",
+    )
     visibility_timeout_s: float = Field(
         86_400.0,
         gt=0,

@@ -41,6 +41,28 @@ WAITING = "waiting for a worker"
 # The Celery task the executor sends by name (the service never imports workers).
 TASK_NAME = "bnlab.run_training"
 
+# Celery routes a run by its size (spec.replicas): 1 replica → the base queue (settings.queue),
+# 2 → "<base>.r2", 3-4 → "<base>.r4", 5-8 → "<base>.r8". A worker consumes the base queue and
+# each ".rK" with K ≤ its capacity (max_replicas), so a run only reaches a worker that can hold
+# it (a worker of capacity 3 takes runs of 1 and 2 replicas).
+REPLICA_QUEUE_SIZES = (2, 4, 8)
+
+
+def queue_for_replicas(base: str, replicas: int) -> str:
+    """The Celery queue for a run of ``replicas`` processes."""
+    if replicas <= 1:
+        return base
+    for size in REPLICA_QUEUE_SIZES:
+        if replicas <= size:
+            return f"{base}.r{size}"
+    raise ValueError(f"no queue for {replicas} replicas (at most {REPLICA_QUEUE_SIZES[-1]})")
+
+
+def queues_for_capacity(base: str, capacity: int) -> list[str]:
+    """The queues a worker that holds ``capacity`` replicas consumes."""
+    return [base] + [f"{base}.r{size}" for size in REPLICA_QUEUE_SIZES if size <= capacity]
+
+
 # Limits of the API that clients need to know.
 MAX_SWEEP_RUNS = 1000  # runs one sweep (the product of its grid's list lengths) may create
 MAX_PAGE_SIZE = 200  # the cap on GET /runs?limit= (and every other cursor page)

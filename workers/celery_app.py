@@ -1,6 +1,11 @@
 """The Celery app, configured for long GPU jobs.
 
-    celery -A workers.celery_app worker --concurrency 1 -Q bnlab
+    celery -A workers.celery_app worker --concurrency 1
+
+Queues by run size (service.vocab.queue_for_replicas): a run of 1 replica goes to
+``settings.queue`` (``bnlab``), of 2 to ``bnlab.r2``, 3-4 to ``bnlab.r4``, 5-8 to ``bnlab.r8``.
+Without ``-Q`` a worker consumes the queues of the sizes it can hold (``max_replicas``, default
+its GPU count, or its CPU count on a CPU worker; see workers/launch.py); ``-Q`` overrides that.
 
 One task at a time per worker, fetched only when the previous one is done (prefetch 1) and
 acknowledged only after it ends (acks_late), so a worker that dies mid-run leaves its message
@@ -18,12 +23,15 @@ import threading
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from kombu import Queue
 
 from service import db, store
 from service.db import open_session
 from service.proc import clean_stale_temp_dirs, set_parent_death_signal, unique_worker_id
 from service.settings import get_settings
+from service.vocab import queues_for_capacity
 from workers.device import detect_device  # nvidia-smi, never torch
+from workers.launch import capacity
 
 log = logging.getLogger("bnlab.worker")
 
@@ -32,6 +40,8 @@ settings = get_settings()
 app = Celery("bnlab", broker=settings.broker_url, include=["workers.tasks"])
 app.conf.update(
     task_default_queue=settings.queue,
+    # Consumed when the worker is started without -Q: the run sizes this worker can hold.
+    task_queues=[Queue(name) for name in queues_for_capacity(settings.queue, capacity(settings))],
     task_ignore_result=True,
     # No result backend, so STARTED would go nowhere: "running" in the database is the truth.
     task_track_started=False,

@@ -31,3 +31,23 @@ def detect_device() -> str:
     if visible:
         return "cuda:0"
     return "cpu"
+
+
+@lru_cache
+def gpu_count() -> int:
+    """GPUs this worker may use: those CUDA_VISIBLE_DEVICES names, else those ``nvidia-smi -L``
+    lists (0 on a CPU worker)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        names = [v for v in visible.split(",") if v.strip()]
+        return 0 if not names or names[0].strip() == "-1" else len(names)
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        listing = subprocess.run(
+            [smi, "-L"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))

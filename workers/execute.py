@@ -11,15 +11,18 @@ embedded executor's subprocess):
   changes nothing and stops its trainer at its next heartbeat;
 * the trainer resumes from the run's last checkpoint (``BNLAB_ARTIFACT_DIR/runs/RUN_ID``)
   and says so first: the points a lost attempt stored after that step are deleted;
-* spawn ``python -m bncore.train SPEC.json --data-dir DIR`` in its own process group, with
-  PR_SET_PDEATHSIG so it never outlives the thread that spawned it (the one running here);
+* spawn ``python -m bncore.train SPEC.json --data-dir DIR`` (with ``replicas`` > 1,
+  torch.distributed's launcher running one per replica: ``workers/launch.py``) in its own
+  process group, with PR_SET_PDEATHSIG so it never outlives the thread that spawned it (the
+  one running here); a run with more replicas than this worker holds is failed, not started;
 * read its JSON lines: the start event → device and torch version; metrics → the batching
   writer in ``workers/ingest.py``;
 * ``workers/heartbeat.py`` keeps the run's heartbeat (and the worker's row) fresh; when the
   store says stop (cancel requested, or the run was reaped and given to someone else) this
   module kills the trainer's process group: SIGTERM, then SIGKILL after a grace period;
 * record exactly one outcome: the trainer's end event (succeeded / diverged), cancelled, or
-  failed with the exit code and the tail of stderr. Every exception path ends the run too.
+  failed with the exit code and the tail of stderr (for a group: the first rank that failed
+  and why). Every exception path ends the run too.
 
 The worker never imports torch: the trainer subprocess is the only place CUDA is touched
 (``workers/device.py`` names the device without it). Past 400 lines because one attempt is
@@ -57,38 +60,17 @@ from service.vocab import RunStatus
 from workers.device import detect_device
 from workers.heartbeat import Heartbeat
 from workers.ingest import FINAL_WRITE_DEADLINE_S, MetricWriter
+from workers.launch import capacity, exit_description, read_stderr, trainer_command
 
 log = logging.getLogger("bnlab.execute")
 
 KILL_GRACE_S = 5.0  # SIGTERM → SIGKILL
 STDERR_TAIL_LINES = 30
-STDERR_LINE_CHARS = 2_000
 
 
 class Interrupted(BaseException):
     """This process is asked to stop (SIGTERM in ``python -m workers.execute``): stop the
     trainer and put the run back in the queue rather than failing it."""
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _exit_description(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
-    return f"exited with code {code}"
-
-
-def _read_stderr(stream, tail: collections.deque[str], run_id: str) -> None:  # noqa: ANN001
-    for line in stream:
-        line = line.rstrip("\n")[:STDERR_LINE_CHARS]
-        tail.append(line)
-        log.debug("run %s trainer stderr: %s", run_id, line)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -108,6 +90,8 @@ class _Execution:
         self.end: dict[str, Any] | None = None
         self.stop_reason: str | None = None  # "cancel" | "lost", set by the heartbeat
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.replicas = int(self.spec.get("replicas", 1))
+        self.rank_failures: list[tuple[int, str]] = []  # (rank, why), in the order reported
         self.started = time.monotonic()
         self._kill_lock = threading.Lock()
 
@@ -123,8 +107,8 @@ class _Execution:
                 spec_path.write_text(json.dumps(self.spec))
                 self.proc = self._spawn(spec_path)
                 stderr_reader = threading.Thread(
-                    target=_read_stderr,
-                    args=(self.proc.stderr, self.stderr_tail, self.run_id),
+                    target=read_stderr,
+                    args=(self.proc.stderr, self.stderr_tail, self.run_id, self.rank_failures),
                     name=f"stderr-{self.run_id[:8]}",
                     daemon=True,
                 )
@@ -169,24 +153,15 @@ class _Execution:
     # -- the trainer process
 
     def _spawn(self, spec_path: Path) -> subprocess.Popen[str]:
-        cmd = [
+        cmd = trainer_command(
+            self.settings,
             self.settings.python or sys.executable,
-            "-m",
-            "bncore.train",
-            str(spec_path),
-            "--data-dir",
-            str(self.settings.data_dir),
-            # Checkpoints: resumed from when the run is retried (bncore/checkpoint.py).
-            "--checkpoint-dir",
-            str(run_artifact_dir(self.settings, self.run_id)),
-            "--checkpoint-every",
-            str(self.settings.checkpoint_every),
-            "--checkpoint-keep",
-            "0",  # all: _prune_checkpoints keeps what a retry may still resume from
-            # A checkpoint past the points stored so far would leave a gap in the curve.
-            "--resume-max-step",
-            str(self.stored_step),
-        ]
+            spec_path,
+            run_artifact_dir(self.settings, self.run_id),
+            self.stored_step,
+            self.replicas,
+            self.run_id,
+        )
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -200,7 +175,13 @@ class _Execution:
             preexec_fn=die_with_parent(),  # noqa: PLW1509 (spawned by this run's own thread)
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        log.info("run %s: trainer started (pid %d) on %s", self.run_id, proc.pid, self.device)
+        log.info(
+            "run %s: trainer started (pid %d, %d replica(s)) on %s",
+            self.run_id,
+            proc.pid,
+            self.replicas,
+            self.device,
+        )
         return proc
 
     def _prune_checkpoints(self, stored_step: int) -> None:
@@ -290,7 +271,7 @@ class _Execution:
         if end is not None:
             if code != 0:
                 log.warning(
-                    "run %s: trainer %s after its end event", self.run_id, _exit_description(code)
+                    "run %s: trainer %s after its end event", self.run_id, exit_description(code)
                 )
             step = int(end.get("step") or 0)
             last_step = max(step, writer.max_step or 0)
@@ -318,12 +299,18 @@ class _Execution:
             return self._current_status()
         tail = [line for line in self.stderr_tail if line.strip()]
         last = tail[-1].strip() if tail else "no output on stderr"
-        what = f"trainer {_exit_description(code)} without an end event"
+        what = f"trainer {exit_description(code)} without an end event"
+        failed_ranks = ""  # the launcher's own summary fills the tail: keep the ranks' words
+        if self.rank_failures:  # the first rank to fail; the others followed it down
+            rank, last = self.rank_failures[0]
+            what = f"rank {rank} of {self.replicas} failed (launcher {exit_description(code)})"
+            failed_ranks = "".join(f"[rank {r}] {why}\n" for r, why in self.rank_failures)
         log.error("run %s: %s", self.run_id, what)
         return self._record(
             RunStatus.failed,
             f"{what}: {last}"[:500],
-            error=f"{what}\n--- last lines of stderr ---\n" + "\n".join(self.stderr_tail),
+            error=f"{what}\n{failed_ranks}--- last lines of stderr ---\n"
+            + "\n".join(self.stderr_tail),
             wall_time=elapsed,
         )
 
@@ -421,7 +408,26 @@ def execute_run(run_id: str, worker_name: str, settings: Settings | None = None)
         log.info("run %s not executed by %s: it is %s, not queued", run_id, worker_name, claimed)
         return claimed
     log.info("run %s claimed by %s", run_id, worker_name)
+    replicas, holds = int(claimed.spec.get("replicas", 1)), capacity(settings)
+    if replicas > holds:  # routing keeps such runs away (Celery); the embedded pool cannot
+        return _refuse(run_id, worker_name, claimed.token, settings, replicas, holds)
     return _Execution(run_id, worker_name, claimed, settings).run()
+
+
+def _refuse(
+    run_id: str, worker: str, token: str, settings: Settings, replicas: int, holds: int
+) -> str:
+    """Fail a run this worker cannot hold, saying why, rather than start part of it."""
+    reason = (
+        f"the run needs {replicas} replicas; worker {worker} holds at most {holds} (max_replicas)"
+    )
+
+    def finish(session: Session) -> bool:
+        return store.finish_run(session, run_id, RunStatus.failed, reason, token=token)
+
+    with_db_retry(settings, f"run {run_id}: refusing it", finish, deadline_s=30)
+    log.warning("run %s: %s", run_id, reason)
+    return RunStatus.failed.value
 
 
 @dataclass(frozen=True)

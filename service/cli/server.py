@@ -222,7 +222,9 @@ def worker(
         typer.Option(
             "--queue",
             "-Q",
-            help="Queue(s) to consume (repeatable). Default: BNLAB_QUEUE (bnlab).",
+            help="Queue(s) to consume (repeatable). Default: BNLAB_QUEUE (bnlab) and the "
+            "queues of the run sizes this worker can hold (bnlab.r2, .r4, .r8 up to "
+            "BNLAB_MAX_REPLICAS, default its GPU or CPU count).",
             show_default=False,
         ),
     ] = None,
@@ -251,10 +253,11 @@ def worker(
             check_worker_prefix(name)
         except ValueError as exc:
             fail(f"--name: {exc}")
-    queues = queue or [settings.queue]
+    queues = queue or []  # none: the worker picks those it can hold (workers/celery_app.py)
     command_line = worker_command(concurrency, queues, loglevel, name)
+    shown = ", ".join(queues) or f"{settings.queue} and those of the run sizes it can hold"
     log_line(
-        f"worker     broker {display_url(settings.broker_url)} (queue {', '.join(queues)}), "
+        f"worker     broker {display_url(settings.broker_url)} (queue {shown}), "
         f"database {display_url(settings.database_url)}"
     )
     log_line(f"exec       {' '.join(command_line)}")

@@ -32,6 +32,13 @@ def problem_of(response) -> dict:  # noqa: ANN001
         ({"model": {"hidden": [0]}}, "model.hidden[0]", "greater than or equal to 1"),
         ({"frobnicate": 1}, "frobnicate", "Extra inputs are not permitted"),
         ({"model": {"norm": "layernorm"}}, "model.norm", "Input should be 'none'"),
+        ({"replicas": 9}, "replicas", "Input should be less than or equal to 8"),
+        ({"replicas": 0}, "replicas", "Input should be greater than or equal to 1"),
+        (
+            {"batch_size": 60, "replicas": 8},
+            "replicas",
+            "batch_size 60 must be divisible by replicas 8",
+        ),
     ],
 )
 def test_422_names_field_and_bound(client, body: dict, field: str, message: str) -> None:  # noqa: ANN001
@@ -57,6 +64,25 @@ def test_spec_level_error_is_readable(client) -> None:  # noqa: ANN001
     response = client.post(RUNS, json={"dataset": "npz"})
     assert response.status_code == 422
     assert "data_path is required" in problem_of(response)["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (  # ghost batches of one example have no batch statistics
+            {"batch_size": 8, "replicas": 8, "model": {"norm": "batchnorm"}},
+            "batch_size 8 / replicas 8 leaves 1 example",
+        ),
+        (
+            {"replicas": 2, "device": "cpu", "model": {"norm": "torch_sync_batchnorm"}},
+            "torch_sync_batchnorm (torch.nn.SyncBatchNorm) runs on GPUs only",
+        ),
+    ],
+)
+def test_replicas_that_cannot_run_are_422_saying_why(client, body: dict, message: str) -> None:  # noqa: ANN001
+    response = client.post(RUNS, json=body)
+    assert response.status_code == 422
+    assert message in problem_of(response)["detail"]
 
 
 @pytest.mark.parametrize("raw", [b'{"steps": ', b"not json", b'{"steps": 10,}'])
