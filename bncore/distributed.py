@@ -216,11 +216,12 @@ def plain_batchnorm(model: nn.Module) -> nn.Module:
     bncore's plain BatchNorm with the same parameters, buffers and mode, for what rank 0
     computes alone after training (and for Algorithm 2's statistics, which look for bncore's
     layers)."""
-    from bncore import nn as bnn
+    from bncore.nn import SyncBatchNorm
+    from bncore.nn.batchnorm import _BatchNorm
 
-    sync_types = tuple(t for t in (nn.SyncBatchNorm, getattr(bnn, "SyncBatchNorm", None)) if t)
+    sync_types = (nn.SyncBatchNorm, SyncBatchNorm)
 
-    class AnyDimBatchNorm(bnn._BatchNorm):
+    class AnyDimBatchNorm(_BatchNorm):
         def _check_input_dim(self, x: torch.Tensor) -> None:
             if x.dim() < 2:
                 raise ValueError(f"expected an (N, C, *) input, got {x.dim()}-D")
