@@ -9,9 +9,10 @@ C++ autograd Function (no Python in the backward).
 Build
     On first use, with torch.utils.cpp_extension (the machine's C++ compiler and ninja), into
     ``$BNCORE_EXT_DIR`` or ``~/.cache/bncore/ext``, in a folder named by the source's hash,
-    the torch version and the interpreter's environment (two virtualenvs sharing the cache
-    would otherwise rebuild it in turn, their include paths differ): a changed source or
-    torch rebuilds, later processes load the built library. Logged once.
+    the torch version, the source's path and the interpreter's environment (two checkouts or
+    virtualenvs sharing the cache would otherwise rebuild it in turn: the build file names
+    the source and the include paths): a changed source or torch rebuilds, later processes
+    load the built library. Logged once.
 
     Concurrent first uses wait for one build under an ``flock`` (released by the kernel when
     its holder dies). torch's own build lock is a plain file that a process killed mid-build
@@ -52,7 +53,8 @@ _stats = {"calls": 0, "fallback_calls": 0}
 
 
 def _build_dir() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + sys.prefix.encode()).hexdigest()[:16]
+    where = f"{SOURCE}\0{sys.prefix}".encode()  # ninja's build file names both
+    digest = hashlib.sha256(SOURCE.read_bytes() + where).hexdigest()[:16]
     root = os.environ.get("BNCORE_EXT_DIR") or Path.home() / ".cache" / "bncore" / "ext"
     return Path(root) / f"torch{torch.__version__}-{digest}"
 

@@ -188,6 +188,13 @@ class JobSpec(_Strict):
         "goes to a worker that can hold this many.",
     )
     steps: int = Field(3000, ge=1, le=MAX_STEPS)
+    checkpoint_every: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_STEPS,
+        description="Steps between checkpoints (0: only the final one), which a retried run "
+        "resumes from. Default: the server's BNLAB_CHECKPOINT_EVERY (500).",
+    )
     eval_every: int = Field(100, ge=1, le=MAX_STEPS)
     log_every: int = Field(1, ge=1, le=MAX_STEPS, description="Emit train metrics every N steps.")
     seed: int = Field(0, ge=0, le=2**31 - 1)

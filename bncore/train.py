@@ -411,7 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--checkpoint-dir", default=None, help="resume from and save checkpoints here"
     )
-    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps (0: at the end)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        help="steps (0: at the end), unless the spec sets checkpoint_every",
+    )
     parser.add_argument(
         "--checkpoint-keep",
         type=int,
@@ -445,7 +450,10 @@ def _run(args: argparse.Namespace, rank: int | None) -> int:
         print(f"invalid spec: {e}", file=sys.stderr)
         return 2
     checkpoints = Checkpoints(
-        args.checkpoint_dir, spec, every=args.checkpoint_every, keep=args.checkpoint_keep
+        args.checkpoint_dir,
+        spec,
+        every=args.checkpoint_every if spec.checkpoint_every is None else spec.checkpoint_every,
+        keep=args.checkpoint_keep,
     )
     stream = train(spec, args.data_dir, checkpoints, args.resume_max_step)
     try:

@@ -138,3 +138,21 @@ def test_pruning_keeps_what_the_stored_curve_can_resume_from(tmp_path: Path) -> 
 
     assert prune(tmp_path, keep=2, stored_step=80) == [step_path(tmp_path, 40)]
     assert prune(tmp_path, keep=2, stored_step=10) == []  # nothing stored reaches any of them
+
+
+def test_a_spec_sets_its_own_checkpoint_interval(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``checkpoint_every`` in the spec wins over the worker's --checkpoint-every (the
+    server's default); without it, the option applies."""
+    from bncore.train import main
+
+    for every, folder in ((30, "own"), (None, "default")):
+        spec = SPEC.model_copy(update={"checkpoint_every": every})
+        path = tmp_path / f"{folder}.json"
+        path.write_text(spec.model_dump_json())
+        out = tmp_path / folder
+        argv = [str(path), "--checkpoint-dir", str(out), "--checkpoint-every", "40"]
+        assert main([*argv, "--checkpoint-keep", "0"]) == 0
+        steps = sorted(step for step, _ in step_checkpoints(out))
+        last = SPEC.steps
+        assert steps == [*range(every or 40, last, every or 40), last], (every, steps)
+    capsys.readouterr()
