@@ -30,16 +30,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-STORE_TESTS = ("tests/unit/service/store/test_store_runs.py",)
-GUARD_TESTS = ("tests/unit/service/store/test_store_guards.py",)
-METRIC_TESTS = ("tests/unit/service/store/test_store_metrics.py",)
-BN_TESTS = (
+STORE_TESTS = (
+    "tests/unit/service/store/test_store_runs.py",
+    "tests/unit/service/store/test_store_guards.py",
+)
+METRIC_TESTS = (
+    "tests/unit/service/store/test_store_metrics.py",
+    "tests/unit/service/store/test_store_series.py",
+    "tests/unit/service/store/test_store_guards.py",
+)
+FENCE_TESTS = ("tests/unit/workers/test_fencing.py",)
+INGEST_TESTS = ("tests/unit/workers/test_execute.py",)
+CHECKPOINT_TESTS = ("tests/unit/bncore/test_checkpoint.py",)
+BN_TESTS = (  # these run bncore's Python maths (the "eager" backend), where the mutants are
     "tests/unit/bncore/test_half_precision.py",
-    "tests/unit/test_bn_functional.py",
-    "tests/unit/test_bn_modules.py",
+    "tests/unit/bncore/test_bn_functional.py",
+    "tests/unit/bncore/test_bn_modules.py",
 )
 ANALYSIS_TESTS = ("tests/unit/service/analysis",)
-AUTH_TESTS = ("tests/unit/test_auth.py",)
+AUTH_TESTS = (
+    "tests/unit/service/api/test_auth.py",
+    "tests/unit/service/api/test_auth_scopes.py",
+)
 
 
 @dataclass(frozen=True)
@@ -58,51 +70,71 @@ MUTANTS = [
         "service/store/runs.py",
         "guard = [] if worker is None else [Run.worker == worker]",
         "guard = []",
-        STORE_TESTS + GUARD_TESTS,
+        STORE_TESTS,
+    ),
+    Mutant(
+        "owner-token-guard",  # finish, release and heartbeat ignore the claim token
+        "service/store/runs.py",
+        "    if token is not None:\n        guard.append(Run.claim_token == token)",
+        "    if False:\n        guard.append(Run.claim_token == token)",
+        STORE_TESTS + FENCE_TESTS,
     ),
     Mutant(
         "retry-limit",
         "service/store/runs.py",
         "elif attempt < max_attempts:",
         "elif attempt <= max_attempts:",
-        STORE_TESTS + GUARD_TESTS,
+        STORE_TESTS,
+    ),
+    Mutant(
+        "reaper-boundary",  # a heartbeat exactly at the cutoff is no longer stale
+        "service/store/runs.py",
+        "Run.heartbeat_at <= cutoff",
+        "Run.heartbeat_at < cutoff",
+        STORE_TESTS,
+    ),
+    Mutant(
+        "reap-keeps-token",  # the lost attempt's token stays valid after the reaper took the run
+        "service/store/runs.py",
+        'extra: dict[str, Any] = {"worker": None, "claim_token": None}',
+        'extra: dict[str, Any] = {"worker": None}',
+        STORE_TESTS + FENCE_TESTS,
     ),
     Mutant(
         "claim-from-running",
         "service/store/runs.py",
         "        [RunStatus.queued],\n        RunStatus.running,",
         "        [RunStatus.queued, RunStatus.running],\n        RunStatus.running,",
-        STORE_TESTS + GUARD_TESTS,
+        STORE_TESTS,
     ),
     Mutant(
         "heartbeat-ignores-cancel",
         "service/store/runs.py",
-        "row.worker == worker and not row.cancel_requested",
-        "row.worker == worker",
-        STORE_TESTS + GUARD_TESTS,
+        "return row.status == RunStatus.running and mine and not row.cancel_requested",
+        "return row.status == RunStatus.running and mine",
+        STORE_TESTS,
+    ),
+    Mutant(
+        "heartbeat-any-worker",  # a stale attempt's heartbeat refreshes the run
+        "service/store/runs.py",
+        "            Run.id == run_id, Run.status == RunStatus.running.value, "
+        "*_owner_guard(worker, token)\n",
+        "            Run.id == run_id, Run.status == RunStatus.running.value\n",
+        STORE_TESTS,
     ),
     Mutant(
         "reap-ignores-cancel",
         "service/store/runs.py",
         "        if cancel_requested:\n",
         "        if False:\n",
-        STORE_TESTS + GUARD_TESTS,
+        STORE_TESTS,
     ),
     Mutant(
         "release-spends-attempt",
         "service/store/runs.py",
-        "        worker=None,\n        attempt=Run.attempt - 1,\n",
-        "        worker=None,\n",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "heartbeat-any-worker",
-        "service/store/runs.py",
-        ".where(Run.id == run_id, Run.status == RunStatus.running.value, Run.worker == worker)\n"
-        "        .values(heartbeat_at=now)",
-        ".where(Run.id == run_id, Run.status == RunStatus.running.value)\n"
-        "        .values(heartbeat_at=now)",
-        STORE_TESTS + GUARD_TESTS,
+        "        claim_token=None,\n        attempt=Run.attempt - 1,\n",
+        "        claim_token=None,\n",
+        STORE_TESTS,
     ),
     Mutant(
         "cancel-flags-finished-runs",
@@ -110,78 +142,180 @@ MUTANTS = [
         ".where(Run.id == run_id, Run.status == RunStatus.running.value)\n"
         "        .values(cancel_requested=True)",
         ".where(Run.id == run_id)\n        .values(cancel_requested=True)",
-        STORE_TESTS + GUARD_TESTS,
+        STORE_TESTS,
+    ),
+    Mutant(
+        "holds-claim-any-token",
+        "service/store/runs.py",
+        ".where(Run.id == run_id, Run.claim_token == token)\n        .values(claim_token=token)",
+        ".where(Run.id == run_id)\n        .values(claim_token=token)",
+        STORE_TESTS + FENCE_TESTS,
+    ),
+    Mutant(
+        "resume-any-token",
+        "service/store/runs.py",
+        ".where(Run.id == run_id, Run.status == RunStatus.running.value, Run.claim_token == token)"
+        "\n        .values(resumed_step=",
+        ".where(Run.id == run_id, Run.status == RunStatus.running.value)"
+        "\n        .values(resumed_step=",
+        STORE_TESTS + FENCE_TESTS,
+    ),
+    Mutant(
+        "resume-keeps-lost-points",
+        "service/store/runs.py",
+        "    delete_metrics_after(session, run_id, step)\n    session.commit()\n    return True",
+        "    session.commit()\n    return True",
+        STORE_TESTS + FENCE_TESTS,
     ),
     # (Not listed: skipping create_run's look-up of an idempotency key seen before is an
     # equivalent mutant; the insert then hits the unique key and returns the earlier run.)
     # ------------------------------------------------------------- metric writes
     Mutant(
-        "metrics-on-conflict",
+        "metrics-token-fence",  # add_metrics writes for whoever calls, token or not
         "service/store/metrics.py",
-        "insert(MetricPoint).on_conflict_do_nothing()",
-        "insert(MetricPoint)",
-        METRIC_TESTS + GUARD_TESTS,
+        '    if token is not None:\n        sql += " AND claim_token = %s"',
+        '    if False:\n        sql += " AND claim_token = %s"',
+        METRIC_TESTS,
+    ),
+    Mutant(
+        "metrics-resend-duplicates",  # a re-sent batch is stored a second time
+        "service/store/metrics.py",
+        "fresh = old & ~np.isin(steps, stored)",
+        "fresh = old",
+        METRIC_TESTS,
     ),
     Mutant(
         "metrics-last-step-regresses",
         "service/store/metrics.py",
-        "Run.last_step < newest",
-        "Run.last_step != newest",
-        METRIC_TESTS + GUARD_TESTS,
+        "last_step IS NULL OR last_step < %s THEN %s",
+        "last_step IS NULL OR last_step <> %s THEN %s",
+        METRIC_TESTS,
+    ),
+    Mutant(
+        "delete-after-drops-the-step",
+        "service/store/metrics.py",
+        "keep = steps <= step",
+        "keep = steps < step",
+        METRIC_TESTS,
+    ),
+    Mutant(
+        "delete-after-drops-chunk-at-step",
+        "service/store/metrics.py",
+        "        if first_step > step:\n",
+        "        if first_step >= step:\n",
+        METRIC_TESTS,
+    ),
+    Mutant(
+        "delete-after-keeps-last-step",
+        "service/store/metrics.py",
+        '"UPDATE runs SET last_step = %s WHERE id = %s AND last_step > %s"',
+        '"UPDATE runs SET last_step = %s WHERE id = %s AND last_step < %s"',
+        METRIC_TESTS,
     ),
     Mutant(
         "metrics-after-step-inclusive",
-        "service/store/metrics.py",
-        "query = query.where(MetricPoint.step > after_step)",
-        "query = query.where(MetricPoint.step >= after_step)",
+        "service/store/metric_reads.py",
+        "lo = after_step + 1 if lo is None else max(lo, after_step + 1)",
+        "lo = after_step if lo is None else max(lo, after_step)",
         METRIC_TESTS,
     ),
     Mutant(
         "metrics-limit-off-by-one",
-        "service/store/metrics.py",
-        ".where(ranked.c.rank <= limit)",
-        ".where(ranked.c.rank < limit)",
+        "service/store/metric_reads.py",
+        "steps, values = steps[:limit], values[:limit]",
+        "steps, values = steps[: limit - 1], values[: limit - 1]",
         METRIC_TESTS,
+    ),
+    # ------------------------------------------------------------- ingest (worker side)
+    Mutant(
+        "ingest-drops-failed-batch",  # a batch that failed to write is not retried
+        "workers/ingest.py",
+        "self._points[:0] = batch",
+        "self._points[:0] = []",
+        INGEST_TESTS,
+    ),
+    Mutant(
+        "ingest-fence-skipped",  # the writer does not notice it lost the claim
+        "workers/ingest.py",
+        "        if not store.holds_claim(session, self.run_id, self.token):\n",
+        "        if False:\n",
+        FENCE_TESTS,
+    ),
+    # ------------------------------------------------------------- checkpoint retention
+    Mutant(
+        "prune-ignores-stored-step",  # issue 12: retention by the trainer's own step
+        "bncore/checkpoint_files.py",
+        "usable = [path for step, path in step_checkpoints(directory) if step <= stored_step]",
+        "usable = [path for step, path in step_checkpoints(directory)]",
+        CHECKPOINT_TESTS,
+    ),
+    Mutant(
+        "prune-stored-step-exclusive",
+        "bncore/checkpoint_files.py",
+        "if step <= stored_step]",
+        "if step < stored_step]",
+        CHECKPOINT_TESTS,
+    ),
+    Mutant(
+        "prune-keeps-oldest",
+        "bncore/checkpoint_files.py",
+        "return sorted(found, reverse=True)",
+        "return sorted(found)",
+        CHECKPOINT_TESTS,
+    ),
+    Mutant(
+        "prune-keeps-one-fewer",
+        "bncore/checkpoint_files.py",
+        "usable[max(1, keep) :]",
+        "usable[max(1, keep) - 1 :]",
+        CHECKPOINT_TESTS,
     ),
     # ------------------------------------------------------------- BN math (bncore)
     Mutant(
         "half-accumulation",
-        "bncore/functional.py",
+        "bncore/_math.py",
         "return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype",
         "return dtype",
         BN_TESTS,
     ),
     Mutant(
         "eps-outside-sqrt",
-        "bncore/functional.py",
+        "bncore/_math.py",
         "invstd = torch.rsqrt(var + eps)",
         "invstd = torch.rsqrt(var) + eps",
         BN_TESTS,
     ),
     Mutant(
         "running-var-biased",
-        "bncore/functional.py",
-        "unbiased = var * (m / (m - 1))",
-        "unbiased = var",
+        "bncore/_math.py",
+        "(var * (m / (m - 1))).to(running_var.dtype)",
+        "var.to(running_var.dtype)",
         BN_TESTS,
     ),
     Mutant(
         "running-momentum-swapped",
-        "bncore/functional.py",
-        "running_mean.lerp_(mean.to(running_mean.dtype), momentum)",
-        "running_mean.lerp_(mean.to(running_mean.dtype), 1 - momentum)",
+        "bncore/_math.py",
+        "torch._foreach_lerp_([running_mean, running_var], stats, momentum)",
+        "torch._foreach_lerp_([running_mean, running_var], stats, 1 - momentum)",
         BN_TESTS,
     ),
     Mutant(
         "backward-dbeta-sign",
-        "bncore/functional.py",
+        "bncore/_math.py",
         "b = -a * mean - k * sum_dy / m",
         "b = -a * mean + k * sum_dy / m",
         BN_TESTS,
     ),
     Mutant(
+        "backward-mean-term-dropped",
+        "bncore/_math.py",
+        "centred = dyf - per_channel(sum_dy / m, x)",
+        "centred = dyf",
+        BN_TESTS,
+    ),
+    Mutant(
         "eval-eps-dropped",
-        "bncore/functional.py",
+        "bncore/_math.py",
         "invstd = var.to(acc).add(eps).rsqrt_()",
         "invstd = var.to(acc).rsqrt_()",
         BN_TESTS,
@@ -198,7 +332,7 @@ MUTANTS = [
         "bncore/nn.py",
         "self.sum_var += var * (m / (m - 1))",
         "self.sum_var += var",
-        BN_TESTS + ("tests/unit/test_bn_population.py",),
+        BN_TESTS + ("tests/unit/bncore/test_bn_population.py",),
     ),
     Mutant(
         "cumulative-momentum-off-by-one",
@@ -252,10 +386,10 @@ MUTANTS = [
     ),
     # ------------------------------------------------------------- auth
     Mutant(
-        "auth-last-key-only",
-        "service/api/deps.py",
-        "found |= hmac.compare_digest(digest, stored)",
-        "found = hmac.compare_digest(digest, stored)",
+        "auth-any-key-matches",
+        "service/auth.py",
+        "if hmac.compare_digest(digest, key.digest) and found is None:",
+        "if hmac.compare_digest(digest, key.digest) or found is None:",
         AUTH_TESTS,
     ),
     Mutant(
@@ -268,8 +402,8 @@ MUTANTS = [
     Mutant(
         "auth-reads-ignored",
         "service/api/deps.py",
-        "if request.method not in WRITE_METHODS and not settings.auth_reads:",
-        "if request.method not in WRITE_METHODS:",
+        "return Scope.read if settings.auth_reads else None",
+        "return None",
         AUTH_TESTS,
     ),
     Mutant(
