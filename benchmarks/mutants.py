@@ -472,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME", help="run only NAME")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
     parser.add_argument(
+        "--baseline-timeout",
+        type=float,
+        default=3600,
+        help="seconds for the unmutated run of every selected test together",
+    )
+    parser.add_argument(
         "--no-baseline", action="store_true", help="skip checking the tests pass unmutated"
     )
     args = parser.parse_args(argv)
@@ -492,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         copy_repo(copy)
         if not args.no_baseline:
             selections = sorted({t for m in chosen for t in m.tests})
-            outcome, elapsed = run_tests(copy, tuple(selections), args.timeout)
+            outcome, elapsed = run_tests(copy, tuple(selections), args.baseline_timeout)
             print(f"baseline (unmutated): {outcome} in {elapsed:.0f} s", flush=True)
             if outcome != "passed":
                 print("the selected tests fail without any mutant: fix that first")
