@@ -50,7 +50,7 @@ def _spec(**overrides) -> JobSpec:
     base = {
         "dataset": "synthetic",
         "synthetic_features": 16,
-        "model": {"hidden": [16, 16], "norm": "torch_batchnorm"},
+        "model": {"hidden": [16, 16], "norm": "batchnorm"},
         "optimizer": {"lr": 0.5},
         "batch_size": 32,
         "steps": 30,
