@@ -434,11 +434,18 @@ def copy_repo(dest: Path) -> None:
         shutil.copy2(source, target)
 
 
-def run_tests(copy: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[str, float]:
+def run_tests(
+    copy: Path, tests: tuple[str, ...], timeout_s: float, report: list[str] | None = None
+) -> tuple[str, float]:
     """'passed', 'failed', 'timeout', or 'error N' (pytest's exit status: 2-5 mean the tests
-    could not run, e.g. none collected), and the seconds it took."""
+    could not run, e.g. none collected), and the seconds it took. ``report`` gets the last
+    lines of pytest's output."""
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("CI", None)
+    # bncore's C++ operator off: no mutant touches its source, and torch's loader would rebuild
+    # it for the copy's path in the shared cache (minutes on a busy machine; a test killed by
+    # its timeout mid-build leaves a lock that every later load waits on). Python maths instead.
+    env["BNCORE_NO_EXT"] = "1"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", *tests]
     started = time.monotonic()
     try:
@@ -446,6 +453,8 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[str
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - started
     elapsed = time.monotonic() - started
+    if report is not None:
+        report += done.stdout.decode(errors="replace").splitlines()[-40:]
     outcome = {0: "passed", 1: "failed"}.get(done.returncode, f"error {done.returncode}")
     return outcome, elapsed
 
@@ -498,9 +507,11 @@ def main(argv: list[str] | None = None) -> int:
         copy_repo(copy)
         if not args.no_baseline:
             selections = sorted({t for m in chosen for t in m.tests})
-            outcome, elapsed = run_tests(copy, tuple(selections), args.baseline_timeout)
+            output: list[str] = []
+            outcome, elapsed = run_tests(copy, tuple(selections), args.baseline_timeout, output)
             print(f"baseline (unmutated): {outcome} in {elapsed:.0f} s", flush=True)
             if outcome != "passed":
+                print("\n".join(output))
                 print("the selected tests fail without any mutant: fix that first")
                 return 2
         for m in chosen:
