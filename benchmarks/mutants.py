@@ -465,14 +465,18 @@ def run_mutant(copy: Path, mutant: Mutant, timeout_s: float) -> str:
     if original.count(mutant.old) != 1:
         return f"not applied ({original.count(mutant.old)} matches)"
     path.write_text(original.replace(mutant.old, mutant.new))
+    output: list[str] = []
     try:
-        outcome, elapsed = run_tests(copy, mutant.tests, timeout_s)
+        outcome, elapsed = run_tests(copy, mutant.tests, timeout_s, output)
     finally:
         path.write_text(original)
     verdict = {"failed": "killed", "timeout": "killed", "passed": "SURVIVED"}.get(outcome)
     if verdict is None:  # a mutant that breaks the import kills the tests too; 4/5 do not
         verdict = "killed" if outcome == "error 2" else f"not run ({outcome})"
-    return f"{verdict} ({outcome}, {elapsed:.0f} s)"
+    # The test that caught it: pytest's short summary names it (-x: the first one to fail).
+    caught = [line.split()[1] for line in output if line.startswith(("FAILED ", "ERROR "))]
+    by = f" by {caught[0].split(' - ')[0]}" if verdict == "killed" and caught else ""
+    return f"{verdict} ({outcome}, {elapsed:.0f} s){by}"
 
 
 def main(argv: list[str] | None = None) -> int:
