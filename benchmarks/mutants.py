@@ -17,8 +17,8 @@ The exit status is 1 if any mutant survived or could not be applied, else 0.
 
 Last full run (2026-12-07, 48 mutants, 2 busy shared cores, 18 min after an 8 min baseline):
 44 killed, 4 survived; a test was added for each survivor and a run of those four (``--only``)
-killed them all. Each mutant
-and the test that killed it (the first to fail; files under tests/unit/):
+killed them all. Each mutant and the test that killed it (the first to fail; files under
+tests/unit/):
 
     finish-worker-guard
         test_store_runs.py::test_claim_once_then_finish_by_the_owner_only
