@@ -1,7 +1,8 @@
 """Mutation testing over bnlab's core modules, with the standard library only.
 
 Each mutant is one small, plausible bug: an exact piece of text in one file replaced by another
-(a guard dropped, ``<`` turned into ``<=``, a sign flipped). The repository's files (tracked and
+(a guard dropped, ``<`` turned into ``<=``, a sign flipped), listed in benchmarks/mutant_list.py.
+The repository's files (tracked and
 untracked-but-not-ignored) are copied once to a temporary folder; each mutant is applied there
 alone, the tests that should notice it run with ``PYTHONPATH`` pointed at the copy, and the
 file is restored. A mutant is *killed* when its tests fail, *survived* when they pass (a gap in
@@ -14,6 +15,108 @@ exactly once (the code moved on: update the mutant).
 
 Run it with the project's Python (the shared venv): the tests run under ``sys.executable``.
 The exit status is 1 if any mutant survived or could not be applied, else 0.
+
+Last full run (2026-12-07, 48 mutants, 2 busy shared cores, 18 min after an 8 min baseline):
+44 killed, 4 survived; a test was added for each survivor and a run of those four (``--only``)
+killed them all. Each mutant and the test that killed it (the first to fail; files under
+tests/unit/):
+
+    finish-worker-guard
+        test_store_runs.py::test_claim_once_then_finish_by_the_owner_only
+    owner-token-guard
+        test_fencing.py::test_a_stale_token_changes_nothing_even_under_the_same_worker_name
+    retry-limit
+        test_store_runs.py::test_reap_requeues_then_fails
+    reaper-boundary
+        test_store_guards.py::test_a_zero_timeout_reaps_a_heartbeat_of_this_very_moment
+    reap-keeps-token
+        test_store_runs.py::test_a_reaped_attempts_token_writes_nothing_more (added)
+    claim-from-running
+        test_store_runs.py::test_claim_once_then_finish_by_the_owner_only
+    heartbeat-ignores-cancel
+        test_store_runs.py::test_cancel_queued_at_once_and_running_by_flag
+    heartbeat-any-worker
+        test_store_guards.py::test_stale_heartbeat_keeps_nothing_alive
+    reap-ignores-cancel
+        test_store_guards.py::test_a_cancelled_run_is_not_retried
+    release-spends-attempt
+        test_store_runs.py::test_release_requeues_without_spending_an_attempt
+    cancel-flags-finished-runs
+        test_store_guards.py::test_cancel_leaves_finished_runs_alone
+    holds-claim-any-token
+        test_fencing.py::test_a_stale_token_changes_nothing_even_under_the_same_worker_name
+    resume-any-token
+        test_fencing.py::test_a_stale_token_changes_nothing_even_under_the_same_worker_name
+    resume-keeps-lost-points
+        test_store_runs.py::test_resume_drops_the_lost_attempts_points_after_its_step (added)
+    metrics-token-fence
+        test_store_series.py::test_a_stale_token_writes_nothing
+    metrics-resend-duplicates
+        test_store_series.py::test_resends_change_nothing
+    metrics-last-step-regresses
+        test_store_guards.py::test_resent_batch_changes_nothing
+    delete-after-drops-the-step
+        test_store_series.py::test_delete_after_removes_a_lost_attempts_points
+    delete-after-drops-chunk-at-step
+        test_store_series.py::test_delete_after_keeps_the_point_a_chunk_starts_with (added)
+    delete-after-keeps-last-step
+        test_store_series.py::test_delete_after_removes_a_lost_attempts_points
+    metrics-after-step-inclusive
+        test_store_metrics.py::test_get_metrics_matches_a_reference_filter
+    metrics-limit-off-by-one
+        test_store_metrics.py::test_get_metrics_matches_a_reference_filter
+    ingest-drops-failed-batch
+        test_execute.py::test_metric_writer_keeps_points_through_a_database_outage
+    ingest-fence-skipped
+        test_fencing.py::test_a_stale_metric_writer_stores_nothing
+    prune-ignores-stored-step
+        test_checkpoint.py::test_pruning_keeps_what_the_stored_curve_can_resume_from
+    prune-stored-step-exclusive
+        test_checkpoint.py::test_pruning_keeps_what_the_stored_curve_can_resume_from
+    prune-keeps-oldest
+        test_checkpoint.py::test_a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one
+    prune-keeps-one-fewer
+        test_checkpoint.py::test_a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one
+    half-accumulation
+        test_half_precision.py::test_functional_forward_matches_float64
+    eps-outside-sqrt
+        test_bn_functional.py::test_matches_torch_float64
+    running-var-biased
+        test_bn_functional.py::test_matches_torch_float64
+    running-momentum-swapped
+        test_half_precision.py::test_modules_forward_backward_and_running_stats
+    backward-dbeta-sign
+        test_bn_functional.py::test_training_backward_of_a_large_input_matches_torch (added)
+    backward-mean-term-dropped
+        test_half_precision.py::test_modules_forward_backward_and_running_stats
+    eval-eps-dropped
+        test_bn_functional.py::test_matches_torch_float64
+    single-value-batch-allowed
+        test_bn_functional.py::test_single_value_per_channel_error_matches_torch
+    population-var-biased
+        test_bn_population.py::test_handcrafted_batches_match_the_formula
+    cumulative-momentum-off-by-one
+        test_bn_modules.py::test_module_matches_torch
+    steps-to-target-strict
+        test_compare.py::test_steps_to_target_first_step_at_or_above
+    speedup-inverted
+        test_compare.py::test_arm_statistics_and_ci
+    loss-target-fraction
+        test_compare_known_answers.py::test_fraction_targets
+    censored-bound-swapped
+        test_compare.py::test_censored_runs_count_as_budget_and_mark_bounds
+    censored-counted-as-zero
+        test_compare.py::test_censored_runs_count_as_budget_and_mark_bounds
+    mann-whitney-all-tied
+        test_compare.py::test_all_censored_test_is_none
+    auth-any-key-matches
+        test_auth.py::test_writes_with_a_wrong_key_are_403_and_write_nothing
+    auth-delete-open
+        test_auth.py::test_writes_without_a_key_are_401_and_write_nothing
+    auth-reads-ignored
+        test_auth.py::test_reads_need_a_key_with_auth_reads
+    auth-bearer-case-sensitive
+        test_auth.py::test_writes_with_a_valid_key_succeed
 """
 
 from __future__ import annotations
@@ -25,261 +128,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from mutant_list import MUTANTS, Mutant  # the list, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
-
-STORE_TESTS = ("tests/unit/service/store/test_store_runs.py",)
-GUARD_TESTS = ("tests/unit/service/store/test_store_guards.py",)
-METRIC_TESTS = ("tests/unit/service/store/test_store_metrics.py",)
-BN_TESTS = (
-    "tests/unit/bncore/test_half_precision.py",
-    "tests/unit/test_bn_functional.py",
-    "tests/unit/test_bn_modules.py",
-)
-ANALYSIS_TESTS = ("tests/unit/service/analysis",)
-AUTH_TESTS = ("tests/unit/test_auth.py",)
-
-
-@dataclass(frozen=True)
-class Mutant:
-    name: str
-    path: str  # relative to the repository root
-    old: str  # must occur exactly once in the file
-    new: str
-    tests: tuple[str, ...]
-
-
-MUTANTS = [
-    # ------------------------------------------------------------- run state machine (store)
-    Mutant(
-        "finish-worker-guard",
-        "service/store/runs.py",
-        "guard = [] if worker is None else [Run.worker == worker]",
-        "guard = []",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "retry-limit",
-        "service/store/runs.py",
-        "elif attempt < max_attempts:",
-        "elif attempt <= max_attempts:",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "claim-from-running",
-        "service/store/runs.py",
-        "        [RunStatus.queued],\n        RunStatus.running,",
-        "        [RunStatus.queued, RunStatus.running],\n        RunStatus.running,",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "heartbeat-ignores-cancel",
-        "service/store/runs.py",
-        "row.worker == worker and not row.cancel_requested",
-        "row.worker == worker",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "reap-ignores-cancel",
-        "service/store/runs.py",
-        "        if cancel_requested:\n",
-        "        if False:\n",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "release-spends-attempt",
-        "service/store/runs.py",
-        "        worker=None,\n        attempt=Run.attempt - 1,\n",
-        "        worker=None,\n",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "heartbeat-any-worker",
-        "service/store/runs.py",
-        ".where(Run.id == run_id, Run.status == RunStatus.running.value, Run.worker == worker)\n"
-        "        .values(heartbeat_at=now)",
-        ".where(Run.id == run_id, Run.status == RunStatus.running.value)\n"
-        "        .values(heartbeat_at=now)",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "cancel-flags-finished-runs",
-        "service/store/runs.py",
-        ".where(Run.id == run_id, Run.status == RunStatus.running.value)\n"
-        "        .values(cancel_requested=True)",
-        ".where(Run.id == run_id)\n        .values(cancel_requested=True)",
-        STORE_TESTS + GUARD_TESTS,
-    ),
-    # (Not listed: skipping create_run's look-up of an idempotency key seen before is an
-    # equivalent mutant; the insert then hits the unique key and returns the earlier run.)
-    # ------------------------------------------------------------- metric writes
-    Mutant(
-        "metrics-on-conflict",
-        "service/store/metrics.py",
-        "insert(MetricPoint).on_conflict_do_nothing()",
-        "insert(MetricPoint)",
-        METRIC_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "metrics-last-step-regresses",
-        "service/store/metrics.py",
-        "Run.last_step < newest",
-        "Run.last_step != newest",
-        METRIC_TESTS + GUARD_TESTS,
-    ),
-    Mutant(
-        "metrics-after-step-inclusive",
-        "service/store/metrics.py",
-        "query = query.where(MetricPoint.step > after_step)",
-        "query = query.where(MetricPoint.step >= after_step)",
-        METRIC_TESTS,
-    ),
-    Mutant(
-        "metrics-limit-off-by-one",
-        "service/store/metrics.py",
-        ".where(ranked.c.rank <= limit)",
-        ".where(ranked.c.rank < limit)",
-        METRIC_TESTS,
-    ),
-    # ------------------------------------------------------------- BN math (bncore)
-    Mutant(
-        "half-accumulation",
-        "bncore/functional.py",
-        "return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype",
-        "return dtype",
-        BN_TESTS,
-    ),
-    Mutant(
-        "eps-outside-sqrt",
-        "bncore/functional.py",
-        "invstd = torch.rsqrt(var + eps)",
-        "invstd = torch.rsqrt(var) + eps",
-        BN_TESTS,
-    ),
-    Mutant(
-        "running-var-biased",
-        "bncore/functional.py",
-        "unbiased = var * (m / (m - 1))",
-        "unbiased = var",
-        BN_TESTS,
-    ),
-    Mutant(
-        "running-momentum-swapped",
-        "bncore/functional.py",
-        "running_mean.lerp_(mean.to(running_mean.dtype), momentum)",
-        "running_mean.lerp_(mean.to(running_mean.dtype), 1 - momentum)",
-        BN_TESTS,
-    ),
-    Mutant(
-        "backward-dbeta-sign",
-        "bncore/functional.py",
-        "b = -a * mean - k * sum_dy / m",
-        "b = -a * mean + k * sum_dy / m",
-        BN_TESTS,
-    ),
-    Mutant(
-        "eval-eps-dropped",
-        "bncore/functional.py",
-        "invstd = var.to(acc).add(eps).rsqrt_()",
-        "invstd = var.to(acc).rsqrt_()",
-        BN_TESTS,
-    ),
-    Mutant(
-        "single-value-batch-allowed",
-        "bncore/functional.py",
-        "    if values == 1:\n",
-        "    if values == 0:\n",
-        BN_TESTS,
-    ),
-    Mutant(
-        "population-var-biased",
-        "bncore/nn.py",
-        "self.sum_var += var * (m / (m - 1))",
-        "self.sum_var += var",
-        BN_TESTS + ("tests/unit/test_bn_population.py",),
-    ),
-    Mutant(
-        "cumulative-momentum-off-by-one",
-        "bncore/nn.py",
-        "momentum = 1.0 / float(self.num_batches_tracked)",
-        "momentum = 1.0 / (float(self.num_batches_tracked) + 1)",
-        BN_TESTS,
-    ),
-    # ------------------------------------------------------------- compare maths (analysis)
-    Mutant(
-        "steps-to-target-strict",
-        "service/analysis/runs.py",
-        "(value >= target) if higher_is_better else (value <= target)",
-        "(value > target) if higher_is_better else (value < target)",
-        ANALYSIS_TESTS,
-    ),
-    Mutant(
-        "speedup-inverted",
-        "service/analysis/stats.py",
-        "mean = np.mean(baseline) / np.mean(arm)",
-        "mean = np.mean(arm) / np.mean(baseline)",
-        ANALYSIS_TESTS,
-    ),
-    Mutant(
-        "loss-target-fraction",
-        "service/analysis/targets.py",
-        "return base * fraction if up else base / fraction",
-        "return base * fraction",
-        ANALYSIS_TESTS,
-    ),
-    Mutant(
-        "censored-bound-swapped",
-        "service/analysis/compare.py",
-        'bound = "upper" if censored else ("lower" if base_censored else None)',
-        'bound = "lower" if censored else ("upper" if base_censored else None)',
-        ANALYSIS_TESTS,
-    ),
-    Mutant(
-        "censored-counted-as-zero",
-        "service/analysis/compare.py",
-        "float(h.steps_to_target if h.reached else r.budget)",
-        "float(h.steps_to_target if h.reached else 0)",
-        ANALYSIS_TESTS,
-    ),
-    Mutant(
-        "mann-whitney-all-tied",
-        "service/analysis/stats.py",
-        "if not baseline or not arm or len(set(values)) == 1:",
-        "if not baseline or not arm:",
-        ANALYSIS_TESTS,
-    ),
-    # ------------------------------------------------------------- auth
-    Mutant(
-        "auth-last-key-only",
-        "service/api/deps.py",
-        "found |= hmac.compare_digest(digest, stored)",
-        "found = hmac.compare_digest(digest, stored)",
-        AUTH_TESTS,
-    ),
-    Mutant(
-        "auth-delete-open",
-        "service/api/deps.py",
-        'WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})',
-        'WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})',
-        AUTH_TESTS,
-    ),
-    Mutant(
-        "auth-reads-ignored",
-        "service/api/deps.py",
-        "if request.method not in WRITE_METHODS and not settings.auth_reads:",
-        "if request.method not in WRITE_METHODS:",
-        AUTH_TESTS,
-    ),
-    Mutant(
-        "auth-bearer-case-sensitive",
-        "service/api/deps.py",
-        'if scheme.lower() == "bearer" and value.strip():',
-        'if scheme == "Bearer" and value.strip():',
-        AUTH_TESTS,
-    ),
-]
 
 
 def copy_repo(dest: Path) -> None:
@@ -300,11 +153,18 @@ def copy_repo(dest: Path) -> None:
         shutil.copy2(source, target)
 
 
-def run_tests(copy: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[str, float]:
+def run_tests(
+    copy: Path, tests: tuple[str, ...], timeout_s: float, report: list[str] | None = None
+) -> tuple[str, float]:
     """'passed', 'failed', 'timeout', or 'error N' (pytest's exit status: 2-5 mean the tests
-    could not run, e.g. none collected), and the seconds it took."""
+    could not run, e.g. none collected), and the seconds it took. ``report`` gets the last
+    lines of pytest's output."""
     env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("CI", None)
+    # bncore's C++ operator off: no mutant touches its source, and torch's loader would rebuild
+    # it for the copy's path in the shared cache (minutes on a busy machine; a test killed by
+    # its timeout mid-build leaves a lock that every later load waits on). Python maths instead.
+    env["BNCORE_NO_EXT"] = "1"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", *tests]
     started = time.monotonic()
     try:
@@ -312,6 +172,8 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[str
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - started
     elapsed = time.monotonic() - started
+    if report is not None:
+        report += done.stdout.decode(errors="replace").splitlines()[-40:]
     outcome = {0: "passed", 1: "failed"}.get(done.returncode, f"error {done.returncode}")
     return outcome, elapsed
 
@@ -322,14 +184,18 @@ def run_mutant(copy: Path, mutant: Mutant, timeout_s: float) -> str:
     if original.count(mutant.old) != 1:
         return f"not applied ({original.count(mutant.old)} matches)"
     path.write_text(original.replace(mutant.old, mutant.new))
+    output: list[str] = []
     try:
-        outcome, elapsed = run_tests(copy, mutant.tests, timeout_s)
+        outcome, elapsed = run_tests(copy, mutant.tests, timeout_s, output)
     finally:
         path.write_text(original)
     verdict = {"failed": "killed", "timeout": "killed", "passed": "SURVIVED"}.get(outcome)
     if verdict is None:  # a mutant that breaks the import kills the tests too; 4/5 do not
         verdict = "killed" if outcome == "error 2" else f"not run ({outcome})"
-    return f"{verdict} ({outcome}, {elapsed:.0f} s)"
+    # The test that caught it: pytest's short summary names it (-x: the first one to fail).
+    caught = [line.split()[1] for line in output if line.startswith(("FAILED ", "ERROR "))]
+    by = f" by {caught[0].split(' - ')[0]}" if verdict == "killed" and caught else ""
+    return f"{verdict} ({outcome}, {elapsed:.0f} s){by}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only NAME")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
+    parser.add_argument(
+        "--baseline-timeout",
+        type=float,
+        default=3600,
+        help="seconds for the unmutated run of every selected test together",
+    )
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip checking the tests pass unmutated"
     )
@@ -358,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         copy_repo(copy)
         if not args.no_baseline:
             selections = sorted({t for m in chosen for t in m.tests})
-            outcome, elapsed = run_tests(copy, tuple(selections), args.timeout)
+            output: list[str] = []
+            outcome, elapsed = run_tests(copy, tuple(selections), args.baseline_timeout, output)
             print(f"baseline (unmutated): {outcome} in {elapsed:.0f} s", flush=True)
             if outcome != "passed":
+                print("\n".join(output))
                 print("the selected tests fail without any mutant: fix that first")
                 return 2
         for m in chosen:

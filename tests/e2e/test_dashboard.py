@@ -180,12 +180,26 @@ TINY_SPEC = {
 NOT_FOUND_LOG = "Failed to load resource: the server responded with a status of 404"
 
 
+def after_redraw(page, width: int) -> None:  # noqa: ANN001
+    """Return once the page has its new ``width`` and the charts are redrawn: the resize event
+    is dispatched in a frame's rendering steps, its handlers draw (or schedule a draw on the
+    next animation frame), so two animation frames after the width took hold is after it."""
+    page.evaluate(
+        """(width) => new Promise((done) => {
+            const twoFrames = () => requestAnimationFrame(() => requestAnimationFrame(done));
+            if (window.innerWidth === width) twoFrames();
+            else window.addEventListener("resize", twoFrames, { once: true });
+        })""",
+        width,
+    )
+
+
 def shot(page, artifacts_dir: Path, name: str) -> None:  # noqa: ANN001
     """A full-page screenshot at the current width, and the same at a phone's width."""
     page.screenshot(path=str(artifacts_dir / f"dashboard-{name}.png"), full_page=True)
     desktop = page.viewport_size
     page.set_viewport_size(NARROW)
-    page.wait_for_timeout(200)  # the resize handler redraws the charts on the next frame
+    after_redraw(page, NARROW["width"])
     page.screenshot(path=str(artifacts_dir / f"dashboard-{name}-narrow.png"), full_page=True)
     assert_no_horizontal_overflow(page)
     page.set_viewport_size(desktop)

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from procs import REPO, celery_worker_command, spawn
 from service import db, migrate
 from service.proc import settings_env
 from service.settings import Settings
+from tests.waiting import wait_until  # re-exported: the fault tests import it from here
 
 
 def in_ci() -> bool:
@@ -49,18 +49,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str, step: float = 0.1):
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
 
 
 # ----------------------------------------------------------------------------- Redis

@@ -17,6 +17,7 @@ from bncore.spec import JobSpec
 from service import store
 from service.executor import CeleryExecutor
 from service.settings import Settings
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -159,7 +160,11 @@ def test_a_database_outage_mid_run_loses_no_metric_points(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                 [name],
             )
-            time.sleep(3)
+            wait_until(  # the outage lasts until a metric write has hit it
+                lambda: f"run {run_id}: writing metrics failed" in worker.log(),
+                30,
+                "a metric write to fail during the outage",
+            )
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 

@@ -290,7 +290,10 @@ def test_a_database_outage_longer_than_the_timeout_reaps_no_healthy_run(
         private_pg.stop("fast")
         try:
             wait_until(lambda: "heartbeat failed" in worker.log(), 30, "a failed heartbeat")
-            time.sleep(12)  # twice the heartbeat timeout with the database down
+            # Twice the heartbeat timeout with the database down. A duration, not a condition:
+            # staleness is judged by the database's clock (store.db_now), which a test
+            # cannot move, and nothing observable happens while the database is down.
+            time.sleep(12)
         finally:
             private_pg.start()
         wait_until(lambda: load(settings, run_id).status in FINISHED, 240, "the run to finish")

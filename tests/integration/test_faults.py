@@ -182,7 +182,9 @@ def test_redis_restart_loses_no_queued_run_and_runs_none_twice(
         assert "broker" in ready.json()["detail"] and "database" not in ready.json()["detail"]
         during = api.submit(name="redis-during-outage")
         assert api.run(during)["status_reason"] == store.SUBMIT_FAILED
-        time.sleep(1)
+        wait_until(  # the outage lasts until the worker has seen it (asserted below)
+            lambda: "Connection to broker lost" in worker.log(), 30, "the worker to lose Redis"
+        )
 
         broker.start()  # same port; a new run id
         wait_until(  # before the worker can take them: the resends are then deterministic
@@ -204,9 +206,14 @@ def test_redis_restart_loses_no_queued_run_and_runs_none_twice(
     expected = 2 if appendonly else 0
     wait_until(lambda: duplicates() >= expected, 30, "the worker to drop the duplicates")
     queue = redis_py.Redis.from_url(broker.url())
-    wait_until(lambda: queue.llen(settings.queue) == 0, 30, "the queue to drain")
+    # Tasks are acknowledged when they end (acks_late): once the queue and kombu's hash of
+    # unacknowledged messages are both empty, every message taken has been handled.
+    wait_until(
+        lambda: queue.llen(settings.queue) == 0 and queue.hlen("unacked") == 0,
+        30,
+        "the queue to drain and every message taken to be handled",
+    )
     queue.close()
-    time.sleep(0.5)  # the last message taken is handled
     assert duplicates() == expected, worker.log()[-3000:]
     for run_id, run in outcomes.items():
         assert run["status"] == "succeeded" and run["attempt"] == 1, run
@@ -256,10 +263,11 @@ def test_postgres_restart_mid_run_loses_no_point_and_the_api_answers_503(
             assert refused.headers["content-type"].startswith("application/problem+json")
             ready = api.get("/readyz")
             assert ready.status_code == 503 and "database" in ready.json()["detail"]
-            wait_until(
-                lambda: "writing metrics failed" in worker.log(), 20, "a failed metric write"
+            wait_until(  # a retry failed too: the points stayed buffered across it
+                lambda: worker.log().count("writing metrics failed") >= 2,
+                20,
+                "a failed metric write and a failed retry",
             )
-            time.sleep(2)
         finally:
             private_pg.start()
         run = api.finished(run_id)
@@ -478,6 +486,8 @@ def test_a_task_redelivered_after_the_visibility_timeout_does_not_run_twice(
 ) -> None:
     """A visibility timeout far shorter than the run: Redis hands the unacknowledged message
     of the running task to a second worker, whose claim finds the run taken."""
+    import redis as redis_py
+
     broker = private_redis()
     settings = fault_settings(fault_db, broker.url(), tmp_path, visibility_timeout_s=1.0)
     first = start_celery_worker(settings, "holder", logs, processes)
@@ -490,8 +500,16 @@ def test_a_task_redelivered_after_the_visibility_timeout_does_not_run_twice(
     sender.shutdown()
 
     trainer = the_trainer(first.proc.pid)
-    os.kill(trainer, signal.SIGSTOP)  # hold the run well past the visibility timeout
-    time.sleep(2)
+    os.kill(trainer, signal.SIGSTOP)  # hold the run past the visibility timeout
+    queue = redis_py.Redis.from_url(broker.url())
+    wait_until(  # kombu restores a message unacknowledged since before now - the timeout
+        lambda: queue.zrangebyscore(
+            "unacked_index", 0, time.time() - settings.visibility_timeout_s
+        ),
+        30,
+        "the running task's message to be unacknowledged past the visibility timeout",
+    )
+    queue.close()
     # A worker starting up restores messages unacknowledged for longer than the timeout.
     second = start_celery_worker(settings, "second", logs, processes)
     wait_until(

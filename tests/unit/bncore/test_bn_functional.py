@@ -156,6 +156,26 @@ def test_gradcheck_training_and_eval() -> None:
     assert torch.autograd.gradcheck(lambda x: BF.batch_norm(x, None, None, None, None, True), x)
 
 
+def test_training_backward_of_a_large_input_matches_torch() -> None:
+    """Above _FEW_OPS_MAX_NUMEL elements the training backward takes its single-pass form
+    dx = k·dy + a·x + b (a = −k·invstd·Σ(dy·x̂)/m, b = −a·μ − k·Σdy/m); against torch in
+    float64, on inputs whose mean is far from 0 (b's −a·μ term matters)."""
+    from bncore import _math
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 16, 12, 12, generator=g, dtype=torch.float64) * 3 + 5
+    assert x.numel() > _math._FEW_OPS_MAX_NUMEL
+    w = torch.rand(16, generator=g, dtype=torch.float64) + 0.5
+    b = torch.randn(16, generator=g, dtype=torch.float64)
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64) + 0.3
+    ours = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    BF.batch_norm(ours[0], None, None, ours[1], ours[2], True).backward(dy)
+    F.batch_norm(ref[0], None, None, ref[1], ref[2], True).backward(dy)
+    for got, expected in zip(ours, ref, strict=True):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=0, atol=1e-10)
+
+
 def test_backward_is_the_custom_function() -> None:
     x, w, b, _, _ = _inputs((4, 3))
     y = BF.batch_norm(x.requires_grad_(), None, None, w.requires_grad_(), b, True)

@@ -1,6 +1,7 @@
 """The trainer: event stream, determinism, divergence, schedules, inference statistics, CLI,
 and (slow) the paper's Fig. 1a claim on mnist1d."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def _spec(**overrides) -> JobSpec:
     base = {
         "dataset": "synthetic",
         "synthetic_features": 16,
-        "model": {"hidden": [16, 16], "norm": "torch_batchnorm"},
+        "model": {"hidden": [16, 16], "norm": "batchnorm"},
         "optimizer": {"lr": 0.5},
         "batch_size": 32,
         "steps": 30,
@@ -203,6 +204,40 @@ def test_batches_are_epoch_permutations_without_the_partial_batch():
         next(batch_indices(5, 8, gen, torch.device("cpu")))
 
 
+def _accuracy_with_batch_stats_by_hand(model, x, y):
+    """50 examples at batch size 16: four near-equal chunks of 13, 13, 12 and 12 (never a lone
+    example), each normalized by its own statistics in train mode."""
+    copy_ = copy.deepcopy(model).train()
+    chunks = [(0, 13), (13, 26), (26, 38), (38, 50)]
+    with torch.no_grad():
+        correct = sum((copy_(x[a:b]).argmax(1) == y[a:b]).sum() for a, b in chunks)
+    return correct / len(y)
+
+
+def _population_accuracy_by_hand(model, batches, x, y):
+    """Algorithm 2 with forward pre-hooks: each BN layer's inputs over ``batches`` (the net in
+    train mode, so deeper layers see batch-normalized inputs), E[x] = mean of the batch means,
+    Var[x] = mean of the unbiased batch variances, written as running statistics of an eval copy."""
+    train_copy = copy.deepcopy(model).train()
+    layers = [block.norm for block in train_copy.blocks]
+    inputs: list[list[torch.Tensor]] = [[] for _ in layers]
+    hooks = [
+        layer.register_forward_pre_hook(lambda _, args, seen=seen: seen.append(args[0]))
+        for layer, seen in zip(layers, inputs, strict=True)
+    ]
+    with torch.no_grad():
+        for batch in batches:
+            train_copy(batch)
+    for hook in hooks:
+        hook.remove()
+    eval_copy = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for block, seen in zip(eval_copy.blocks, inputs, strict=True):
+            block.norm.running_mean.copy_(torch.stack([b.mean(0) for b in seen]).mean(0))
+            block.norm.running_var.copy_(torch.stack([b.var(0) for b in seen]).mean(0))
+        return (eval_copy(x).argmax(1) == y).float().mean()
+
+
 @pytest.mark.parametrize("norm", ["batchnorm", "torch_batchnorm"])
 def test_inference_statistics_leave_the_model_alone(norm):
     torch.manual_seed(0)
@@ -211,9 +246,12 @@ def test_inference_statistics_leave_the_model_alone(norm):
         model(torch.randn(16, 1, 6) * 2 + 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(50, 1, 6), torch.randint(0, 3, (50,))
+    batches = [torch.randn(16, 1, 6) for _ in range(5)]
     batch_acc = accuracy_with_batch_stats(model, x, y, batch_size=16)
-    pop_acc = population_accuracy(model, (torch.randn(16, 1, 6) for _ in range(5)), x, y)
-    assert 0 <= batch_acc <= 1 and 0 <= pop_acc <= 1
+    pop_acc = population_accuracy(model, iter(batches), x, y)
+    # The same numbers computed another way, on copies (the model itself must stay as it is).
+    torch.testing.assert_close(batch_acc, _accuracy_with_batch_stats_by_hand(model, x, y))
+    torch.testing.assert_close(pop_acc, _population_accuracy_by_hand(model, batches, x, y))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     # Batch statistics over the whole set in one batch = normalizing by the set's own stats.

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from fastapi import HTTPException
 
 from service.api.streams import RETRY_AFTER_S, SharedReads, StreamSlots, for_app
+from tests.waiting import wait_until
 
 
 def test_slots_bound_each_client_and_the_total() -> None:
@@ -83,8 +83,7 @@ def test_concurrent_reads_of_one_key_are_made_once() -> None:
     ]
     for thread in threads:
         thread.start()
-    while not calls:
-        time.sleep(0.01)
+    wait_until(lambda: calls, 10, "the first read to start", step=0.01)
     gate.set()
     for thread in threads:
         thread.join()

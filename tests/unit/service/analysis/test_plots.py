@@ -158,3 +158,40 @@ def test_run_figure_marks_divergence():
     ax_acc, ax_loss, ax_pct = fig.axes[:3]
     assert any(list(ln.get_xdata()) == [12, 12] for ln in ax_loss.get_lines())  # the vline
     assert "diverged at step 12" in fig.get_suptitle()
+
+
+def drawn(ax) -> dict[str, tuple[list[float], list[float]]]:  # noqa: ANN001
+    """The labelled lines of an axis: label → (x, y) as drawn."""
+    return {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+        for line in ax.get_lines()
+        if not line.get_label().startswith("_")
+    }
+
+
+def test_run_figure_draws_each_series_in_its_panel():
+    """Every point of a short run is drawn as it is (no downsampling below 500 points), in
+    the panel its key belongs to, and the percentile panel has its median and band."""
+    run = make_run("a", norm="batchnorm")
+    fig = build_run_figure(run)
+    ax_acc, ax_loss, ax_pct = fig.axes[:3]
+
+    def points(key: str) -> tuple[list[float], list[float]]:
+        return [s for s, _ in run.metrics[key]], [v for _, v in run.metrics[key]]
+
+    assert (ax_acc.get_title(), ax_loss.get_title()) == ("Accuracy", "Loss")
+    assert drawn(ax_acc) == {"train_acc": points("train_acc"), "test_acc": points("test_acc")}
+    assert drawn(ax_loss) == {
+        "train_loss": points("train_loss"),
+        "test_loss": points("test_loss"),
+    }
+    assert ax_loss.get_yscale() == "log"  # every loss is positive
+    assert drawn(ax_pct) == {"50th (median)": points("act_p50"), "15th / 85th": points("act_p15")}
+    assert len(ax_pct.collections) == 1  # the 15th-85th band
+    assert fig.get_suptitle().startswith("a: ") and "norm=batchnorm" in fig.get_suptitle()
+
+
+def test_run_figure_without_percentiles_says_so():
+    fig = build_run_figure(make_run("a", percentiles=False))
+    ax_pct = fig.axes[2]
+    assert drawn(ax_pct) == {} and [t.get_text() for t in ax_pct.texts] == ["no percentiles logged"]

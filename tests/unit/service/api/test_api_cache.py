@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,13 +10,36 @@ import pytest
 from service.api.cache import MISSING, FinishedCache
 
 
+def all_missed(cache: FinishedCache, threads: int) -> threading.Event:
+    """An event set once ``threads`` distinct threads have found the key missing in ``cache``:
+    each of them is then past the cache look-up and committed to the per-key gate (waiting on
+    it, or computing). A computation that waits for it runs while every request is in."""
+    missed: set[int] = set()
+    lock = threading.Lock()
+    event = threading.Event()
+    real_get = cache.get
+
+    def get(key: object) -> object:
+        value = real_get(key)
+        if value is MISSING:
+            with lock:
+                missed.add(threading.get_ident())
+                if len(missed) >= threads:
+                    event.set()
+        return value
+
+    cache.get = get  # type: ignore[method-assign]  # get_or_compute looks it up on self
+    return event
+
+
 def test_concurrent_misses_compute_once() -> None:
     cache = FinishedCache()
+    everyone_in = all_missed(cache, 8)
     calls = []
 
     def compute() -> str:
         calls.append(threading.get_ident())
-        time.sleep(0.2)  # long enough for every request to arrive while it runs
+        assert everyone_in.wait(30), "not every request reached the cache"
         return "value"
 
     with ThreadPoolExecutor(8) as pool:
@@ -30,11 +52,12 @@ def test_concurrent_misses_compute_once() -> None:
 
 def test_an_error_is_not_cached_and_each_waiter_retries() -> None:
     cache = FinishedCache()
+    everyone_in = all_missed(cache, 4)
     calls = []
 
     def fail() -> str:
         calls.append(1)
-        time.sleep(0.05)
+        assert everyone_in.wait(30), "not every request reached the cache"
         raise ValueError("boom")
 
     with ThreadPoolExecutor(4) as pool:

@@ -87,6 +87,40 @@ def test_reap_requeues_then_fails(session: Session) -> None:
     assert store.reap_stale(session, 3600.0, max_attempts=2) == []
 
 
+@pytest.mark.parametrize(
+    "max_attempts, outcome", [(3, RunStatus.queued), (1, RunStatus.failed)], ids=str
+)
+def test_a_reaped_attempts_token_writes_nothing_more(
+    session: Session, max_attempts: int, outcome: RunStatus
+) -> None:
+    """The reaper clears the claim token: the lost attempt's late flush lands neither in a
+    requeued run (before anyone claims it again) nor in a run the reaper failed."""
+    run_id = queued(session)
+    token = store.claim_run(session, run_id, "w1")
+    assert token and store.add_metrics(session, run_id, [("loss", 1, 1.0)], token=token) == 1
+    assert store.reap_stale(session, 0.0, max_attempts=max_attempts) == [(run_id, outcome)]
+    assert store.add_metrics(session, run_id, [("loss", 2, 0.5)], token=token) == 0
+    assert not store.holds_claim(session, run_id, token)
+    session.rollback()
+    assert store.get_metrics(session, run_id) == {"loss": [(1, 1.0)]}
+    run = store.get_run(session, run_id)
+    assert (run.status, run.claim_token, run.last_step) == (outcome, None, 1)
+
+
+def test_resume_drops_the_lost_attempts_points_after_its_step(session: Session) -> None:
+    """The retry resumes from its checkpoint at step 5: the lost attempt's points after it go,
+    so the stored curve is the retry's alone; those up to step 5 stay."""
+    run_id = queued(session)
+    lost = store.claim_run(session, run_id, "w1")
+    assert lost and store.add_metrics(session, run_id, [("loss", s, 1.0) for s in range(1, 9)])
+    assert store.reap_stale(session, 0.0, max_attempts=3) == [(run_id, RunStatus.queued)]
+    retry = store.claim_run(session, run_id, "w2")
+    assert retry and store.record_resume(session, run_id, retry, 5, "resumed from step 5")
+    assert store.get_metrics(session, run_id) == {"loss": [(s, 1.0) for s in range(1, 6)]}
+    run = store.get_run(session, run_id)
+    assert (run.resumed_step, run.last_step, run.status_reason) == (5, 5, "resumed from step 5")
+
+
 def test_queued_reason_changes_only_while_queued(session: Session) -> None:
     run_id = queued(session)
     assert store.set_queued_reason(session, run_id, store.SUBMIT_FAILED)

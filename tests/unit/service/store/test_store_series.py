@@ -131,6 +131,17 @@ def test_delete_after_removes_a_lost_attempts_points(session: Session) -> None:
     check_delete_after(session)
 
 
+def test_delete_after_keeps_the_point_a_chunk_starts_with(session: Session) -> None:
+    """A chunk that starts at the resume step keeps that step's point (only later ones go):
+    the chunk of steps 1-4 cut after step 1 holds step 1 alone."""
+    run_id = new_run(session)
+    store.add_metrics(session, run_id, [("k", s, float(s)) for s in range(1, 5)])
+    assert store.delete_metrics_after(session, run_id, 1) == 3
+    assert store.get_metrics(session, run_id) == {"k": [(1, 1.0)]}
+    session.expire_all()
+    assert session.get(Run, run_id).last_step == 1
+
+
 def test_deleting_a_run_deletes_its_points(session: Session) -> None:
     run_id = new_run(session)
     store.add_metrics(session, run_id, [("k", 1, 1.0)])
