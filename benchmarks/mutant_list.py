@@ -305,14 +305,14 @@ MUTANTS = [
     ),
     Mutant(
         "population-var-biased",
-        "bncore/nn.py",
+        "bncore/nn/batchnorm.py",
         "self.sum_var += var * (m / (m - 1))",
         "self.sum_var += var",
         BN_TESTS + ("tests/unit/bncore/test_bn_population.py",),
     ),
     Mutant(
         "cumulative-momentum-off-by-one",
-        "bncore/nn.py",
+        "bncore/nn/batchnorm.py",
         "momentum = 1.0 / float(self.num_batches_tracked)",
         "momentum = 1.0 / (float(self.num_batches_tracked) + 1)",
         BN_TESTS,
@@ -321,8 +321,8 @@ MUTANTS = [
     Mutant(
         "steps-to-target-strict",
         "service/analysis/runs.py",
-        "(value >= target) if higher_is_better else (value <= target)",
-        "(value > target) if higher_is_better else (value < target)",
+        "hit = curve.values >= target if higher_is_better else curve.values <= target",
+        "hit = curve.values > target if higher_is_better else curve.values < target",
         ANALYSIS_TESTS,
     ),
     Mutant(
