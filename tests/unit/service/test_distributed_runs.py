@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from bncore.spec import JobSpec
-from service import migrate, store
+from service import store
 from service.db import open_session
 from service.executor import CeleryExecutor, LocalExecutor, submit_run
 from service.settings import Settings
 from service.vocab import queue_for_replicas, queues_for_capacity
+from tests.executing import create, executing_settings, load
 from workers.execute import execute_run
 
 WORKER = "test-worker@host"
@@ -45,26 +45,10 @@ def eager_bn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def db_settings(tmp_path: Path) -> Settings:
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
-        data_dir=tmp_path,
-        artifact_dir=tmp_path / "artifacts",
-        heartbeat_interval_s=0.2,
+    return executing_settings(
+        tmp_path,
         max_replicas=2,
     )
-    migrate.upgrade(settings.database_url)
-    return settings
-
-
-def create(settings: Settings, spec: dict) -> str:
-    with open_session(settings) as session:
-        return store.create_run(session, JobSpec.model_validate(spec))[0].id
-
-
-def load(settings: Settings, run_id: str):  # noqa: ANN201
-    with open_session(settings) as session:
-        return store.get_run(session, run_id)
 
 
 def wait_for(what: Callable[[], bool], timeout_s: float = 240) -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from bncore.spec import JobSpec
-from service import migrate, store
+from service import store
 from service.db import open_session, session_factory
 from service.executor import LocalExecutor
 from service.maintenance import OutageGrace, maintain_once
@@ -28,32 +27,17 @@ from service.proc import (
 )
 from service.settings import Settings
 from service.store import RunStatus
+from tests.executing import create, executing_settings, load
 
 
 @pytest.fixture
 def db_settings(tmp_path: Path) -> Settings:
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
-        data_dir=tmp_path,
-        artifact_dir=tmp_path / "artifacts",
-        heartbeat_interval_s=0.2,
+    return executing_settings(
+        tmp_path,
         heartbeat_timeout_s=30,
         checkpoint_every=200,
         max_attempts=3,
     )
-    migrate.upgrade(settings.database_url)
-    return settings
-
-
-def create(settings: Settings, spec: dict) -> str:
-    with open_session(settings) as session:
-        return store.create_run(session, JobSpec.model_validate(spec))[0].id
-
-
-def load(settings: Settings, run_id: str):  # noqa: ANN201
-    with open_session(settings) as session:
-        return store.get_run(session, run_id)
 
 
 def wait_for(what: Callable[[], bool], timeout_s: float = 180) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from bncore.spec import JobSpec
-from service import migrate, store
+from service import store
 from service.db import open_session
 from service.executor import CeleryExecutor, LocalExecutor, make_executor
 from service.proc import embedded_worker_name, settings_env
 from service.settings import Settings
+from tests.executing import create, executing_settings, load
 
 LONG = {
     "name": "long",
@@ -32,25 +32,7 @@ LONG = {
 
 @pytest.fixture
 def db_settings(tmp_path: Path) -> Settings:
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
-        data_dir=tmp_path,
-        artifact_dir=tmp_path / "artifacts",
-        heartbeat_interval_s=0.2,
-    )
-    migrate.upgrade(settings.database_url)
-    return settings
-
-
-def create(settings: Settings, spec: dict) -> str:
-    with open_session(settings) as session:
-        return store.create_run(session, JobSpec.model_validate(spec))[0].id
-
-
-def load(settings: Settings, run_id: str):
-    with open_session(settings) as session:
-        return store.get_run(session, run_id)
+    return executing_settings(tmp_path)
 
 
 def children_of(pid: int) -> list[int]:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from bncore.spec import JobSpec
-from service import migrate, store
+from service import store
 from service.db import open_session
 from service.settings import Settings
+from tests.executing import create, executing_settings, load
 from workers.execute import execute_run
 from workers.ingest import MetricWriter
 
@@ -34,26 +34,7 @@ TINY = {
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
-        data_dir=tmp_path,
-        artifact_dir=tmp_path / "artifacts",
-        heartbeat_interval_s=0.2,
-        broker_url=None,
-    )
-    migrate.upgrade(settings.database_url)
-    return settings
-
-
-def create(settings: Settings, spec: dict) -> str:
-    with open_session(settings) as session:
-        run, _ = store.create_run(session, JobSpec.model_validate(spec))
-        return run.id
-
-
-def load(settings: Settings, run_id: str):
-    with open_session(settings) as session:
-        return store.get_run(session, run_id)
+    return executing_settings(tmp_path)
 
 
 def trainer_children() -> list[int]:

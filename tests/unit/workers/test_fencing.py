@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bncore.spec import JobSpec
-from service import migrate, store
+from service import store
 from service.db import open_session
 from service.settings import Settings
 from service.store import RunStatus
+from tests.executing import create, executing_settings
 from workers.execute import execute_run
 from workers.ingest import MetricWriter
 
@@ -35,22 +35,11 @@ LONG = {
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'bnlab.db'}",
-        data_dir=tmp_path,
-        artifact_dir=tmp_path / "artifacts",
-        heartbeat_interval_s=0.2,
+    return executing_settings(
+        tmp_path,
         checkpoint_every=200,
         checkpoint_keep=1,  # the fewest: a retry must still find the one it resumes from
-        broker_url=None,
     )
-    migrate.upgrade(settings.database_url)
-    return settings
-
-
-def create(settings: Settings, spec: dict) -> str:
-    with open_session(settings) as session:
-        return store.create_run(session, JobSpec.model_validate(spec))[0].id
 
 
 def wait_for(what: Callable[[], bool], timeout_s: float = 120) -> None:
