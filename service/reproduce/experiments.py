@@ -164,7 +164,7 @@ EXPERIMENTS: list[Experiment] = [
     ),
     Experiment(
         "fashion-replica-statistics",
-        "F. Statistics across replicas (Fashion-MNIST, 4 × 8 vs 1 × 32)",
+        "F. Statistics across replicas (Fashion-MNIST, 2 × 8 vs 1 × 16)",
         "Synchronized BN statistics make a data-parallel run train like one process at the "
         "same global batch; per-replica (ghost) statistics over a small slice may not.",
         "Sec. 3 (statistics over the mini-batch); data-parallel practice, not a paper claim",
