@@ -261,6 +261,7 @@ SWEEPS: list[SweepDesign] = [
     ),
     # Per-replica vs synchronized statistics at 8 examples per replica (2 × 8 vs 1 × 16). The
     # grid also holds 1 replica × sync_batchnorm, which is plain BN: a check, not an arm.
+    # report: 12 runs, 9.4 min on 2 busy cores (embedded server).
     SweepDesign(
         "fashion-replicas",
         steps={"paper": 20_000, "report": 4_000, "tiny": 40},
