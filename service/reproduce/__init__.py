@@ -23,6 +23,7 @@ The modules, each importing only those above it (no cycles):
 - ``horizons``: steps-to-target at several targets and horizons, and the plateau check;
 - ``analyses_real``: the real-data analyses (MNIST protocol with horizons, the conv-net table,
   BN vs dropout);
+- ``analyses_replicas``: per-replica vs synchronized BN statistics in data-parallel runs;
 - ``experiments``: the claims (``EXPERIMENTS``, one entry per claim) and their re-checks;
 - ``report``: the Markdown report and its figures;
 - ``reuse``: which runs already on the server stand in for planned ones (resuming a suite);

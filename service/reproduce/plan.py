@@ -189,6 +189,15 @@ _INCEPTION_BASELINE = _INCEPTION | {
     "optimizer.weight_decay": INCEPTION_L2,
 }
 _INCEPTION_BN = _INCEPTION | {"model.dropout": 0.0, "optimizer.weight_decay": INCEPTION_L2 / 5}
+# Statistics across replicas (issue 15): the same global batch split over N replicas, with
+# per-replica ("ghost") BN or synchronized BN, against one process. The per-replica batch is
+# kept small (8), where ghost statistics are noisiest. Toy version for quick/full, Fashion-MNIST
+# for report/paper; both with 2 replicas: a worker holds at most one replica per CPU by default
+# (workers/launch.py), so on the 2-core machines that make the report a 4-replica run would be
+# refused, and each multi-process run pays ~10-20 s of process start there.
+REPLICA_NORMS = ["batchnorm", "sync_batchnorm"]
+REPLICA_PER_BATCH = 8
+REPLICAS = 2
 BASELINE_HALVING = 1.0  # the baseline's LR decays to half over the run
 BN_HALVING = BASELINE_HALVING / 6  # the paper: "learning-rate decay 6× faster" (to 1/64)
 
@@ -250,6 +259,16 @@ SWEEPS: list[SweepDesign] = [
         tuned_lr_from="inception-baseline",
         lr_multipliers=(5,),
     ),
+    # Per-replica vs synchronized statistics at 8 examples per replica (2 × 8 vs 1 × 16). The
+    # grid also holds 1 replica × sync_batchnorm, which is plain BN: a check, not an arm.
+    # report: 12 runs, 9.4 min on 2 busy cores (embedded server).
+    SweepDesign(
+        "fashion-replicas",
+        steps={"paper": 20_000, "report": 4_000, "tiny": 40},
+        changes={"dataset": "fashion_mnist", "batch_size": REPLICAS * REPLICA_PER_BATCH},
+        factors={"replicas": [1, REPLICAS], "model.norm": REPLICA_NORMS},
+        eval_every={"paper": 500, "report": 200, "tiny": 20},
+    ),
     # ---- Toy data (mnist1d, digits): fast; quick (CI) runs only these ----
     SweepDesign("mlp-sigmoid", steps=_toy_steps(3000, 1500, 120)),
     SweepDesign(
@@ -267,6 +286,17 @@ SWEEPS: list[SweepDesign] = [
         "deep-sigmoid",
         steps=_toy_steps(1500, 800, 60),
         changes={"model.hidden": [64] * 10, "optimizer.lr": 1.0},
+    ),
+    # The replicas experiment on digits, 2 × 8 vs 1 × 16, 2 seeds (the seeds pair the arms); not
+    # in report/paper, which run fashion-replicas instead. quick: 8 runs, 2.6 min on 2 busy
+    # cores (embedded server), most of it process start-up (~15 s a 2-replica launch).
+    SweepDesign(
+        "replicas-digits",
+        steps={"full": 3000, "quick": 600, "tiny": 40},
+        changes={"dataset": "digits", "batch_size": REPLICAS * REPLICA_PER_BATCH},
+        factors={"replicas": [1, REPLICAS], "model.norm": REPLICA_NORMS},
+        seeds={"full": (0, 1, 2), "quick": (0, 1), "tiny": (0,)},
+        eval_every={"full": 100, "quick": 50, "tiny": 20},
     ),
     # The toy regularization design (superseded by fashion-regularization): both arms fit the
     # 1,000 training examples completely, so the gap only measures test accuracy.

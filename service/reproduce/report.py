@@ -103,7 +103,10 @@ def render(suite: SuiteResult, server: str, generated: datetime) -> str:
         f"over seeds carry a {CONFIDENCE * 100:g} % percentile-bootstrap confidence interval "
         f"(the comparison layer's, {BOOTSTRAP_RESAMPLES:,} resamples): a claim holds when the "
         "effect reaches its threshold and the interval excludes *no effect*; it does not hold "
-        "when even the interval's upper end stays below the threshold.",
+        "when even the interval's upper end stays below the threshold. A claim of *no "
+        "difference* (the replicas experiment: synchronized statistics across replicas train "
+        "like one process) is an equivalence test instead: it holds when the whole interval "
+        "lies within its tolerance and does not hold when the interval lies wholly outside it.",
         markdown_table(["constant", "value", "used for"], THRESHOLDS),
     ]
     body = [section(result) for result in suite.results]

@@ -42,6 +42,8 @@ OVERFIT_TRAIN_ACC = 0.98  # the plain arm fits its training set: mean train accu
 OVERFIT_LOSS_RISE = 0.10  # ... while its test loss rises: final ≥ (1 + this) × its minimum
 DROPOUT_MARGIN = 0.01  # δ: BN without dropout may trail no-BN with dropout by at most this
 MIN_ACC_GAIN = 0.005  # BN without dropout beats the plain arm by ≥ half a point of accuracy
+# Data-parallel statistics (issue 15): an accuracy difference within ± this counts as "the same".
+REPLICA_TOLERANCE = 0.01
 
 # The report's table of constants: (name, value as shown, what uses it). A new threshold is
 # added here once and appears in every report.
@@ -58,6 +60,7 @@ THRESHOLDS: list[tuple[str, str, str]] = [
     ("OVERFIT_LOSS_RISE", f"+{OVERFIT_LOSS_RISE:.0%}", "regularization: test loss rises"),
     ("DROPOUT_MARGIN", f"{DROPOUT_MARGIN:g}", "regularization: δ vs dropout"),
     ("MIN_ACC_GAIN", f"{MIN_ACC_GAIN:g}", "regularization: gain over no regularizer"),
+    ("REPLICA_TOLERANCE", f"± {REPLICA_TOLERANCE:g}", "replicas: same accuracy as 1 process"),
     ("PLATEAU_TAIL", f"last {PLATEAU_TAIL:.0%} of the horizon", "baseline plateau check"),
     ("PLATEAU_TOLERANCE", f"≤ {PLATEAU_TOLERANCE:.0%} better", "baseline plateau check"),
 ]
@@ -319,3 +322,40 @@ CONV_TABLE_RULE = (
     f"{MIN_SPEEDUP:g}× with the 95 % CI above 1×; does not hold if it never reaches the target "
     f"or the CI's upper end is below {MIN_SPEEDUP:g}×; otherwise inconclusive."
 )
+
+
+# ------------------------------------------------------------- 8. statistics across replicas
+
+REPLICAS_RULE = (
+    "Stated before the numbers. Same global batch, learning rate, steps and seeds in every arm; "
+    "accuracy = the final model's test accuracy. Δ = arm − the 1-replica arm, per seed (the "
+    "seeds pair the runs: same initialization and global batches), its mean with a 95 % "
+    "bootstrap CI over seeds. The claim (synchronized statistics make N replicas train like "
+    f"one process) holds if Δ of sync_batchnorm lies within ± {REPLICA_TOLERANCE:g} (the whole "
+    f"CI); does not hold if its CI lies wholly outside ± {REPLICA_TOLERANCE:g}; otherwise "
+    "inconclusive. Per-replica (ghost) BN is classified by the same test: *same* (CI within the "
+    "tolerance), *differs* (CI wholly outside it) or *unclear*; that is reported, not part of "
+    "the verdict."
+)
+ReplicaOutcome = Literal["same", "differs", "unclear"]
+
+
+def equivalence_outcome(delta: dict[str, Any], tolerance: float) -> ReplicaOutcome:
+    """An equivalence test on a difference with its CI (``{"mean", "ci_low", "ci_high"}``):
+    *same* when the CI lies within [−tolerance, +tolerance], *differs* when it lies wholly
+    outside (ci_low > tolerance or ci_high < −tolerance), *unclear* otherwise or when missing."""
+    low, high = delta.get("ci_low"), delta.get("ci_high")
+    if low is None or high is None:
+        return "unclear"
+    if -tolerance <= low and high <= tolerance:
+        return "same"
+    if low > tolerance or high < -tolerance:
+        return "differs"
+    return "unclear"
+
+
+def verdict_replicas(sync_delta: dict[str, Any]) -> Verdict:
+    """The replicas claim from Δ = sync_batchnorm (N replicas) − 1 replica, final test accuracy
+    (paired over seeds, with its CI): ``REPLICAS_RULE``."""
+    outcome = equivalence_outcome(sync_delta, REPLICA_TOLERANCE)
+    return {"same": HOLDS, "differs": FAILS, "unclear": UNSURE}[outcome]

@@ -19,6 +19,7 @@ LAYERS = [
     "horizons",
     "analyses",
     "analyses_real",
+    "analyses_replicas",
     "experiments",
     "report",
     "reuse",

@@ -54,6 +54,7 @@ def test_thresholds_are_the_documented_ones() -> None:
         "OVERFIT_LOSS_RISE",
         "DROPOUT_MARGIN",
         "MIN_ACC_GAIN",
+        "REPLICA_TOLERANCE",
         "PLATEAU_TAIL",
         "PLATEAU_TOLERANCE",
     ]
@@ -316,6 +317,8 @@ SAVED = {  # experiment → (numbers as reproduction.json holds them, the verdic
         {"target": 0.8, "speedup": stat(1.0, 1.0, 1.0), "bn_n_reached": 0, "bn_n": 2},
         FAILS,
     ),
+    "replica-statistics": ({"sync_delta": stat(0.001, -0.004, 0.006)}, HOLDS),
+    "fashion-replica-statistics": ({"sync_delta": stat(-0.01, -0.02, 0.0)}, UNSURE),
     "fashion-regularization": (  # the plain arm did not overfit: the design cannot tell
         {
             "plain_overfits": False,
