@@ -243,15 +243,27 @@ class LocalExecutor:
         self._closed = False
 
     def submit(self, run_id: str, replicas: int = 1) -> None:
-        """``replicas`` is not needed here: the child's worker checks its own capacity."""
+        """``replicas`` is not needed here: the child's worker checks its own capacity.
+
+        A run submitted while its child still runs was reaped: the child sent no heartbeat
+        for the timeout (stalled, or stopped). Its claim is void, so it can write nothing
+        more, but it holds the run's place: it is killed (its trainer dies with it) and the
+        run is executed again once it is gone, whether it would ever have woken or not."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the embedded executor is shut down")
-            if run_id in self._pending:
+            fresh = run_id not in self._pending
+            if fresh:
+                self._pending.add(run_id)
+            else:
                 self._again.add(run_id)
-                return
-            self._pending.add(run_id)
-        self._pool.submit(self._execute, run_id)
+            stale = None if fresh else self._children.get(run_id)
+        if fresh:
+            self._pool.submit(self._execute, run_id)
+        elif stale is not None:
+            log.warning("run %s: requeued while its process %d ran; killing it", run_id, stale.pid)
+            with contextlib.suppress(ProcessLookupError):
+                stale.kill()
 
     def start(self) -> None:
         """Recover after a restart: runs left ``running`` by an embedded server of this host
