@@ -2,7 +2,7 @@
 
 Pure functions over metric series (numpy, scipy and the standard library only): no database, no
 HTTP, no torch. The API loads runs into :class:`RunData`, calls :func:`compare` and serialises
-``Comparison.to_dict()`` (JSON) or ``service.analysis.table.to_csv`` (CSV).
+``Comparison.to_json()`` (JSON) or ``service.analysis.table.to_csv`` (CSV).
 
 The paper's headline measure (Ioffe & Szegedy 2015, Fig. 2-3) is *steps to reach the baseline's
 best accuracy*; the speed-up of a run is ``baseline steps ÷ run steps``. This module computes

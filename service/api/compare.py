@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, NoReturn
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from service import store
@@ -261,10 +261,6 @@ def run_comparison(
     return tag, cache.get_or_compute(("compare", tag), compute)
 
 
-def _json(content: Any) -> bytes:
-    return JSONResponse(content).body  # the encoding JSONResponse itself would use
-
-
 def _compare(session: Session, rows: list[Run], query: CompareQuery) -> Comparison:
     runs = run_data(session, rows)
     try:
@@ -305,7 +301,7 @@ async def get_comparison(
         media_type = "text/csv; charset=utf-8"
         headers = {"Content-Disposition": 'attachment; filename="comparison.csv"'}
     else:
-        render = lambda comparison: _json(comparison.to_dict())  # noqa: E731
+        render = Comparison.to_json
         media_type, headers = "application/json", {}
 
     def work(session: Session) -> tuple[str, Any]:
