@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
@@ -226,6 +226,12 @@ def add_listing_runs(session: Session) -> None:
     for j in range(0, len(rows), 10_000):
         session.execute(insert(Run), rows[j : j + 10_000])
     session.commit()
+    if session.get_bind().dialect.name == "postgresql":
+        # The statistics autovacuum gathers within a minute of such a change (the planner
+        # needs them to pick an index when a page has several filters). The app never runs
+        # ANALYZE on SQLite, so neither do we.
+        session.execute(text("ANALYZE runs"))
+        session.commit()
 
 
 def bnlab_listing(base: str) -> dict[str, Any]:
@@ -236,6 +242,7 @@ def bnlab_listing(base: str) -> dict[str, Any]:
                 response = http.get("/api/v1/runs", params=params)
                 assert response.status_code == 200 and response.json()["items"], response.text
 
+            get()  # warm, as the other reads are: first connection, first compile of the query
             return get
 
         filtered = {"status": "succeeded", "norm": "none", "seed": 8, "limit": 50}
