@@ -62,14 +62,24 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+def newest_first_index(column: Any) -> Index:
+    """An index on ``column`` then (created_at, id) of its table: the rows having one value of
+    ``column`` in the order of the newest-first keyset pages (``service.store.cursors``), so a
+    page filtered on it is a range of the index read backwards until the page is full, not a
+    scan of the table and a sort."""
+    table = column.table
+    name = f"ix_{table.name}_{column.name}_created_id"
+    return Index(name, column, table.c.created_at, table.c.id)
+
+
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_created_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_runs_created_id", "created_at", "id"),)  # unfiltered pages
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))  # indexed below
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # indexed below
     status_reason: Mapped[str | None] = mapped_column(Text)
     sweep_id: Mapped[str | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL"), index=True
@@ -80,6 +90,17 @@ class Run(Base):
     note: Mapped[str | None] = mapped_column(Text)
     # The name of the API key that submitted the run (service.auth); null on an open server.
     created_by: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Copies of the spec fields runs are filtered on (SPEC_FILTERS), written once at creation
+    # from the validated spec (defaults included): filters compare these plain, indexed columns
+    # instead of extracting JSON from every run's spec. Null where an old spec lacks the field.
+    spec_dataset: Mapped[str | None] = mapped_column(String(64))
+    spec_arch: Mapped[str | None] = mapped_column(String(64))
+    spec_activation: Mapped[str | None] = mapped_column(String(64))
+    spec_norm: Mapped[str | None] = mapped_column(String(64))
+    spec_optimizer: Mapped[str | None] = mapped_column(String(64))
+    spec_lr: Mapped[float | None] = mapped_column(Float)
+    spec_batch_size: Mapped[int | None] = mapped_column(Integer)
+    spec_seed: Mapped[int | None] = mapped_column(Integer)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -103,6 +124,38 @@ class Run(Base):
     wall_time: Mapped[float | None] = mapped_column(Float)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# The spec fields runs can be filtered on: filter name (the API's query parameter) → (path in
+# the spec, the column of ``runs`` holding its value). The one owner of this mapping.
+SPEC_FILTERS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "dataset": (("dataset",), Run.spec_dataset),
+    "arch": (("model", "arch"), Run.spec_arch),
+    "activation": (("model", "activation"), Run.spec_activation),
+    "norm": (("model", "norm"), Run.spec_norm),
+    "optimizer": (("optimizer", "name"), Run.spec_optimizer),
+    "lr": (("optimizer", "lr"), Run.spec_lr),
+    "batch_size": (("batch_size",), Run.spec_batch_size),
+    "seed": (("seed",), Run.spec_seed),
+}
+
+# Newest-first pages filtered on status, on name or on one spec field are index ranges; a page
+# filtered on several of these reads the range of one (the planner picks it) and checks the
+# others on the rows it meets.
+for _column in (Run.status, Run.name, *(column for _, column in SPEC_FILTERS.values())):
+    newest_first_index(_column)  # attaches itself to the table
+
+
+def spec_filter_values(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``spec_*`` column values of a run whose spec (as stored, JSON-ready) is ``spec``:
+    what the filters compare. None where the spec lacks the field."""
+    values: dict[str, Any] = {}
+    for path, column in SPEC_FILTERS.values():
+        value: Any = spec
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        values[column.key] = value
+    return values
 
 
 class MetricSeries(Base):

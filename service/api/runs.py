@@ -137,7 +137,8 @@ async def list_runs(request: Request, query: Annotated[RunQuery, Query()]) -> An
         except ValueError as exc:
             detail = f"cursor: {exc}; pass the next_cursor of a previous page"
             raise HTTPException(400, detail) from exc
-        return json_body(RunPage, RunPage(items=runs, next_cursor=next_cursor))
+        # A dict, not RunPage(...): json_body validates the runs once, not twice.
+        return json_body(RunPage, {"items": runs, "next_cursor": next_cursor})
 
     return json_response(await in_session(request, work))
 

@@ -1,8 +1,12 @@
 """Cursor pagination, newest first, for any table with ``created_at`` and ``id`` (runs, sweeps).
 
 A cursor is the (created_at, id) of the last row of a page, base64url-encoded: opaque to
-clients, stable while rows are added (new rows sort before it), and cheap for the database
-(the ``(created_at, id)`` index answers ``WHERE (created_at, id) < (…) ORDER BY … LIMIT``).
+clients, stable while rows are added (new rows sort before it), and cheap for the database:
+the page is ``WHERE (created_at, id) < (…) ORDER BY created_at DESC, id DESC LIMIT …``, a row
+value comparison that SQLite and PostgreSQL both use as the bound of a range of the
+``(created_at, id)`` index, or of a ``(column, created_at, id)`` index when a filter fixes
+``column`` (``service.models.newest_first_index``); so a page deep in the list costs what the
+first one does.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import base64
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
 
 
@@ -39,9 +43,7 @@ def newest_first_page(
     query = query.order_by(table.created_at.desc(), table.id.desc())
     if cursor is not None:
         created, row_id = decode_cursor(cursor)
-        query = query.where(
-            or_(table.created_at < created, and_(table.created_at == created, table.id < row_id))
-        )
+        query = query.where(tuple_(table.created_at, table.id) < (created, row_id))
     rows = list(session.scalars(query.limit(limit + 1)))
     if len(rows) > limit:
         last = rows[limit - 1]

@@ -1,8 +1,9 @@
 """Reads of runs: one run, several, a filtered page, and the counts the API and the
 maintenance loop ask for. Nothing here writes.
 
-Filters on spec fields read the stored spec (JSON, defaults included) through SQLAlchemy's
-JSON path expressions, which compile to ``JSON_EXTRACT`` on SQLite and ``#>>`` on PostgreSQL.
+Filters on spec fields compare the run's ``spec_*`` columns, copies of those fields of its
+validated spec (defaults included) written at creation (``service.models.SPEC_FILTERS``), each
+indexed with (created_at, id) like status and name: a filtered page is an index range.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import ColumnElement, and_, cast, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from service.models import Run
+from service.models import SPEC_FILTERS, Run
 from service.store.cursors import newest_first_page
 from service.store.errors import NotFound
 from service.vocab import SUBMIT_FAILED, RunStatus
@@ -34,20 +35,6 @@ def get_runs(session: Session, run_ids: Sequence[str]) -> list[Run]:
         if run_id not in found:
             raise NotFound(f"run {run_id} not found")
     return [found[run_id] for run_id in run_ids]
-
-
-# The spec fields runs can be filtered on: filter name → (path in the spec, SQL type to compare
-# as). The names are the API's query parameters.
-SPEC_FILTERS: dict[str, tuple[tuple[str, ...], str]] = {
-    "dataset": (("dataset",), "string"),
-    "arch": (("model", "arch"), "string"),
-    "activation": (("model", "activation"), "string"),
-    "norm": (("model", "norm"), "string"),
-    "optimizer": (("optimizer", "name"), "string"),
-    "lr": (("optimizer", "lr"), "float"),
-    "batch_size": (("batch_size",), "integer"),
-    "seed": (("seed",), "integer"),
-}
 
 
 def list_runs(
@@ -90,11 +77,11 @@ def list_runs(
 
 
 def spec_value(field: str) -> ColumnElement[Any]:
-    """The SQL expression for one of ``SPEC_FILTERS`` in a run's stored spec."""
+    """The column holding one of ``SPEC_FILTERS`` of each run."""
     if field not in SPEC_FILTERS:
         raise KeyError(f"no spec filter '{field}'; known: {', '.join(SPEC_FILTERS)}")
-    path, kind = SPEC_FILTERS[field]
-    return getattr(Run.spec[path], f"as_{kind}")()  # as_string, as_float or as_integer
+    _, column = SPEC_FILTERS[field]
+    return column
 
 
 def _has_tags(session: Session, tags: Sequence[str]) -> ColumnElement[bool]:

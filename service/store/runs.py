@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
-from service.models import MetricSeries, Run, utcnow
+from service.models import MetricSeries, Run, spec_filter_values, utcnow
 from service.store.errors import Conflict
 from service.store.metrics import delete_metrics_after
 from service.store.queries import get_run
@@ -301,14 +301,17 @@ def new_run(
     spec: JobSpec, *, sweep_id: str | None = None, tags: Sequence[str] = (), **values: Any
 ) -> Run:
     """A queued run for ``spec``, not yet added to a session (a run starts here and nowhere
-    else: ``create_run`` and ``create_sweep`` both build their rows with it)."""
+    else: ``create_run`` and ``create_sweep`` both build their rows with it). Its ``spec_*``
+    columns, what the filters compare, come from the spec as stored."""
+    stored = spec.model_dump(mode="json")
     return Run(
         name=spec.name,
-        spec=spec.model_dump(mode="json"),
+        spec=stored,
         status=RunStatus.queued.value,
         status_reason=WAITING,
         sweep_id=sweep_id,
         tags=_unique(tags),
+        **spec_filter_values(stored),
         **values,
     )
 

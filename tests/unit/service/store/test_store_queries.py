@@ -1,6 +1,7 @@
 """store.list_runs filters (spec fields, tags, id prefix, text) and store.list_sweeps pages,
-checked against a reference filter in Python on SQLite. tests/integration/test_store_pg.py runs
-the same checks on PostgreSQL, where the JSON expressions compile differently."""
+checked against a reference filter in Python on SQLite; the spec columns the filters compare;
+pages of runs created in the same instant. tests/integration/test_store_pg.py runs the same
+checks on PostgreSQL, where the JSON expressions compile differently."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import itertools
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service import store
-from service.models import Run
+from service.models import Run, spec_filter_values
+from service.vocab import RunStatus
 
 GRID = {
     "norm": ["none", "batchnorm"],
@@ -127,6 +130,28 @@ def check_run_filters(session: Session) -> None:
     assert all_pages(session, spec={"norm": "batchnorm"}) != []  # the cases are not all empty
 
 
+def check_same_instant_pages(session: Session) -> None:
+    """Runs created in the same instant (a sweep's, a bulk import's) are ordered by id and each
+    is on exactly one page, with and without filters (each filter reads its own index)."""
+    seed = 4242  # no other check's runs have it
+    runs = [
+        store.create_run(session, JobSpec(seed=seed, batch_size=30 + i % 2))[0] for i in range(7)
+    ]
+    moment = runs[0].created_at
+    ids = [run.id for run in runs]
+    session.execute(update(Run).where(Run.id.in_(ids)).values(created_at=moment))
+    session.execute(
+        update(Run).where(Run.id.in_(ids[::2])).values(status=RunStatus.succeeded.value)
+    )
+    session.commit()
+    newest_first = sorted(ids, reverse=True)  # one created_at: the id decides
+    assert all_pages(session, limit=2, spec={"seed": seed}) == newest_first
+    odd = [run_id for run_id in newest_first if run_id in set(ids[1::2])]
+    assert all_pages(session, limit=2, spec={"seed": seed, "batch_size": 31}) == odd
+    even = [run_id for run_id in newest_first if run_id in set(ids[::2])]
+    assert all_pages(session, limit=2, spec={"seed": seed}, status=RunStatus.succeeded) == even
+
+
 def check_sweep_pages(session: Session) -> None:
     made = []
     for index in range(7):
@@ -156,6 +181,26 @@ def test_run_filters_match_a_reference_filter(session: Session) -> None:
 
 def test_sweep_pages_newest_first_with_counts(session: Session) -> None:
     check_sweep_pages(session)
+
+
+def test_runs_created_in_one_instant_page_by_id(session: Session) -> None:
+    check_same_instant_pages(session)
+
+
+def test_spec_columns_hold_the_validated_spec(session: Session) -> None:
+    """Filled at creation (a run's and a sweep's runs alike) from the spec as stored,
+    defaults included: what a filter on a field left out of the request compares."""
+    run, _ = store.create_run(session, JobSpec(model={"norm": "none"}))
+    _, [swept] = store.create_sweep(session, "s", {}, {"seed": [7]}, [JobSpec(seed=7)])
+    for made in (run, swept):
+        stored = store.get_run(session, made.id)
+        columns = {column: getattr(stored, column) for column in spec_filter_values({})}
+        assert columns == spec_filter_values(stored.spec)
+    assert (run.spec_norm, run.spec_arch, run.spec_lr, run.spec_seed) == ("none", "mlp", 0.5, 0)
+    assert (swept.spec_norm, swept.spec_seed) == ("batchnorm", 7)
+    assert [r.id for r in store.list_runs(session, spec={"seed": 7, "arch": "mlp"})[0]] == [
+        swept.id
+    ]
 
 
 def test_tags_and_notes(session: Session) -> None:
