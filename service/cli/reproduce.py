@@ -50,7 +50,7 @@ def reproduce(
         str | None,
         typer.Option(
             help="quick (toy data, minutes), full (toy data, 3 seeds), report (Fashion-MNIST "
-            "and the toy experiments, about 20 min on 2 cores) or paper (the paper's step "
+            "and the toy experiments, about 35 min on 2 cores) or paper (the paper's step "
             "counts, hours; finished runs are reused, so rerunning resumes). Default: full, "
             "or quick with --quick.",
             show_default=False,

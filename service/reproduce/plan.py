@@ -214,7 +214,10 @@ SWEEPS: list[SweepDesign] = [
     # Issue 18: BN vs dropout, on a small training subset the plain MLP overfits.
     SweepDesign(
         "fashion-regularization",
-        steps={"paper": 10_000, "report": 4_000, "tiny": 60},
+        # report: at 4,000 steps one no-BN/no-dropout seed ended at 0.95 train accuracy (its
+        # test loss already 109% above its minimum), short of the design check's 0.98; at
+        # 8,000 that seed fits its 2,000 examples (train accuracy 1.000).
+        steps={"paper": 10_000, "report": 8_000, "tiny": 60},
         changes={
             "dataset": "fashion_mnist",
             "train_size": REG_TRAIN_SIZE,
