@@ -44,6 +44,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from workers.launch import train_command  # the command a worker runs, launcher and all
+
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 32
 WORLD = 2
@@ -64,25 +66,6 @@ def make_spec(steps: int, replicas: int, norm: str) -> dict[str, Any]:
     }
 
 
-def command(spec_path: Path, replicas: int) -> list[str]:
-    if replicas == 1:
-        return [sys.executable, "-m", "bncore.train", str(spec_path)]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        f"--nproc-per-node={replicas}",
-        "--max-restarts=0",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=127.0.0.1:0",
-        "--local-addr=127.0.0.1",
-        "-m",
-        "bncore.train",
-        str(spec_path),
-    ]
-
-
 def time_run(spec: dict[str, Any], threads: int, workdir: Path) -> dict[str, float]:
     """Launch one run; wall time to exit, time to its start event, its steps/s (median of the
     log intervals after the first), and the model's parameter count."""
@@ -91,7 +74,7 @@ def time_run(spec: dict[str, Any], threads: int, workdir: Path) -> dict[str, flo
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
     began = time.perf_counter()
     proc = subprocess.Popen(
-        command(spec_path, spec["replicas"]),
+        train_command(sys.executable, spec["replicas"], [str(spec_path)]),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -30,6 +30,19 @@ def executing_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return settings
 
 
+# A run long enough to be caught mid-way (3000 steps, a checkpoint every checkpoint_every) and
+# short enough to finish in a test (digits, a 16-unit layer).
+LONG_SPEC: dict[str, Any] = {
+    "name": "long",
+    "dataset": "digits",
+    "model": {"hidden": [16]},
+    "steps": 3000,
+    "log_every": 20,
+    "eval_every": 500,
+    "batch_size": 32,
+}
+
+
 def create(settings: Settings, spec: dict) -> str:
     """A queued run of ``spec``; its id."""
     with open_session(settings) as session:

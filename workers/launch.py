@@ -20,6 +20,7 @@ import collections
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from bncore import events
@@ -41,6 +42,8 @@ def trainer_command(
     replicas: int,
     run_id: str,
 ) -> list[str]:
+    """The worker's command for a run: the trainer on ``spec_path`` with its data folder and
+    checkpoints, launched by :func:`train_command`."""
     trainer_args = [
         str(spec_path),
         "--data-dir",
@@ -56,6 +59,15 @@ def trainer_command(
         "--resume-max-step",
         str(resume_max_step),
     ]
+    return train_command(python, replicas, trainer_args, rdzv_id=run_id)
+
+
+def train_command(
+    python: str, replicas: int, trainer_args: Sequence[str], rdzv_id: str | None = None
+) -> list[str]:
+    """``python -m bncore.train ARGS`` for one replica; for more, the same under
+    torch.distributed's launcher (see the module doc), its rendezvous named ``rdzv_id`` if
+    given. The benchmarks and tests launch the trainer with it too, as the worker does."""
     if replicas <= 1:
         return [python, "-m", "bncore.train", *trainer_args]
     launcher = [
@@ -72,8 +84,7 @@ def trainer_command(
         "c10d",
         "--rdzv-endpoint",
         "127.0.0.1:0",  # a free port, chosen by the launcher
-        "--rdzv-id",
-        run_id,
+        *(["--rdzv-id", rdzv_id] if rdzv_id is not None else []),
         "--local-addr",
         "127.0.0.1",
     ]

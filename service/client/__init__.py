@@ -21,20 +21,15 @@ cannot be reached gives ``BnlabError("cannot reach bnlab at URL: ...")``.
 Tests pass their own ``httpx.Client`` (e.g. FastAPI's ``TestClient``, which is one) instead of
 a URL.
 
-Modules: :mod:`~service.client.api` (``BnlabClient``), :mod:`~service.client.errors`
+Modules: :mod:`~service.client.api` (``BnlabClient``: the operations),
+:mod:`~service.client.connection` (how a request travels), :mod:`~service.client.errors`
 (``BnlabError``), :mod:`~service.client.events` (``RunEvent``, SSE framing),
 :mod:`~service.client.follow` (waiting: stream, reconnect, poll), :mod:`~service.client.ids`
 (short ids: unique prefixes).
 """
 
-from service.client.api import (
-    API,
-    DEFAULT_SERVER,
-    BnlabClient,
-    SpecLike,
-    series_to_rows,
-    spec_to_dict,
-)
+from service.client.api import API, BnlabClient, SpecLike, series_to_rows, spec_to_dict
+from service.client.connection import DEFAULT_SERVER
 from service.client.errors import BnlabError
 from service.client.events import EventCallback, RunEvent, SseMessage, parse_sse
 from service.vocab import FINISHED_STATUSES

@@ -1,36 +1,30 @@
 """``BnlabClient``: one method per operation of the bnlab REST API (``/api/v1``).
 
-Plain httpx: every method returns JSON-shaped data (dicts, lists) or bytes for images, and
-raises :class:`~service.client.errors.BnlabError` for an API problem or a transport failure.
-Waiting for runs and sweeps is :mod:`service.client.follow`; events are
-:mod:`service.client.events`.
+Every method returns JSON-shaped data (dicts, lists) or bytes for images, and raises
+:class:`~service.client.errors.BnlabError` for an API problem or a transport failure.
 
-Short ids (unique prefixes) are matched by :mod:`service.client.ids`.
-
-Past 400 lines on purpose: it is one class whose methods mirror the API's operations one to
-one (runs, metrics, waiting, sweeps, compare, health); split, a reader would have to look in
-several files for the one surface the CLI, the reproduction and scripts use.
+One class whose methods mirror the API's operations one to one (health, runs, metrics,
+waiting, sweeps, compare), so that the surface the CLI, the reproduction and scripts use reads
+in one file. How a request travels (headers, timeouts, errors, paging, streams) is
+:mod:`service.client.connection`; waiting for runs and sweeps is :mod:`service.client.follow`;
+events are :mod:`service.client.events`; short ids (unique prefixes) are matched by
+:mod:`service.client.ids`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal
-
-# httpx2: httpx's maintained successor, same API; Starlette's TestClient (which tests and the
-# embedded reproduction server hand to this client) is built on it.
-import httpx2 as httpx
+from typing import Any, Literal, TypedDict, Unpack
 
 from bncore.spec import JobSpec
+from service.client.connection import Connection
 from service.client.errors import BnlabError
 from service.client.events import EventCallback, RunEvent
 from service.client.follow import Followed, follow
 from service.client.ids import MAX_CANDIDATES, matching, one_id, prefix_of
 from service.vocab import DEFAULT_PAGE_SIZE, FINISHED_STATUSES, MAX_PAGE_SIZE
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"  # where `bnlab serve` listens by default
 API = "/api/v1"
 # GET /runs?id_prefix= takes at least this many characters (service.schemas.RunQuery);
 # a shorter prefix is matched here, over the pages of runs.
@@ -42,141 +36,28 @@ SpecLike = JobSpec | Mapping[str, Any]
 Targets = float | Sequence[float] | None  # compare's target: one value, several, or the default
 
 
-class BnlabClient:
-    """Talks to one bnlab server. Use as a context manager, or call :meth:`close`."""
+class CompareQuery(TypedDict, total=False):
+    """What :meth:`BnlabClient.compare` and :meth:`~BnlabClient.compare_plot` compare (the
+    query of GET /compare and /compare/plot), as keyword arguments; run ids or a sweep needed.
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_SERVER,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        *,
-        http: httpx.Client | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        """``http``: an existing httpx.Client to use as is (its base URL wins; not closed here).
-        ``transport``: a transport for a client built here (httpx.MockTransport in tests)."""
-        self.api_key = api_key
-        self.timeout = timeout
-        if http is not None:
-            self._http, self._owns_http = http, False
-            self.base_url = str(http.base_url).rstrip("/") or base_url
-        else:
-            self.base_url = base_url.rstrip("/")
-            self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
-            self._owns_http = True
+    ``target``: one value or several; ``target_fractions``: fractions in (0, 1] of the
+    baseline's best (e.g. ``[1, 0.99, 0.95, 0.9]``, the server's default when neither is
+    given). ``points``: at most this many points per curve."""
 
-    # ------------------------------------------------------------------------- plumbing
+    run_ids: Sequence[str] | None
+    sweep: str | None
+    baseline: str | None
+    target: Targets
+    target_fractions: Sequence[float] | None
+    metric: str | None
+    points: int | None
 
-    def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
 
-    def __enter__(self) -> BnlabClient:
-        return self
+class BnlabClient(Connection):
+    """Talks to one bnlab server. Use as a context manager, or call :meth:`close`.
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        headers.update(extra or {})
-        return headers
-
-    def _timeout_arg(self, timeout: float | httpx.Timeout) -> dict[str, Any]:
-        """Per-request timeouts on a client built here; a client passed in keeps its own
-        (Starlette's TestClient, for one, does not take them)."""
-        return {"timeout": timeout} if self._owns_http else {}
-
-    def _unreachable(self, exc: Exception) -> BnlabError:
-        return BnlabError(
-            f"cannot reach bnlab at {self.base_url}: {exc or type(exc).__name__} "
-            "(is `bnlab serve` running? set --server or BNLAB_SERVER)"
-        )
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        json_body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        accept: str | None = None,
-    ) -> httpx.Response:
-        """One request; non-2xx answers and transport failures become BnlabError."""
-        clean_params = {k: v for k, v in (params or {}).items() if v is not None}
-        extra = dict(headers or {})
-        if accept:
-            extra["Accept"] = accept
-        try:
-            response = self._http.request(
-                method,
-                path,
-                params=clean_params,
-                json=json_body,
-                headers=self._headers(extra),
-                **self._timeout_arg(self.timeout),
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise self._unreachable(exc) from exc
-        except httpx.TimeoutException as exc:
-            raise BnlabError(f"bnlab at {self.base_url} did not answer in time: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise BnlabError(f"connection to bnlab at {self.base_url} failed: {exc}") from exc
-        if response.status_code >= 400:
-            raise BnlabError.from_response(response)
-        return response
-
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._request(method, path, **kwargs).json()
-
-    def download(self, run_id: str, destination: str | Path) -> Path:
-        """GET /runs/{id}/checkpoint: save the run's final model (a torch ``state_dict``) to
-        ``destination`` (a folder: the server's file name in it) and return the file's path.
-        The file appears whole or not at all."""
-        path = Path(destination)
-        headers = self._headers({"Accept": "application/octet-stream"})
-        url = f"{API}/runs/{run_id}/checkpoint"
-        try:
-            with self._http.stream(
-                "GET", url, headers=headers, **self._timeout_arg(self.timeout)
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise BnlabError.from_response(response)
-                if path.is_dir():
-                    path = path / _attachment_name(response, f"{run_id}-model.pt")
-                partial = path.with_name(f".{path.name}.part")
-                try:
-                    with partial.open("wb") as out:
-                        for chunk in response.iter_bytes():
-                            out.write(chunk)
-                    partial.replace(path)
-                finally:
-                    partial.unlink(missing_ok=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise self._unreachable(exc) from exc
-        except httpx.TransportError as exc:
-            raise BnlabError(f"download from bnlab at {self.base_url} failed: {exc}") from exc
-        return path
-
-    def _open_stream(
-        self,
-        path: str,
-        params: Mapping[str, Any],
-        last_event_id: str | None,
-        read_timeout: float,
-    ) -> AbstractContextManager[httpx.Response]:
-        """A streamed GET of an event stream (what :func:`follow` reads), resuming after
-        ``last_event_id`` when given."""
-        headers = self._headers({"Accept": "text/event-stream", "Cache-Control": "no-cache"})
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = last_event_id
-        timeout = self._timeout_arg(httpx.Timeout(self.timeout, read=read_timeout))
-        return self._http.stream("GET", path, params=params, headers=headers, **timeout)
+    Constructed like :class:`~service.client.connection.Connection` (``base_url``,
+    ``api_key``, ``timeout``, or an ``http`` client to use as is)."""
 
     # ------------------------------------------------------------------------- health
 
@@ -235,33 +116,21 @@ class BnlabClient:
                 f"unknown run filter(s) {', '.join(unknown)}; the spec filters are "
                 + ", ".join(SPEC_FILTERS)
             )
-        cursor: str | None = None
-        while True:
-            page = self._json(
-                "GET",
-                f"{API}/runs",
-                params={
-                    "status": status,
-                    "sweep_id": sweep_id,
-                    "name": name,
-                    "tag": list(tags) or None,
-                    "q": q,
-                    "id_prefix": id_prefix,
-                    **spec,
-                    "limit": max(1, min(page_size, MAX_PAGE_SIZE)),
-                    "cursor": cursor,
-                },
-            )
-            yield from page.get("items", [])
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        filters = {
+            "status": status,
+            "sweep_id": sweep_id,
+            "name": name,
+            "tag": list(tags) or None,
+            "q": q,
+            "id_prefix": id_prefix,
+            **spec,
+        }
+        return self._pages(f"{API}/runs", filters, page_size)
 
     def list_runs(self, *, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
         """Matching runs, newest first: at most ``limit`` (None = all, over as many pages).
         ``filters``: those of :meth:`iter_runs` (status, sweep_id, name, tags, q, spec fields)."""
-        page_size = MAX_PAGE_SIZE if limit is None else min(limit, MAX_PAGE_SIZE)
-        return _take(self.iter_runs(page_size=page_size, **filters), limit)
+        return _take(self.iter_runs(page_size=_page_size(limit), **filters), limit)
 
     def resolve_run_id(self, id_or_prefix: str) -> str:
         """The full id of the one run whose id is ``id_or_prefix`` or starts with it.
@@ -308,6 +177,14 @@ class BnlabClient:
     def delete(self, run_id: str) -> None:
         """DELETE /runs/{id} (a finished run only; 409 otherwise), metrics included."""
         self._request("DELETE", f"{API}/runs/{run_id}")
+
+    def download(self, run_id: str, destination: str | Path) -> Path:
+        """GET /runs/{id}/checkpoint: save the run's final model (a torch ``state_dict``) to
+        ``destination`` (a folder: the server's file name in it) and return the file's path.
+        The file appears whole or not at all."""
+        return self._download(
+            f"{API}/runs/{run_id}/checkpoint", Path(destination), f"{run_id}-model.pt"
+        )
 
     # ------------------------------------------------------------------------- metrics
 
@@ -465,22 +342,11 @@ class BnlabClient:
     def iter_sweeps(self, *, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[dict[str, Any]]:
         """Every sweep, newest first, as SweepSummary dicts (id, name, grid, created_at,
         run_count, counts per status; not the runs), following ``next_cursor``."""
-        cursor: str | None = None
-        while True:
-            page = self._json(
-                "GET",
-                f"{API}/sweeps",
-                params={"limit": max(1, min(page_size, MAX_PAGE_SIZE)), "cursor": cursor},
-            )
-            yield from page.get("items", [])
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        return self._pages(f"{API}/sweeps", {}, page_size)
 
     def list_sweeps(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Sweeps, newest first: at most ``limit`` (None = all, over as many pages)."""
-        page_size = MAX_PAGE_SIZE if limit is None else min(limit, MAX_PAGE_SIZE)
-        return _take(self.iter_sweeps(page_size=page_size), limit)
+        return _take(self.iter_sweeps(page_size=_page_size(limit)), limit)
 
     def resolve_sweep_id(self, id_or_prefix: str) -> str:
         """The full id of the one sweep whose id is ``id_or_prefix`` or starts with it.
@@ -496,59 +362,26 @@ class BnlabClient:
     # ------------------------------------------------------------------------- compare
 
     def compare(
-        self,
-        run_ids: Sequence[str] | None = None,
-        sweep: str | None = None,
-        baseline: str | None = None,
-        target: Targets = None,
-        fmt: Literal["json", "csv"] = "json",
-        *,
-        metric: str | None = None,
-        points: int | None = None,
-        target_fractions: Sequence[float] | None = None,
+        self, *, fmt: Literal["json", "csv"] = "json", **query: Unpack[CompareQuery]
     ) -> Any:
-        """GET /compare: the service.analysis Comparison as a dict (fmt="json") or CSV text.
-
-        ``target``: one value or several; ``target_fractions``: fractions in (0, 1] of the
-        baseline's best (e.g. ``[1, 0.99, 0.95, 0.9]``, the server's default when neither is
-        given). The result's ``targets`` lists them in order, each with a ``label`` saying how
-        it was chosen; the first is the primary one."""
-        params = _compare_params(
-            run_ids, sweep, baseline, target, target_fractions, metric, points, fmt
+        """GET /compare: the service.analysis Comparison of ``query`` (:class:`CompareQuery`)
+        as a dict (fmt="json") or CSV text. The result's ``targets`` lists the targets in
+        order, each with a ``label`` saying how it was chosen; the first is the primary one."""
+        response = self._request(
+            "GET", f"{API}/compare", params=_compare_params(query, fmt), accept="*/*"
         )
-        response = self._request("GET", f"{API}/compare", params=params, accept="*/*")
         return response.json() if fmt == "json" else response.text
 
     def compare_plot(
-        self,
-        run_ids: Sequence[str] | None = None,
-        sweep: str | None = None,
-        baseline: str | None = None,
-        target: Targets = None,
-        fmt: Literal["png", "svg"] = "png",
-        *,
-        metric: str | None = None,
-        points: int | None = None,
-        target_fractions: Sequence[float] | None = None,
+        self, *, fmt: Literal["png", "svg"] = "png", **query: Unpack[CompareQuery]
     ) -> bytes:
-        """GET /compare/plot: the comparison figure as PNG or SVG bytes."""
-        params = _compare_params(
-            run_ids, sweep, baseline, target, target_fractions, metric, points, fmt
-        )
+        """GET /compare/plot: the figure of the comparison of ``query`` (:class:`CompareQuery`)
+        as PNG or SVG bytes."""
+        params = _compare_params(query, fmt)
         return self._request("GET", f"{API}/compare/plot", params=params, accept="*/*").content
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _attachment_name(response: httpx.Response, default: str) -> str:
-    """The file name a Content-Disposition header suggests (its last path part only)."""
-    disposition = response.headers.get("content-disposition", "")
-    for part in disposition.split(";"):
-        name, _, value = part.strip().partition("=")
-        if name.lower() == "filename" and value.strip('"'):
-            return Path(value.strip('"')).name
-    return default
 
 
 def spec_to_dict(spec: SpecLike) -> dict[str, Any]:
@@ -569,6 +402,11 @@ def series_to_rows(series: Mapping[str, Mapping[str, Sequence[Any]]]) -> list[di
     return [by_step[step] for step in sorted(by_step)]
 
 
+def _page_size(limit: int | None) -> int:
+    """The page size that fetches ``limit`` items (None: all) in as few requests as may be."""
+    return MAX_PAGE_SIZE if limit is None else limit
+
+
 def _take(items: Iterator[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
     """The first ``limit`` items (all of them for None), without asking for a page more."""
     taken: list[dict[str, Any]] = []
@@ -579,27 +417,23 @@ def _take(items: Iterator[dict[str, Any]], limit: int | None) -> list[dict[str, 
     return taken
 
 
-def _compare_params(
-    run_ids: Sequence[str] | None,
-    sweep: str | None,
-    baseline: str | None,
-    target: Targets,
-    fractions: Sequence[float] | None,
-    metric: str | None,
-    points: int | None,
-    fmt: str,
-) -> dict[str, Any]:
-    if not run_ids and not sweep:
+def _compare_params(query: CompareQuery, fmt: str) -> dict[str, Any]:
+    """GET /compare's query parameters; a TypeError for an argument CompareQuery lacks."""
+    unknown = sorted(set(query) - CompareQuery.__optional_keys__)
+    if unknown:
+        raise TypeError(f"unknown compare argument(s) {', '.join(unknown)}")
+    run_ids, target = query.get("run_ids"), query.get("target")
+    if not run_ids and not query.get("sweep"):
         raise BnlabError("compare needs run ids or a sweep id")
     targets = [target] if isinstance(target, int | float) else list(target or [])
     return {
         "runs": ",".join(run_ids) if run_ids else None,
-        "sweep": sweep,
-        "baseline": baseline,
+        "sweep": query.get("sweep"),
+        "baseline": query.get("baseline"),
         "target": _numbers(targets),
-        "target_fractions": _numbers(fractions or []),
-        "metric": metric,
-        "points": points,
+        "target_fractions": _numbers(query.get("target_fractions") or []),
+        "metric": query.get("metric"),
+        "points": query.get("points"),
         "format": fmt,
     }
 

@@ -9,7 +9,7 @@ arrays for the callers that compute (the API's downsampling, comparisons); ``get
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -52,45 +52,33 @@ def _summary(session: Session, run_ids: Sequence[str]) -> dict[str, dict[str, tu
     return out
 
 
+class MetricBounds(TypedDict, total=False):
+    """Which points of a run ``get_metrics`` and ``get_metric_arrays`` read: ``keys`` (None:
+    all), steps from ``step_min`` to ``step_max`` and past ``after_step``, at most ``limit``
+    per key (``after_step``/``limit`` page through long series)."""
+
+    keys: Sequence[str] | None
+    step_min: int | None
+    step_max: int | None
+    after_step: int | None
+    limit: int | None
+
+
 def get_metrics(
-    session: Session,
-    run_id: str,
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-    after_step: int | None = None,
-    limit: int | None = None,
+    session: Session, run_id: str, **bounds: Unpack[MetricBounds]
 ) -> dict[str, list[tuple[int, float | None]]]:
-    """Series per key as (step, value) pairs, ordered by step (keys in order).
-    ``after_step``/``limit`` page through long series (``limit`` counts points per key)."""
-    arrays = get_metric_arrays(
-        session,
-        run_id,
-        keys=keys,
-        step_min=step_min,
-        step_max=step_max,
-        after_step=after_step,
-        limit=limit,
-    )
+    """Series per key as (step, value) pairs, ordered by step (keys in order)."""
+    arrays = get_metric_arrays(session, run_id, **bounds)
     return {key: list(zip(steps, values, strict=True)) for key, (steps, values) in arrays.items()}
 
 
 def get_metric_arrays(
-    session: Session,
-    run_id: str,
-    *,
-    keys: Sequence[str] | None = None,
-    step_min: int | None = None,
-    step_max: int | None = None,
-    after_step: int | None = None,
-    limit: int | None = None,
+    session: Session, run_id: str, **bounds: Unpack[MetricBounds]
 ) -> dict[str, tuple[list[int], list[float | None]]]:
     """get_metrics as two lists per key, steps and values (no pair per point: cheaper when
     the caller wants columns anyway, as the JSON series do)."""
-    series = read_series(
-        session, [run_id], keys=keys, step_min=step_min, step_max=step_max, after_step=after_step
-    ).get(run_id, {})
+    limit = bounds.pop("limit", None)
+    series = read_series(session, [run_id], **bounds).get(run_id, {})
     out = {}
     for key, (steps, values) in series.items():
         if limit is not None:

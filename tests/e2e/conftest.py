@@ -8,6 +8,9 @@ The browser is Debian's ``chromium`` package, driven by Playwright's Python pack
 its bundled driver; ``playwright install`` (which downloads a browser build) is never needed.
 Outside CI the tests skip when /usr/bin/chromium is missing; in CI (env ``CI`` set) they fail
 instead, so a missing install step cannot pass unnoticed.
+
+The dashboard tests import two helpers from here: Playwright's ``expect`` (None without
+Playwright, whose absence the fixtures then report) and :func:`wait_until`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # every test needs the page fixture, which skips (or fails in CI) saying why
+    expect = None
 
 CHROMIUM = os.environ.get("BNLAB_E2E_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -51,6 +59,16 @@ def _require_browser() -> None:
         if in_ci:
             pytest.fail(f"e2e test cannot run in CI: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+def wait_until(page, expression: str, timeout_s: float = 30.0) -> None:  # noqa: ANN001
+    """Poll a JS expression in ``page`` until it is truthy. (page.wait_for_function evaluates
+    its predicate with eval, which the page's Content-Security-Policy rightly forbids.)"""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {expression}")
+        page.wait_for_timeout(100)
 
 
 @pytest.fixture(scope="session")

@@ -13,19 +13,12 @@ and fill a second one.
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 
-try:
-    from playwright.sync_api import expect
-except ImportError:  # the conftest's fixtures say why (skip locally, fail in CI)
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("playwright is not installed: pip install -e '.[dev]'", allow_module_level=True)
+from tests.e2e.conftest import expect, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,16 +34,6 @@ TINY = {
 }
 FINISH_TIMEOUT_MS = 180_000
 FINISHED = re.compile(r"^(succeeded|failed|diverged|cancelled)$")
-
-
-def wait_until(page, expression: str, timeout_s: float = 30.0) -> None:  # noqa: ANN001
-    """Poll a JS expression until it is truthy. (page.wait_for_function evaluates its
-    predicate with eval, which the page's Content-Security-Policy rightly forbids.)"""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {expression}")
-        page.wait_for_timeout(100)
 
 
 def fill_form(page, values: dict[str, str]) -> None:  # noqa: ANN001

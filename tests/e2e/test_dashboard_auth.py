@@ -12,20 +12,12 @@ dashboard-key-*.png.
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
 import pytest
 
 from service.auth import ApiKey, Scope, hash_key
-
-try:
-    from playwright.sync_api import expect
-except ImportError:  # the conftest's fixtures say why (skip locally, fail in CI)
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("playwright is not installed: pip install -e '.[dev]'", allow_module_level=True)
+from tests.e2e.conftest import expect, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -53,15 +45,6 @@ SPEC = {
 # What the browser logs by itself for the refusals these tests cause on purpose.
 EXPECTED_LOGS = ("status of 401", "status of 403")
 WORKER = "e2e-live"
-
-
-def wait_until(page, expression: str, timeout_s: float = 30.0) -> None:  # noqa: ANN001
-    """Poll a JS expression until it is truthy (the page's CSP forbids wait_for_function)."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {expression}")
-        page.wait_for_timeout(100)
 
 
 def unexpected_errors(page) -> list[str]:  # noqa: ANN001

@@ -25,6 +25,10 @@ from service import db, migrate
 from service.proc import settings_env
 from service.settings import Settings
 
+# api_runs, a sibling module the tests import (pytest puts this folder on sys.path): its
+# asserts are rewritten (explained on failure) only if registered before the first import.
+pytest.register_assert_rewrite("api_runs")
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SESSION = uuid.uuid4().hex[:10]

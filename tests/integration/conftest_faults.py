@@ -259,6 +259,24 @@ def fault_settings(database_url: str, broker_url: str | None, tmp: Path, **overr
 # ----------------------------------------------------------------------------- processes
 
 
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    """A folder for the test's process logs (servers, workers)."""
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
+
+
+def app_client(settings: Settings):  # noqa: ANN201
+    """The real app in this process (a TestClient: lifespan, executor and the maintenance
+    loop that reaps and resubmits runs, while it is open), server errors answered as 500s."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
 @dataclass
 class Proc:
     """A subprocess with its output in a file."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
 
 import pytest
+from api_runs import TINY, Api
 from procs import alive, descendants
 
 from bncore.spec import JobSpec
@@ -20,25 +20,6 @@ from service.settings import Settings
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-FINISHED = {"succeeded", "failed", "diverged", "cancelled"}
-TINY: dict[str, Any] = {
-    "dataset": "digits",
-    "model": {"hidden": [16]},
-    "steps": 30,
-    "eval_every": 10,
-    "batch_size": 32,
-}
-
-
-def wait_for(client, run_id: str, done, timeout: float = 90.0) -> dict:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while True:
-        run = client.get(f"/api/v1/runs/{run_id}").json()
-        if done(run):
-            return run
-        assert time.monotonic() < deadline, f"run {run_id} stuck: {run}"
-        time.sleep(0.25)
 
 
 def test_bn_and_plain_runs_succeed_and_metrics_land_in_postgres(api, worker, pg_session) -> None:  # noqa: ANN001
@@ -51,7 +32,7 @@ def test_bn_and_plain_runs_succeed_and_metrics_land_in_postgres(api, worker, pg_
         ids[norm] = response.json()["id"]
 
     for norm, run_id in ids.items():
-        run = wait_for(api, run_id, lambda r: r["status"] in FINISHED)
+        run = Api(api).finished(run_id)
         assert run["status"] == "succeeded", run
         assert run["worker"].startswith(f"{worker.name}:") and run["attempt"] == 1
         assert run["last_step"] == 30 and run["summary"]["best_test_acc"] > 0.1
@@ -75,14 +56,14 @@ def test_bn_and_plain_runs_succeed_and_metrics_land_in_postgres(api, worker, pg_
 def test_cancel_stops_a_running_run(api, worker) -> None:  # noqa: ANN001
     spec = TINY | {"name": "it-cancel", "steps": 200_000, "log_every": 50, "eval_every": 10_000}
     run_id = api.post("/api/v1/runs", json=spec).json()["id"]
-    wait_for(api, run_id, lambda r: (r["last_step"] or 0) > 0)
+    Api(api).wait(run_id, lambda r: (r["last_step"] or 0) > 0)
     trainers = [p for p, cmd in descendants(worker.proc.pid).items() if b"bncore.train" in cmd]
     assert len(trainers) == 1
 
     response = api.post(f"/api/v1/runs/{run_id}/cancel")
     assert response.status_code == 202 and response.json()["cancel_requested"]
 
-    run = wait_for(api, run_id, lambda r: r["status"] in FINISHED, timeout=30)
+    run = Api(api).finished(run_id, timeout=30)
     assert (run["status"], run["status_reason"]) == ("cancelled", "cancelled by request")
     assert not alive(trainers[0])
 
@@ -106,7 +87,7 @@ def test_a_worker_killed_mid_run_loses_the_run_to_a_retry_without_duplicates(
     sender.submit(run.id)
     sender.shutdown()
 
-    wait_for(api, run.id, lambda r: (r["last_step"] or 0) > 0 and r["status"] == "running")
+    Api(api).wait(run.id, lambda r: (r["last_step"] or 0) > 0 and r["status"] == "running")
     tree = descendants(victim.proc.pid)
     trainers = [p for p, cmd in tree.items() if b"bncore.train" in cmd]
     assert len(trainers) == 1, tree
@@ -121,9 +102,9 @@ def test_a_worker_killed_mid_run_loses_the_run_to_a_retry_without_duplicates(
         time.sleep(0.1)
 
     # Heartbeat timeout 6 s, maintenance every 1.5 s: requeued, then run again elsewhere.
-    requeued = wait_for(api, run.id, lambda r: r["attempt"] == 2 or r["status"] != "running", 30)
+    requeued = Api(api).wait(run.id, lambda r: r["attempt"] == 2 or r["status"] != "running", 30)
     assert requeued["status"] != "failed", requeued
-    final = wait_for(api, run.id, lambda r: r["status"] in FINISHED, timeout=90)
+    final = Api(api).finished(run.id, timeout=90)
     assert final["status"] == "succeeded", final
     assert final["worker"].startswith(f"{worker.name}:") and final["attempt"] == 2
 
@@ -150,7 +131,7 @@ def test_a_database_outage_mid_run_loses_no_metric_points(
     name = pg_url.rsplit("/", 1)[1]
     spec = TINY | {"name": "it-outage", "steps": 4000, "log_every": 1, "eval_every": 1000}
     run_id = api.post("/api/v1/runs", json=spec).json()["id"]
-    wait_for(api, run_id, lambda r: (r["last_step"] or 0) > 0)
+    Api(api).wait(run_id, lambda r: (r["last_step"] or 0) > 0)
     pg_session.close()
 
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:
@@ -168,7 +149,7 @@ def test_a_database_outage_mid_run_loses_no_metric_points(
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
-    run = wait_for(api, run_id, lambda r: r["status"] in FINISHED, timeout=90)
+    run = Api(api).finished(run_id, timeout=90)
     assert run["status"] == "succeeded", run
     assert run["attempt"] == 1  # the heartbeat gap stayed under the timeout: no retry
     assert f"run {run_id}: writing metrics failed" in worker.log()  # the outage did hit it

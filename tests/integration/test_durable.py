@@ -32,10 +32,12 @@ from service import store
 from service.db import open_session
 from service.executor import CeleryExecutor
 from service.proc import settings_env, worker_host_pid
+from service.vocab import FINISHED_STATUSES
 
 pytest.register_assert_rewrite("conftest_faults")
 from conftest_faults import (  # noqa: E402
     Proc,
+    app_client,
     fault_settings,
     start_celery_worker,
     start_server,
@@ -55,23 +57,6 @@ LONG: dict[str, Any] = {
     "eval_every": 500,
     "batch_size": 32,
 }
-FINISHED = {"succeeded", "failed", "diverged", "cancelled"}
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> Path:
-    path = tmp_path / "logs"
-    path.mkdir()
-    return path
-
-
-def app_client(settings: Any):  # noqa: ANN201
-    """The real app (its maintenance loop reaps and resubmits) in this process."""
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-
-    return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
 def the_trainer(pid: int) -> tuple[int, int]:
@@ -110,6 +95,10 @@ def create(settings: Any, spec: dict) -> str:
 def load(settings: Any, run_id: str):  # noqa: ANN201
     with open_session(settings) as session:
         return store.get_run(session, run_id)
+
+
+def wait_finished(settings: Any, run_id: str, what: str = "the run to finish") -> None:
+    wait_until(lambda: load(settings, run_id).status in FINISHED_STATUSES, 240, what)
 
 
 def stored_curve(settings: Any, run_id: str) -> dict[tuple[str, int], float | None]:
@@ -174,7 +163,7 @@ def test_a_stalled_worker_never_records_over_its_same_named_peer(
     assert worker_host_pid(retry_worker)[1] != pool  # the peer's process, not the stale one's
     # The stale attempt notices at its next heartbeat and stops its trainer.
     wait_until(lambda: _gone(trainer), 30, "the stale trainer to stop")
-    wait_until(lambda: load(settings, run_id).status in FINISHED, 240, "the run to finish")
+    wait_finished(settings, run_id)
 
     run = load(settings, run_id)
     assert run.status == "succeeded" and run.attempt == 2 and run.worker == retry_worker
@@ -203,7 +192,7 @@ def test_a_run_killed_mid_way_resumes_to_the_same_curve(
 
     start_celery_worker(settings, "retry", logs, processes)
     with app_client(settings):
-        wait_until(lambda: load(settings, run_id).status in FINISHED, 240, "the retry to end")
+        wait_finished(settings, run_id, "the retry to end")
 
     run = load(settings, run_id)
     assert run.status == "succeeded" and run.attempt == 2
@@ -260,7 +249,7 @@ def test_an_embedded_run_whose_process_stalls_is_executed_again(
         for pid in (execution, trainer):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-    wait_until(lambda: load(settings, run_id).status in FINISHED, 240, "the run to finish")
+    wait_finished(settings, run_id)
 
     run = load(settings, run_id)
     assert run.status == "succeeded" and run.attempt == 2, run.status_reason
@@ -299,6 +288,6 @@ def test_a_database_outage_longer_than_the_timeout_reaps_no_healthy_run(
             time.sleep(12)
         finally:
             private_pg.start()
-        wait_until(lambda: load(settings, run_id).status in FINISHED, 240, "the run to finish")
+        wait_finished(settings, run_id)
     run = load(settings, run_id)
     assert run.status == "succeeded" and run.attempt == 1, run.status_reason

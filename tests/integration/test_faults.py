@@ -31,13 +31,16 @@ from service.db import open_session
 from service.executor import CeleryExecutor
 from service.models import Run, Worker, utcnow
 from service.proc import settings_env
+from service.vocab import FINISHED_STATUSES
 
 # A sibling module (pytest puts this folder on sys.path), also loaded as a plugin below for its
 # fixtures; its asserts are rewritten only if registered before the import.
 pytest.register_assert_rewrite("conftest_faults")
+from api_runs import TINY, Api  # noqa: E402
 from conftest_faults import (  # noqa: E402
     PrivatePostgres,
     Proc,
+    app_client,
     fault_settings,
     start_celery_worker,
     start_server,
@@ -48,52 +51,7 @@ from procs import alive, descendants  # noqa: E402
 pytest_plugins = ["conftest_faults"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-FINISHED = {"succeeded", "failed", "diverged", "cancelled"}
-TINY: dict[str, Any] = {
-    "dataset": "digits",
-    "model": {"hidden": [16]},
-    "steps": 30,
-    "eval_every": 10,
-    "batch_size": 32,
-}
-
-
 # ----------------------------------------------------------------------------- helpers
-
-
-class Api:
-    """Just enough of a client over either a TestClient or a real server's base URL."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    def get(self, path: str, **kw: Any) -> httpx.Response:
-        return self.client.get(path, **kw)
-
-    def post(self, path: str, **kw: Any) -> httpx.Response:
-        return self.client.post(path, **kw)
-
-    def submit(self, **spec: Any) -> str:
-        response = self.post("/api/v1/runs", json=TINY | spec)
-        assert response.status_code == 201, response.text
-        return response.json()["id"]
-
-    def run(self, run_id: str) -> dict[str, Any]:
-        response = self.get(f"/api/v1/runs/{run_id}")
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def wait(self, run_id: str, done: Callable[[dict], bool], timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self.run(run_id)
-            if done(run):
-                return run
-            assert time.monotonic() < deadline, f"run {run_id} stuck: {run}"
-            time.sleep(0.2)
-
-    def finished(self, run_id: str, timeout: float = 120) -> dict:
-        return self.wait(run_id, lambda r: r["status"] in FINISHED, timeout)
 
 
 def trainers(pid: int) -> list[int]:
@@ -121,21 +79,6 @@ def assert_complete(settings: Any, run_id: str, steps: int, log_every: int = 1) 
     ]
     assert [s for s, _ in losses] == list(range(log_every, steps + 1, log_every))
     assert duplicates == []
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> Path:
-    path = tmp_path / "logs"
-    path.mkdir()
-    return path
-
-
-def app_client(settings: Any):  # noqa: ANN201
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-
-    return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
 # ----------------------------------------------------------------------------- Redis
@@ -520,7 +463,9 @@ def test_a_task_redelivered_after_the_visibility_timeout_does_not_run_twice(
     os.kill(trainer, signal.SIGCONT)
     with open_session(settings) as session:
         wait_until(
-            lambda: store.get_run(session, run.id).status in FINISHED, 120, "the run to finish"
+            lambda: store.get_run(session, run.id).status in FINISHED_STATUSES,
+            120,
+            "the run to finish",
         )
         final = store.get_run(session, run.id)
     assert (

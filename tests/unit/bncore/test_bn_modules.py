@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
 
-from bncore import functional as BF
 from bncore.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d, convert_batchnorm
 
 PAIRS = [
@@ -19,12 +16,7 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def eager_backend() -> Iterator[None]:
-    before = BF.get_backend()
-    BF.set_backend("eager")
-    yield
-    BF.set_backend(before)
+pytestmark = pytest.mark.usefixtures("eager_backend")
 
 
 def _pair(ours_cls: type, ref_cls: type, **kw: object) -> tuple[nn.Module, nn.Module]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
-from bncore import functional as BF
 from bncore.nn import (
     BatchNorm1d,
     BatchNorm2d,
@@ -18,13 +16,7 @@ from bncore.nn import (
     set_inference_stats,
 )
 
-
-@pytest.fixture(autouse=True)
-def eager_backend() -> Iterator[None]:
-    before = BF.get_backend()
-    BF.set_backend("eager")
-    yield
-    BF.set_backend(before)
+pytestmark = pytest.mark.usefixtures("eager_backend")
 
 
 def test_handcrafted_batches_match_the_formula() -> None:

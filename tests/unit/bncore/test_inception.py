@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-import bncore.functional as bnf
 import bncore.nn as bnn
 from bncore.models import AvgPool3x3, Block, Inception, build_model, norm_layers, parameter_count
 from bncore.probes import preactivations, unit_percentiles
@@ -14,14 +13,7 @@ from bncore.spec import JobSpec, ModelSpec
 IMAGE = (1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def _fast_cpu():
-    threads, backend = torch.get_num_threads(), bnf.get_backend()
-    torch.set_num_threads(1)
-    bnf.set_backend("eager")
-    yield
-    torch.set_num_threads(threads)
-    bnf.set_backend(backend)
+pytestmark = pytest.mark.usefixtures("fast_cpu")
 
 
 def _inception(hidden=(8, 16, 32), **model) -> nn.Module:

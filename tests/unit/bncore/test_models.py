@@ -5,22 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-import bncore.functional as bnf
 import bncore.nn as bnn
 from bncore.models import CNN, MLP, build_model, norm_layers, parameter_count
 from bncore.probes import grad_norm, preactivations, unit_percentiles
 from bncore.spec import JobSpec, ModelSpec
 
-
-@pytest.fixture(autouse=True)
-def _fast_cpu():
-    # One thread (tiny models) and eager BN (torch.compile would spend seconds compiling).
-    threads, backend = torch.get_num_threads(), bnf.get_backend()
-    torch.set_num_threads(1)
-    bnf.set_backend("eager")
-    yield
-    torch.set_num_threads(threads)
-    bnf.set_backend(backend)
+pytestmark = pytest.mark.usefixtures("fast_cpu")
 
 
 def _build(spec: JobSpec) -> nn.Module:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import bncore.functional as bnf
 from bncore import events
 from bncore.models import build_model
 from bncore.spec import JobSpec, ModelSpec
@@ -35,15 +34,7 @@ SUMMARY_KEYS = {
 BN_SUMMARY_KEYS = {"test_acc_batch_stats", "test_acc_running", "test_acc_population"}
 
 
-@pytest.fixture(autouse=True)
-def _fast_cpu():
-    # One thread (tiny models) and eager BN (torch.compile would spend seconds compiling).
-    threads, backend = torch.get_num_threads(), bnf.get_backend()
-    torch.set_num_threads(1)
-    bnf.set_backend("eager")
-    yield
-    torch.set_num_threads(threads)
-    bnf.set_backend(backend)
+pytestmark = pytest.mark.usefixtures("fast_cpu")
 
 
 def _spec(**overrides) -> JobSpec:

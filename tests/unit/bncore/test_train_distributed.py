@@ -17,15 +17,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bncore import _backend, distributed, events
+from bncore import distributed, events
 from bncore.spec import JobSpec
 from bncore.train import train
+from workers.launch import train_command
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY: dict[str, Any] = {
@@ -38,40 +38,20 @@ TINY: dict[str, Any] = {
     "eval_every": 3,
     "log_every": 1,
 }
-EAGER = {"BNCORE_BACKEND": "eager"}
+EAGER = {"BNCORE_BACKEND": "eager"}  # in the launched trainers; in this process: pytestmark
 COMPARED = ("train_loss", "train_acc", "grad_norm", "test_loss", "test_acc", "act_p50")
 
-
-@pytest.fixture(autouse=True)
-def eager_bn() -> Iterator[None]:
-    before = _backend.get_backend()
-    _backend.set_backend("eager")
-    yield
-    _backend.set_backend(before)
+pytestmark = pytest.mark.usefixtures("eager_backend")
 
 
 def launch(
     spec: dict[str, Any], tmp_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python -m torch.distributed.run ... -m bncore.train SPEC`` with replicas processes,
-    the rendezvous on a free loopback port."""
+    the rendezvous on a free loopback port: the worker's own launch (workers.launch)."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        f"--nproc-per-node={spec['replicas']}",
-        "--max-restarts=0",
-        "--rdzv-backend=c10d",
-        "--rdzv-endpoint=127.0.0.1:0",
-        "--local-addr=127.0.0.1",
-        "-m",
-        "bncore.train",
-        str(spec_path),
-        *args,
-    ]
+    command = train_command(sys.executable, spec["replicas"], [str(spec_path), *args])
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **EAGER, **(env or {})}
     return subprocess.run(
         command, capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path

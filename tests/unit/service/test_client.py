@@ -290,6 +290,17 @@ def test_compare_needs_runs_or_sweep() -> None:
         client.compare()
 
 
+def test_compare_refuses_an_unknown_argument_before_any_request() -> None:
+    def no_request(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"unexpected request {request.url}")
+
+    client = mock_client(no_request)
+    with pytest.raises(TypeError, match="unknown compare argument.*sweeps"):
+        client.compare(sweeps="abc")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown compare argument.*colour"):
+        client.compare_plot(sweep="abc", colour="red")  # type: ignore[call-arg]
+
+
 # ----------------------------------------------------------------------------- the real app
 
 TINY_SPEC = {

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,8 +18,10 @@ from service import store
 from service.db import open_session
 from service.executor import CeleryExecutor, LocalExecutor, submit_run
 from service.settings import Settings
-from service.vocab import queue_for_replicas, queues_for_capacity
+from service.vocab import FINISHED_STATUSES, queue_for_replicas, queues_for_capacity
 from tests.executing import create, executing_settings, load
+from tests.integration.procs import alive, descendants
+from tests.waiting import wait_until
 from workers.execute import execute_run
 
 WORKER = "test-worker@host"
@@ -51,45 +51,10 @@ def db_settings(tmp_path: Path) -> Settings:
     )
 
 
-def wait_for(what: Callable[[], bool], timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
-
-
 def trainer_processes() -> list[int]:
     """Live pids running bncore.train below this process: the launcher and its ranks."""
-    parents: dict[int, int] = {}
-    cmdlines: dict[int, bytes] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if state != "Z":  # a zombie has stopped running
-            parents[int(entry.name)] = int(ppid)
-
-    def below_us(pid: int) -> bool:
-        while pid > 1:
-            pid = parents.get(pid, 0)
-            if pid == os.getpid():
-                return True
-        return False
-
-    return [p for p in parents if below_us(p) and b"bncore.train" in cmdlines.get(p, b"")]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    below = descendants(os.getpid())
+    return [pid for pid, cmd in below.items() if b"bncore.train" in cmd and alive(pid)]
 
 
 def test_runs_are_routed_to_queues_a_worker_can_hold() -> None:
@@ -136,7 +101,7 @@ def test_two_replicas_succeed_through_the_embedded_executor_with_metrics_once(
     executor = LocalExecutor(db_settings)
     try:
         executor.submit(run_id)
-        wait_for(lambda: load(db_settings, run_id).status not in ("queued", "running"))
+        wait_until(lambda: load(db_settings, run_id).status in FINISHED_STATUSES, 240, "the end")
     finally:
         executor.shutdown()
     run = load(db_settings, run_id)
@@ -163,7 +128,7 @@ def test_cancel_kills_the_launcher_and_every_rank(db_settings: Settings) -> None
     thread, result = run_in_thread(db_settings, run_id)
     pids: list[int] = []
     try:
-        wait_for(lambda: (load(db_settings, run_id).last_step or 0) > 0)  # training
+        wait_until(lambda: (load(db_settings, run_id).last_step or 0) > 0, 240, "training")
         pids = trainer_processes()
         assert len(pids) == 3, pids  # the launcher and two ranks
         with open_session(db_settings) as session:
@@ -176,7 +141,7 @@ def test_cancel_kills_the_launcher_and_every_rank(db_settings: Settings) -> None
                 os.kill(pid, 9)
             thread.join()
     assert result["status"] == "cancelled"
-    wait_for(lambda: not any(alive(pid) for pid in pids), timeout_s=30)
+    wait_until(lambda: not any(alive(pid) for pid in pids), 30, "every rank gone")
 
 
 def test_divergence_stops_both_ranks_at_the_same_step(db_settings: Settings) -> None:

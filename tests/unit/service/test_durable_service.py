@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from service import store
 from service.db import open_session, session_factory
-from service.executor import LocalExecutor
+from service.executor import LocalExecutor, RecordingExecutor
 from service.maintenance import OutageGrace, maintain_once
 from service.proc import (
     clean_stale_temp_dirs,
@@ -27,7 +25,8 @@ from service.proc import (
 )
 from service.settings import Settings
 from service.store import RunStatus
-from tests.executing import create, executing_settings, load
+from tests.executing import LONG_SPEC, create, executing_settings, load
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -40,33 +39,10 @@ def db_settings(tmp_path: Path) -> Settings:
     )
 
 
-def wait_for(what: Callable[[], bool], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def dead_pid() -> int:
     child = subprocess.Popen(["true"])  # noqa: S607
     child.wait()
     return child.pid
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def submit(self, run_id: str) -> None:
-        self.submitted.append(run_id)
-
-    def start(self) -> None: ...
-    def shutdown(self) -> None: ...
-    def broker_ok(self) -> bool:
-        return True
-
-    def resubmit_due(self, queued: list[str]) -> list[str]:
-        return []
 
 
 def test_the_reaper_waits_out_the_grace_after_the_database_was_unreachable(
@@ -83,13 +59,13 @@ def test_the_reaper_waits_out_the_grace_after_the_database_was_unreachable(
         raise OperationalError("SELECT 1", {}, ConnectionError("database down (test)"))
 
     with pytest.raises(OperationalError):
-        maintain_once(db_settings, unreachable, Recorder(), grace)  # type: ignore[arg-type]
+        maintain_once(db_settings, unreachable, RecordingExecutor(), grace)  # type: ignore[arg-type]
     stale = db_settings.model_copy(update={"heartbeat_timeout_s": 0.001})
     now[0] = 59.0
-    maintain_once(stale, sessions, Recorder(), grace)
+    maintain_once(stale, sessions, RecordingExecutor(), grace)
     assert load(db_settings, run_id).status == "running"  # its heartbeat could not land
     now[0] = 60.0
-    executor = Recorder()
+    executor = RecordingExecutor()
     maintain_once(stale, sessions, executor, grace)
     assert load(db_settings, run_id).status == "queued" and executor.submitted == [run_id]
 
@@ -124,25 +100,16 @@ def test_the_temporary_folders_of_killed_runs_are_removed(tmp_path: Path) -> Non
 def test_a_run_requeued_while_its_process_runs_is_executed_again(db_settings: Settings) -> None:
     """F2: the reaper requeued the run (its process looked stalled) and the maintenance pass
     submitted it again while that process still counted as pending."""
-    spec = {
-        "name": "long",
-        "dataset": "digits",
-        "model": {"hidden": [16]},
-        "steps": 3000,
-        "log_every": 20,
-        "eval_every": 500,
-        "batch_size": 32,
-    }
-    run_id = create(db_settings, spec)
+    run_id = create(db_settings, LONG_SPEC)
     executor = LocalExecutor(db_settings)
     try:
         executor.submit(run_id)
-        wait_for(lambda: (load(db_settings, run_id).last_step or 0) >= 300)
+        wait_until(lambda: (load(db_settings, run_id).last_step or 0) >= 300, 180, "step 300")
         with open_session(db_settings) as session:
             assert store.reap_stale(session, 0, 3) == [(run_id, RunStatus.queued)]
         executor.submit(run_id)  # what the maintenance pass does with a requeued run
 
-        wait_for(lambda: load(db_settings, run_id).status == "succeeded")
+        wait_until(lambda: load(db_settings, run_id).status == "succeeded", 180, "the retry")
     finally:
         executor.shutdown()
     run = load(db_settings, run_id)

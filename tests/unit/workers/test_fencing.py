@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,20 +15,12 @@ from service import store
 from service.db import open_session
 from service.settings import Settings
 from service.store import RunStatus
-from tests.executing import create, executing_settings
+from tests.executing import LONG_SPEC, create, executing_settings, load
+from tests.waiting import wait_until
 from workers.execute import execute_run
 from workers.ingest import MetricWriter
 
 WORKER = "celery@host"  # both attempts under one name: only the token tells them apart
-LONG = {
-    "name": "long",
-    "dataset": "digits",
-    "model": {"hidden": [16]},
-    "steps": 3000,
-    "log_every": 20,
-    "eval_every": 500,
-    "batch_size": 32,
-}
 
 
 @pytest.fixture
@@ -40,13 +30,6 @@ def settings(tmp_path: Path) -> Settings:
         checkpoint_every=200,
         checkpoint_keep=1,  # the fewest: a retry must still find the one it resumes from
     )
-
-
-def wait_for(what: Callable[[], bool], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not what():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def curve(settings: Settings, run_id: str) -> dict[tuple[str, int], float | None]:
@@ -67,7 +50,7 @@ def requeue(settings: Settings, run_id: str) -> None:
 
 
 def test_a_stale_token_changes_nothing_even_under_the_same_worker_name(settings: Settings) -> None:
-    run_id = create(settings, LONG)
+    run_id = create(settings, LONG_SPEC)
     with open_session(settings) as session:
         old = store.claim_run(session, run_id, WORKER)
         assert old and store.heartbeat(session, run_id, WORKER, token=old)
@@ -88,14 +71,14 @@ def test_a_stale_token_changes_nothing_even_under_the_same_worker_name(settings:
 
 
 def test_a_stale_metric_writer_stores_nothing(settings: Settings) -> None:
-    run_id = create(settings, LONG)
+    run_id = create(settings, LONG_SPEC)
     with open_session(settings) as session:
         old = store.claim_run(session, run_id, WORKER)
     stored: list[int] = []  # what the writer reports stored (the worker prunes by it)
     stale = MetricWriter(run_id, old, settings, on_stored=stored.append)
     stale.start()
     stale.add(1, {"loss": 1.0})
-    wait_for(lambda: curve(settings, run_id) == {("loss", 1): 1.0})
+    wait_until(lambda: curve(settings, run_id) == {("loss", 1): 1.0}, 120, "the first point stored")
     requeue(settings, run_id)
     with open_session(settings) as session:
         assert store.claim_run(session, run_id, WORKER)
@@ -109,20 +92,20 @@ def test_a_stale_metric_writer_stores_nothing(settings: Settings) -> None:
 def test_a_stalled_attempt_stops_and_the_retry_resumes_to_the_same_curve(
     settings: Settings,
 ) -> None:
-    reference = create(settings, LONG)
+    reference = create(settings, LONG_SPEC)
     assert execute_run(reference, WORKER, settings) == "succeeded"
 
-    run_id = create(settings, LONG)
+    run_id = create(settings, LONG_SPEC)
     first = threading.Thread(target=execute_run, args=(run_id, WORKER, settings))
     first.start()
-    wait_for(lambda: (store_run(settings, run_id).last_step or 0) >= 700)
+    wait_until(lambda: (load(settings, run_id).last_step or 0) >= 700, 120, "step 700")
     requeue(settings, run_id)  # as if its worker had stalled past the timeout
 
     assert execute_run(run_id, WORKER, settings) == "succeeded"
     first.join(timeout=60)
     assert not first.is_alive()
 
-    run = store_run(settings, run_id)
+    run = load(settings, run_id)
     assert run.attempt == 2 and run.resumed_step is not None and run.resumed_step >= 600
     assert run.status_reason == "finished 3000 steps"  # the retry's outcome, not the stale one's
     expected, got = curve(settings, reference), curve(settings, run_id)
@@ -132,10 +115,5 @@ def test_a_stalled_attempt_stops_and_the_retry_resumes_to_the_same_curve(
             value, got[key], rel_tol=1e-6, abs_tol=1e-9
         ), key
     assert run.summary["final_test_acc"] == pytest.approx(
-        store_run(settings, reference).summary["final_test_acc"]
+        load(settings, reference).summary["final_test_acc"]
     )
-
-
-def store_run(settings: Settings, run_id: str):  # noqa: ANN201
-    with open_session(settings) as session:
-        return store.get_run(session, run_id)

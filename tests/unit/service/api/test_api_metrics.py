@@ -3,12 +3,11 @@ once with Last-Event-ID). Points are written with store.add_metrics, as a worker
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from service import store
 from service.api.paging import page_series
+from tests.sse import parse_sse, read_events
 
 RUNS = "/api/v1/runs"
 
@@ -124,26 +123,8 @@ def test_page_series_cuts_all_keys_at_one_step() -> None:
 # ----------------------------------------------------------------------------- SSE
 
 
-def parse_sse(text: str) -> list[dict]:
-    events = []
-    for block in text.split("\n\n"):
-        fields: dict = {}
-        for line in block.splitlines():
-            if line.startswith(":") or ":" not in line:
-                continue
-            name, _, value = line.partition(":")
-            fields[name] = value.strip()
-        if "event" in fields:
-            fields["data"] = json.loads(fields["data"])
-            events.append(fields)
-    return events
-
-
-def stream(client, run_id: str, **headers: str) -> list[dict]:  # noqa: ANN001
-    with client.stream("GET", f"{RUNS}/{run_id}/events", headers=headers) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        return parse_sse(response.read().decode())
+def stream(client, run_id: str, params: dict | None = None, **headers: str) -> list[dict]:  # noqa: ANN001
+    return read_events(client, f"{RUNS}/{run_id}/events", params, **headers)
 
 
 def test_sse_delivers_each_point_once_across_a_reconnect(client, app_session, run_id) -> None:  # noqa: ANN001
@@ -165,8 +146,7 @@ def test_sse_delivers_each_point_once_across_a_reconnect(client, app_session, ru
 
 def test_sse_holds_back_the_newest_step_of_a_live_run(client, app_session, run_id) -> None:  # noqa: ANN001
     store.add_metrics(app_session, run_id, [("train_loss", 1, 2.0), ("train_loss", 2, 1.5)])
-    with client.stream("GET", f"{RUNS}/{run_id}/events", params={"timeout": 0.2}) as response:
-        events = parse_sse(response.read().decode())
+    events = stream(client, run_id, params={"timeout": 0.2})
     assert [e["event"] for e in events] == ["status", "metrics"]  # step 2 may be incomplete
     assert events[1]["id"] == "1"
 

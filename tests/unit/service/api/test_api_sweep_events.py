@@ -4,7 +4,6 @@ Points are written with store.add_metrics, as a worker would."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -14,32 +13,14 @@ from service import store
 from service.api import events
 from service.api.events import decode_sweep_cursor, encode_sweep_cursor
 from service.client import BnlabClient, RunEvent
+from tests.sse import read_events
 
 SWEEPS = "/api/v1/sweeps"
 LENGTHS = [30, 0, 45, 12]  # dense steps per run: one run has no points at all
 
 
-def parse_sse(text: str) -> list[dict]:
-    parsed = []
-    for block in text.split("\n\n"):
-        fields: dict = {}
-        for line in block.splitlines():
-            if line.startswith(":") or ":" not in line:
-                continue
-            name, _, value = line.partition(":")
-            fields[name] = value.strip()
-        if "event" in fields:
-            fields["data"] = json.loads(fields["data"])
-            parsed.append(fields)
-    return parsed
-
-
 def stream(client, sweep_id: str, params: dict | None = None, **headers: str) -> list[dict]:  # noqa: ANN001
-    url = f"{SWEEPS}/{sweep_id}/events"
-    with client.stream("GET", url, params=params, headers=headers) as response:
-        assert response.status_code == 200, response.read()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        return parse_sse(response.read().decode())
+    return read_events(client, f"{SWEEPS}/{sweep_id}/events", params, **headers)
 
 
 def points(received: list[dict]) -> list[tuple[str, int]]:
