@@ -64,7 +64,8 @@ def reproduce(
         Path | None,
         typer.Option(
             help="SQLite file of the embedded server (default: a temporary one; with "
-            "--profile paper, OUT/bnlab.db so that a rerun finds the runs to resume).",
+            "--profile paper, OUT/bnlab.db). A file named here keeps the runs: a rerun with "
+            "the same file reuses the finished ones and trains only what is missing.",
             show_default=False,
         ),
     ] = None,
@@ -122,6 +123,9 @@ def reproduce(
                 progress=show,
                 profile=chosen,
                 server_label=label,
+                # A database that outlives the command (named, or the paper's) holds runs a
+                # rerun can reuse: an interrupted or partly failed suite resumes.
+                reuse=True if database is not None else None,
             )
         except BnlabError as exc:
             fail(str(exc))
