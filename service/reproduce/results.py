@@ -151,6 +151,7 @@ class SuiteResult:
     wall_time: float
     runs: int
     environment: dict[str, Any]
+    reused: int = 0  # runs taken from an earlier invocation (reuse.py), not trained in wall_time
 
     @property
     def verdicts(self) -> dict[str, Verdict]:
@@ -168,6 +169,7 @@ def suite_numbers(suite: SuiteResult, server: str, generated: datetime) -> dict[
         "generated": generated.isoformat(),
         "wall_time": suite.wall_time,
         "runs": suite.runs,
+        "reused": suite.reused,
         "environment": suite.environment,
         "experiments": [
             {k: v for k, v in asdict(result).items() if k != "finding"}

@@ -179,6 +179,7 @@ def run_suite(
     deadline = None if timeout is None else started + timeout
     runs_of: dict[str, list[dict[str, Any]]] = {}
     labels: dict[str, str] = {}
+    reused_in_all = 0
     for stage in stages:
         run_ids: dict[str, list[str]] = {}
         reused = 0
@@ -189,6 +190,7 @@ def run_suite(
                 plans[key] = design.plan(chosen, tuned_lr=lr)
             labels[key], run_ids[key], count = obtain_runs(client, plans[key], chosen.name, reuse)
             reused += count
+        reused_in_all += reused
         done_before = sum(len(r) for r in runs_of.values())
         if progress is not None:
             note = f"{len(stage)} sweeps submitted" + (f", {reused} runs reused" if reused else "")
@@ -219,6 +221,7 @@ def run_suite(
         results=results,
         wall_time=time.monotonic() - started,
         runs=total,
+        reused=reused_in_all,
         environment=_environment([r for runs in runs_of.values() for r in runs]),
     )
     write_report(suite, server=server_label or client.base_url)

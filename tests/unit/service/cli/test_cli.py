@@ -183,24 +183,3 @@ def test_client_commands_load_no_server_code() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.parametrize(("named", "reuse"), [(True, True), (False, None)])
-def test_reproduce_reuses_the_runs_of_a_database_it_was_given(
-    monkeypatch, tmp_path, named: bool, reuse: bool | None
-) -> None:
-    """A named --database outlives the command, so a rerun reuses its finished runs; the
-    temporary default leaves the choice to the profile (paper only)."""
-    from service import reproduce
-
-    seen = {}
-
-    def interrupted(client, **kwargs):  # noqa: ANN001, ANN003
-        seen.update(kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(reproduce, "run_suite", interrupted)
-    database = ["--database", str(tmp_path / "kept.db")] if named else []
-    result = invoke("reproduce", "--quick", "--out", str(tmp_path / "out"), *database)
-    assert result.exit_code == cli.EXIT_INTERRUPTED, result.output
-    assert seen["reuse"] is reuse
