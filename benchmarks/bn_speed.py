@@ -9,6 +9,7 @@ its own.
 
     python benchmarks/bn_speed.py [--quick] [--device cuda] [--repeats N] [--threads N]
                                   [--clock wall|cpu] [--no-compiled]
+                                  [--shapes 64x64x32x32,60x100] [--modes train,eval]
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ from bncore import functional as BF
 
 SHAPES: list[tuple[int, ...]] = [(4096, 1024), (64, 64, 32, 32), (256, 128, 8, 8)]
 CONTENDERS = ("native", "eager", "compiled", "cpp")
+
+
+def _shapes(text: str) -> list[tuple[int, ...]]:
+    try:
+        shapes = [tuple(int(d) for d in s.strip().split("x")) for s in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) < 2 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"expected shapes like 64x64x32x32,60x100, got {text!r}")
+    return shapes
 
 
 def _sync(device: torch.device) -> None:
@@ -92,7 +103,23 @@ def main() -> None:
     parser.add_argument(
         "--no-compiled", action="store_true", help="skip the compiled backend (compiling is slow)"
     )
+    parser.add_argument(
+        "--shapes",
+        type=_shapes,
+        default=SHAPES,
+        help="comma-separated shapes such as 64x64x32x32,60x100 (default: "
+        + ",".join("x".join(map(str, s)) for s in SHAPES)
+        + "; the paper's MLP layers are 60x100, and 1000x100 at evaluation)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=lambda v: [m.strip() for m in v.split(",")],
+        default=["train", "eval"],
+        help="train (forward + backward), eval (forward, no grad), or both: train,eval",
+    )
     args = parser.parse_args()
+    if not args.modes or not set(args.modes) <= {"train", "eval"}:
+        parser.error("--modes takes train, eval or train,eval")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -108,8 +135,8 @@ def main() -> None:
     contenders = tuple(c for c in CONTENDERS if not (args.no_compiled and c == "compiled"))
     rows: list[tuple[tuple[int, ...], bool, dict[str, float]]] = []
     compile_times = []
-    for shape in SHAPES:
-        for training in (True, False):
+    for shape in args.shapes:
+        for training in [m == "train" for m in args.modes]:
             steps = {n: _make_step(n, shape, training, device) for n in contenders}
             if "compiled" in steps:
                 t0 = time.perf_counter()

@@ -9,10 +9,10 @@ C++ autograd Function (no Python in the backward).
 Build
     On first use, with torch.utils.cpp_extension (the machine's C++ compiler and ninja), into
     ``$BNCORE_EXT_DIR`` or ``~/.cache/bncore/ext``, in a folder named by the source's hash,
-    the torch version, the source's path and the interpreter's environment (two checkouts or
-    virtualenvs sharing the cache would otherwise rebuild it in turn: the build file names
-    the source and the include paths): a changed source or torch rebuilds, later processes
-    load the built library. Logged once.
+    the compiler flags, the torch version, the source's path and the interpreter's
+    environment (two checkouts or virtualenvs sharing the cache would otherwise rebuild it in
+    turn: the build file names the source and the include paths): a changed source, flag or
+    torch rebuilds, later processes load the built library. Logged once.
 
     Concurrent first uses wait for one build under an ``flock`` (released by the kernel when
     its holder dies). torch's own build lock is a plain file that a process killed mid-build
@@ -44,6 +44,9 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "batch_norm.cpp"
+# -ffp-contract=off: no fused multiply-add, so the operator's vector versions (one per x86
+# instruction set, chosen when loaded) round exactly like the portable one.
+CFLAGS = ["-O3", "-ffp-contract=off"]
 DISABLED = os.environ.get("BNCORE_NO_EXT", "").strip().lower() not in ("", "0", "false", "no")
 
 _module: ModuleType | None = None
@@ -53,7 +56,7 @@ _stats = {"calls": 0, "fallback_calls": 0}
 
 
 def _build_dir() -> Path:
-    where = f"{SOURCE}\0{sys.prefix}".encode()  # ninja's build file names both
+    where = f"{SOURCE}\0{sys.prefix}\0{CFLAGS}".encode()  # ninja's build file names these
     digest = hashlib.sha256(SOURCE.read_bytes() + where).hexdigest()[:16]
     root = os.environ.get("BNCORE_EXT_DIR") or Path.home() / ".cache" / "bncore" / "ext"
     return Path(root) / f"torch{torch.__version__}-{digest}"
@@ -100,7 +103,7 @@ def _load() -> ModuleType | None:
                 name="bncore_batch_norm",
                 sources=[str(SOURCE)],
                 build_directory=str(build),
-                extra_cflags=["-O3"],
+                extra_cflags=CFLAGS,
                 verbose=False,
             )
     except Exception as err:  # no compiler, a compile error, an ABI mismatch: Python path

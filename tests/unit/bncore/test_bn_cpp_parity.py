@@ -12,6 +12,7 @@ Skipped only where no C++ compiler exists; a compiler with a failing build is a 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -110,6 +111,34 @@ def test_batched_and_double_backward_through_the_operator(shape: tuple[int, ...]
         outs[name] = (gx, ggw, bx)
     for a, b_ in zip(outs["cpp"], outs["torch"], strict=True):
         torch.testing.assert_close(a, b_, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("n", [8, 9], ids=["in-cache pass", "streaming pass"])
+@pytest.mark.parametrize("spatial", [(), (32, 32)], ids=["(N, C)", "(N, C, H, W)"])
+def test_both_builds_of_the_elementwise_pass(
+    n: int, spatial: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    """The output and input-gradient passes run a vector build (AVX2 where the CPU has it)
+    up to 1 MiB of input and the portable one above: both match torch, train and eval."""
+    c = (1 << 20) // (8 * math.prod(spatial) * dtype.itemsize)  # N = 8: exactly 1 MiB
+    g = torch.Generator().manual_seed(0)
+    shape = (n, c, *spatial)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) * 2 + 1
+    assert (x.numel() * x.element_size() <= 1 << 20) == (n == 8)
+    w, b = torch.rand(c, dtype=dtype) + 0.5, torch.randn(c, dtype=dtype)
+    dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    tol = TOL if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    for training in (True, False):
+        grads = []
+        for fn in (BF.batch_norm, torch.nn.functional.batch_norm):
+            stats = [torch.zeros(c, dtype=dtype) + 0.3, torch.ones(c, dtype=dtype) * 1.7]
+            args = [t.clone().requires_grad_() for t in (x, w, b)]
+            y = fn(args[0], *stats, args[1], args[2], training, 0.1, 1e-5)
+            y.backward(dy)
+            grads.append((y, *stats, *(t.grad for t in args)))
+        for ours, theirs in zip(*grads, strict=True):
+            torch.testing.assert_close(ours, theirs, **tol)
 
 
 def test_gradcheck_through_the_operator() -> None:
