@@ -22,8 +22,7 @@ Where the maths lives
 runs, eagerly or through torch.compile); ``bncore/csrc/batch_norm.cpp`` holds the same
 formulas as one C++ operator (:mod:`bncore._native` builds and loads it), which is what a
 plain CPU float32/float64 call runs by default: at the paper's shapes a layer costs op
-dispatch, not arithmetic, and one call replaces ten. Inference calls on the Python path take
-the eval coefficients from :mod:`bncore._eval_cache`. This module is the public entry:
+dispatch, not arithmetic, and one call replaces ten. This module is the public entry:
 argument checks, the choice between the two, and the autograd Functions of the Python path.
 
 Public API
@@ -37,10 +36,6 @@ momentum=0.1, eps=1e-5, *, backend=None)``
 ``set_backend("auto" | "eager" | "compiled" | "cpp")`` / ``get_backend()`` / ``compile_stats()``
     Which implementation of the same maths runs: the C++ operator, plain torch ops, or the
     same functions through :func:`torch.compile` (see :mod:`bncore._backend`).
-``clear_eval_cache()``
-    Forget the eval-mode coefficients the Python path keeps between inference calls (needed
-    only after writes that bypass version counters, such as ``tensor.data.mul_()``; see
-    :mod:`bncore._eval_cache`).
 ``BatchNormFunction``
     The Python path's :class:`torch.autograd.Function` (forward, closed-form backward, jvp).
 
@@ -55,7 +50,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from bncore import _backend, _eval_cache, _native
+from bncore import _backend, _native
 from bncore._backend import (  # noqa: F401  (re-exported: the public backend switch)
     AUTO_COMPILE_MIN_NUMEL,
     BACKENDS,
@@ -64,7 +59,6 @@ from bncore._backend import (  # noqa: F401  (re-exported: the public backend sw
     get_backend,
     set_backend,
 )
-from bncore._eval_cache import clear as clear_eval_cache
 from bncore._math import (  # noqa: F401  (_ROW_BLOCK: read by the compiled backend's tests)
     _ROW_BLOCK,
     acc_dtype,
@@ -82,7 +76,6 @@ __all__ = [
     "BatchNormFunction",
     "BatchNormFunctionWithJvp",
     "batch_norm",
-    "clear_eval_cache",
     "compile_stats",
     "compiled_available",
     "get_backend",
@@ -335,10 +328,11 @@ def batch_norm(
         )
     ):
         # Inference: nothing to differentiate, so no autograd node (its bookkeeping costs as
-        # much as the layer's math on small inputs), and the coefficients are constants,
-        # computed again only when a statistic or parameter changed.
+        # much as the layer's math on small inputs). The coefficients are computed on every
+        # call, not cached: a cache keyed on version counters cannot see writes that bypass
+        # them, such as DDP's buffer broadcast (a c10d collective) or `.data` updates.
         assert running_mean is not None and running_var is not None
-        _, scale, shift = _eval_cache.coefficients(
+        _, scale, shift = eval_coefficients(
             running_mean, running_var, weight, bias, eps, acc_dtype(x.dtype)
         )
         return _backend.run(affine, compiled, x, scale, shift)
