@@ -10,6 +10,12 @@ its own.
     python benchmarks/bn_speed.py [--quick] [--device cuda] [--repeats N] [--threads N]
                                   [--clock wall|cpu] [--no-compiled]
                                   [--shapes 64x64x32x32,60x100] [--modes train,eval]
+                                  [--bandwidth]
+
+``--bandwidth`` (for GPUs, ``benchmarks/gpu_check.sh``): each contender's achieved memory
+bandwidth, counting the fewest bytes a batch norm must move (eval: read x, write y; training
+forward + backward: x read twice and y written, then dy and x read twice and dx written, 8
+tensor passes), beside the floor measured in the same run: a plain device copy of 256 MiB.
 """
 
 from __future__ import annotations
@@ -117,6 +123,11 @@ def main() -> None:
         default=["train", "eval"],
         help="train (forward + backward), eval (forward, no grad), or both: train,eval",
     )
+    parser.add_argument(
+        "--bandwidth",
+        action="store_true",
+        help="also print achieved GB/s and the fraction of a plain copy's (for GPUs)",
+    )
     args = parser.parse_args()
     if not args.modes or not set(args.modes) <= {"train", "eval"}:
         parser.error("--modes takes train, eval or train,eval")
@@ -170,6 +181,8 @@ def main() -> None:
     for shape, training, med in rows:
         cells = " | ".join(f"{med[n] * 1e3:.3f} | {med[n + '/native']:.2f}" for n in names)
         print(f"| {tuple(shape)} | {mode[training]} | {med['native'] * 1e3:.3f} | {cells} |")
+    if args.bandwidth:
+        _print_bandwidth(rows, names, device)
     print()
     print("One-time compile, caches disabled (first call of each shape family, s):")
     for shape, training, secs in compile_times:
@@ -181,6 +194,37 @@ def main() -> None:
     )
     for key, why in stats["failures"].items():
         print(f"  failed: {key}: {why}")
+
+
+PASSES = {True: 8, False: 2}  # tensor-sized reads and writes a batch norm cannot avoid
+
+
+def copy_bandwidth(device: torch.device, mib: int = 256) -> float:
+    """Bytes per second of ``dst.copy_(src)`` (read + write) over ``mib`` MiB: the floor."""
+    src = torch.empty(mib * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    seconds = statistics.median(_time(lambda: dst.copy_(src), 10, device, "wall") for _ in range(5))
+    return 2 * src.numel() * 4 / seconds
+
+
+def _print_bandwidth(
+    rows: list[tuple[tuple[int, ...], bool, dict[str, float]]],
+    names: tuple[str, ...],
+    device: torch.device,
+) -> None:
+    floor = copy_bandwidth(device)
+    print()
+    print(f"Achieved bandwidth, GB/s (% of a plain copy's {floor / 1e9:.0f} GB/s, same run):")
+    print("| shape | mode | native | " + " | ".join(names) + " |")
+    print("|---|---|---:|" + "---:|" * len(names))
+    mode = {True: "train fwd+bwd", False: "eval fwd"}
+    for shape, training, med in rows:
+        moved = PASSES[training] * 4 * torch.Size(shape).numel()
+        cells = [
+            f"{moved / med[n] / 1e9:.0f} ({moved / med[n] / floor:.0%})" for n in ("native", *names)
+        ]
+        print(f"| {tuple(shape)} | {mode[training]} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
