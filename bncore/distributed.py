@@ -51,7 +51,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bncore.spec import JobSpec
+from bncore.spec import MAX_REPLICAS, JobSpec
 
 CRASH_HOOK_ENV = "BNLAB_TEST_CRASH_RANK"
 
@@ -92,6 +92,17 @@ class Replicas:
             return batch
         per = len(batch) // self.world
         return batch[self.rank * per : (self.rank + 1) * per]
+
+    def seed_step(self, seed: int, step: int) -> None:
+        """Seed this rank's random draws for ``step`` (dropout's masks). One process keeps its
+        generator's own stream (checkpoints restore it). With N replicas every rank would
+        otherwise draw the same masks for its own slice (one seed, the same draws for model
+        init), unlike one process, whose examples each get their own; and a checkpoint holds
+        rank 0's generator only. Seeding from (seed, step, rank) gives each rank its own masks
+        and a resumed group the masks of an uninterrupted one."""
+        if self.world == 1:
+            return
+        torch.manual_seed((seed * 1_000_003 + step) * MAX_REPLICAS + self.rank)
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """The mean over replicas of equal-sized slices (all-reduce, SUM / N)."""

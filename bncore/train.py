@@ -239,6 +239,7 @@ def train(
         idx = replicas.shard(next(batches))  # this rank's slice of the global batch
         xb, yb = x_train[idx], y_train[idx]
         replicas.crash_hook(step)
+        replicas.seed_step(spec.seed, step)  # each rank its own dropout masks
         logits = net(xb)
         loss = F.cross_entropy(logits, yb)
         optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from bncore import distributed, events
 from bncore.spec import JobSpec
@@ -112,8 +113,10 @@ def test_two_replicas_take_the_steps_of_one_process_unless_bn_is_per_replica(
 
 def test_resumed_group_continues_as_if_never_stopped(tmp_path: Path) -> None:
     """Rank 0 saves every 3 steps; a second launch, told to resume no later than step 3,
-    loads that checkpoint on both ranks and reports steps 4..6 as the uninterrupted run did."""
-    spec = TINY | {"replicas": 2}
+    loads that checkpoint on both ranks and reports steps 4..6 as the uninterrupted run did,
+    dropout masks included (the checkpoint holds rank 0's generator only: each rank's masks
+    are seeded from the step, Replicas.seed_step)."""
+    spec = TINY | {"replicas": 2, "model": TINY["model"] | {"dropout": 0.5}}
     folder = tmp_path / "ckpt"
     flags = ("--checkpoint-dir", str(folder), "--checkpoint-every", "3", "--checkpoint-keep", "0")
     whole = launch(spec, tmp_path, *flags)
@@ -125,6 +128,20 @@ def test_resumed_group_continues_as_if_never_stopped(tmp_path: Path) -> None:
     first, second = by_step(parse(whole.stdout)), by_step(resumed)
     assert sorted(second) == [4, 5, 6]
     assert_close({s: first[s] for s in second}, second)
+
+
+def test_each_rank_draws_its_own_masks_and_the_same_ones_again() -> None:
+    """Replicas.seed_step: per rank per step, reproducible; one process keeps its stream."""
+
+    def draws(rank: int, world: int, step: int) -> list[float]:
+        torch.manual_seed(123)
+        distributed.Replicas(rank, world, torch.device("cpu")).seed_step(7, step)
+        return torch.rand(4).tolist()
+
+    assert draws(0, 2, 5) != draws(1, 2, 5)  # ranks differ, as the examples of one batch do
+    assert draws(1, 2, 5) == draws(1, 2, 5)  # a resumed rank draws them again
+    assert draws(1, 2, 5) != draws(1, 2, 6)
+    assert draws(0, 1, 5) == draws(0, 1, 6)  # one process: its generator's own stream
 
 
 @pytest.mark.parametrize(
