@@ -228,7 +228,7 @@ def plain_batchnorm(model: nn.Module) -> nn.Module:
     computes alone after training (and for Algorithm 2's statistics, which look for bncore's
     layers)."""
     from bncore.nn import SyncBatchNorm
-    from bncore.nn.batchnorm import _BatchNorm
+    from bncore.nn.batchnorm import _BatchNorm, _rebuilt
 
     sync_types = (nn.SyncBatchNorm, SyncBatchNorm)
 
@@ -237,26 +237,11 @@ def plain_batchnorm(model: nn.Module) -> nn.Module:
             if x.dim() < 2:
                 raise ValueError(f"expected an (N, C, *) input, got {x.dim()}-D")
 
-    def convert(layer: nn.Module) -> nn.Module:
-        ref = layer.weight if layer.weight is not None else layer.running_mean
-        new = AnyDimBatchNorm(
-            layer.num_features,
-            eps=layer.eps,
-            momentum=layer.momentum,
-            affine=layer.affine,
-            track_running_stats=layer.track_running_stats,
-            device=None if ref is None else ref.device,
-            dtype=None if ref is None else ref.dtype,
-        )
-        new.load_state_dict(layer.state_dict())
-        new.train(layer.training)
-        return new
-
     copied = copy.deepcopy(model)
     if isinstance(copied, sync_types):
-        return convert(copied)
+        return _rebuilt(copied, AnyDimBatchNorm)
     for module in list(copied.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, sync_types):
-                setattr(module, child_name, convert(child))
+                setattr(module, child_name, _rebuilt(child, AnyDimBatchNorm))
     return copied

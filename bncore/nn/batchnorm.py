@@ -196,8 +196,12 @@ _TO_TORCH: dict[type[nn.Module], type[nn.Module]] = {v: k for k, v in _TO_BNCORE
 def _convert_layer(layer: nn.Module, to: str) -> nn.Module | None:
     table: dict[type[nn.Module], Any] = _TO_BNCORE if to == "bncore" else _TO_TORCH
     new_cls = table.get(type(layer))
-    if new_cls is None:
-        return None
+    return None if new_cls is None else _rebuilt(layer, new_cls)
+
+
+def _rebuilt(layer: nn.Module, new_cls: type[nn.Module]) -> nn.Module:
+    """A ``new_cls`` batch norm configured as ``layer`` is, with its parameters, buffers,
+    ``requires_grad`` flags and train/eval mode."""
     ref = layer.weight if layer.weight is not None else layer.running_mean
     new = new_cls(
         layer.num_features,
