@@ -1,8 +1,9 @@
 """The store targets of issue 14, measured side by side with MLflow's SQL tracking store, on
 SQLite and PostgreSQL, in one run:
 
-- ingest through the worker's write path (``store.add_metrics``, batches as the worker sends
-  them: 500 points, its flush size, and 5000, its slice of a backlog), points/s; beside it the
+- ingest through the worker's write path (``MetricWriter.write``, one flush: a session and the
+  fenced ``store.add_metrics``; batches as the worker sends them: 500 points, its flush size,
+  and 5000, its slice of a backlog), points/s; beside it the
   floor on the same database: a bare driver ``executemany`` of the same points as rows, and bare
   commits (one per batch);
 - one 10k-point history over HTTP (uvicorn on a socket), uncached, p50/p95 ms;
@@ -47,6 +48,7 @@ from service import migrate, store
 from service.db import make_engine
 from service.models import Run, spec_filter_values
 from service.settings import Settings
+from workers.ingest import MetricWriter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import postgres_url  # noqa: E402  (same folder; a scratch PostgreSQL database)
@@ -89,20 +91,25 @@ def timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------ bnlab
 
 
-def bnlab_ingest(session: Session, batch: int) -> tuple[float, list[str]]:
-    """points/s writing RUNS runs of KEYS x STEPS points; the run ids (claimed, live)."""
-    ids = []
+def bnlab_ingest(url: str, session: Session, batch: int) -> tuple[float, list[str]]:
+    """points/s writing RUNS runs of KEYS x STEPS points through the worker's own flush
+    (``MetricWriter.write``: a session, the fenced ``store.add_metrics``, the claim check), in
+    batches of ``batch``; the run ids (claimed, live)."""
+    settings = Settings(_env_file=None, database_url=url, auto_migrate=False)
+    writers = []
     for i in range(RUNS):
         norm = "none" if i % 2 == 0 else "batchnorm"
         run, _ = store.create_run(session, JobSpec(seed=i, model={"norm": norm}))
-        store.claim_run(session, run.id, "bench")
-        ids.append(run.id)
-    work = [(run_id, run_points(i)) for i, run_id in enumerate(ids)]
+        token = store.claim_run(session, run.id, "bench")
+        assert token is not None
+        writers.append((MetricWriter(run.id, token, settings), run_points(i)))
     started = time.perf_counter()
-    for run_id, points in work:
+    for writer, points in writers:
         for j in range(0, len(points), batch):
-            store.add_metrics(session, run_id, points[j : j + batch])
-    return RUNS * STEPS * len(KEYS) / (time.perf_counter() - started), ids
+            writer.write(None, points[j : j + batch])
+    return RUNS * STEPS * len(KEYS) / (time.perf_counter() - started), [
+        writer.run_id for writer, _ in writers
+    ]
 
 
 def floor_ingest(session: Session, batch: int) -> dict[str, float]:
@@ -327,8 +334,8 @@ def bench_database(url: str, tmp: Path, mlflow_url: Any) -> dict[str, Any]:
     result: dict[str, Any] = {}
     try:
         with Session(engine, expire_on_commit=False) as session:
-            result["ingest_5000_points_per_s"], _ = bnlab_ingest(session, 5000)
-            result["ingest_500_points_per_s"], ids = bnlab_ingest(session, 500)
+            result["ingest_5000_points_per_s"], _ = bnlab_ingest(url, session, 5000)
+            result["ingest_500_points_per_s"], ids = bnlab_ingest(url, session, 500)
             result["floor_500"] = floor_ingest(session, 500)
         with serve(url) as base:
             result |= bnlab_reads(base, ids)

@@ -168,14 +168,17 @@ class MetricSeries(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(64))
-    # Bumped by every write that changes the series: with the counts, it tells a reader (ETag,
-    # cache key) whether the points changed, also when points were removed and written again.
+    # Bumped whenever points are removed: with the counts (which every write that stores a
+    # point raises), it tells a reader (ETag, cache key) whether the points changed, also when
+    # points were removed and written again.
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class MetricChunk(Base):
     """Consecutive points of one series: steps (int32) and values (float64, NaN for a missing
-    value) packed little-endian, with their step range, count and finite min/max/mean."""
+    value) packed little-endian, with their step range, count, how many values are finite and
+    their min/max/mean (on PostgreSQL the arrays are stored uncompressed: see migration
+    e41b7a9c2d05)."""
 
     __tablename__ = "metric_chunks"
     __table_args__ = (Index("ix_metric_chunks_series_last", "series_id", "last_step"),)
@@ -191,6 +194,7 @@ class MetricChunk(Base):
     min_value: Mapped[float | None] = mapped_column(Float)
     max_value: Mapped[float | None] = mapped_column(Float)
     mean_value: Mapped[float | None] = mapped_column(Float)
+    finite_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Worker(Base):

@@ -6,7 +6,7 @@ keeps the points buffered, in order, and retries with backoff. Writes are idempo
 a retried batch changes nothing. The start event's facts (device, torch version) ride along.
 
 Every write is fenced by the attempt's claim token: it lands only while the run is still this
-attempt's (``store.holds_claim``, in the write's own transaction, under the run's row lock).
+attempt's (checked in the write's own transaction, under the run's row lock).
 Once the claim is lost the writer drops what it has and whatever comes; the heartbeat stops
 the trainer.
 """
@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service import store
-from service.db import DB_ERRORS, first_line, open_session
+from service.db import DB_ERRORS, engine_for, first_line
 from service.settings import Settings
 
 log = logging.getLogger("bnlab.execute")
@@ -57,6 +57,7 @@ class MetricWriter(threading.Thread):
         self._cond = threading.Condition()
         self._closing = False
         self._deadline = float("inf")
+        self._held: Session | None = None  # see _session
 
     def add(self, step: int, values: dict[str, Any]) -> None:
         points = [(key, step, _as_float(value)) for key, value in values.items()]
@@ -82,10 +83,17 @@ class MetricWriter(threading.Thread):
             self._cond.notify()
         if self.is_alive():
             self.join()
+        self._release_connection()  # (if write was called without the thread)
         with self._cond:
             return len(self._points)
 
     def run(self) -> None:
+        try:
+            self._flush_until_closed()
+        finally:
+            self._release_connection()
+
+    def _flush_until_closed(self) -> None:
         delay = 0.2
         while True:
             with self._cond:
@@ -98,10 +106,14 @@ class MetricWriter(threading.Thread):
                 batch, self._points = self._points, []
                 start, self._start = self._start, None
             try:
-                self._write(start, batch)
+                self.write(start, batch)
                 delay = 0.2
                 if batch and self.on_stored is not None:
                     self.on_stored(max(step for _, step, _ in batch))
+                with self._cond:
+                    busy = len(self._points) >= FLUSH_POINTS
+                if not busy:  # the next flush is a while off: give the connection back
+                    self._release_connection()
             except ClaimLost:
                 log.warning(
                     "run %s: claimed by another attempt; %d metric point(s) dropped",
@@ -139,19 +151,44 @@ class MetricWriter(threading.Thread):
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _write(self, start: dict[str, str] | None, batch: list[tuple[str, int, float | None]]):
-        with open_session(self.settings) as session:
+    def write(self, start: dict[str, str] | None, batch: list[tuple[str, int, float | None]]):
+        """One flush: the start facts (if any), then the points in slices of WRITE_BATCH.
+        Raises ClaimLost once the run is no longer this attempt's."""
+        session = self._session()
+        try:
             if start is not None:
                 self._fence(session)
                 store.record_start(session, self.run_id, **start)
             for i in range(0, len(batch), WRITE_BATCH):
-                # add_metrics' token guard keeps a lost attempt's points out; _fence also
-                # raises ClaimLost, so the writer stops at once instead of at the next heartbeat.
-                self._fence(session)
-                store.add_metrics(
-                    session, self.run_id, batch[i : i + WRITE_BATCH], token=self.token
-                )
+                # add_metrics' token guard keeps a lost attempt's points out. When it stored
+                # nothing (a re-sent batch, or the claim lost), _fence tells which, so the
+                # writer stops at once instead of at the next heartbeat.
+                points = batch[i : i + WRITE_BATCH]
+                if not store.add_metrics(session, self.run_id, points, token=self.token):
+                    self._fence(session)
+                    session.rollback()  # the claim holds: nothing to commit
+        except BaseException:
+            self._release_connection()  # a broken connection is not used again
+            raise
         self.written += len(batch)
+
+    def _session(self) -> Session:
+        """A session on the connection the writer keeps while it is busy (flush after flush,
+        the trainer outpacing FLUSH_INTERVAL_S). Checking a pooled connection out for every
+        flush, with the pool's liveness ping, cost a busy PostgreSQL writer about a sixth of
+        its throughput; a connection that broke meanwhile fails the write, which is retried
+        on a new one."""
+        if self._held is None:
+            connection = engine_for(self.settings.database_url).connect()
+            self._held = Session(bind=connection, expire_on_commit=False)
+        return self._held
+
+    def _release_connection(self) -> None:
+        if self._held is not None:
+            connection = self._held.bind  # the Connection _session made it on
+            self._held.close()
+            connection.close()  # back to the pool (discarded if it was invalidated)
+            self._held = None
 
     def _fence(self, session: Session) -> None:
         """Lock the run's row (SQLite: the write lock) and check the claim, in the transaction

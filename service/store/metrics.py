@@ -5,10 +5,19 @@ layout). A step is stored at most once per series: points of a batch whose step 
 stored are dropped, so a re-sent batch changes nothing. A write that carries the attempt's claim
 token changes nothing unless the run still holds that token.
 
-A write is a few fixed statements on the driver connection (``service.store.raw`` says why):
-the guarded run-row update first (on PostgreSQL its row lock orders concurrent writers of one
-run, so two batches of a run never interleave), one read of the run's series with each one's
-newest chunk, then per key an update of that chunk while it has room and inserts of new chunks.
+A write is a few fixed statements on the driver connection (``service.store.raw`` says why),
+the guarded run-row update first: on PostgreSQL its row lock orders concurrent writers of one
+run, so two batches of a run never interleave. Then one of two paths:
+
+- **Appending** (PostgreSQL, the worker's steady state: each key's points all come after its
+  stored ones): per key, one statement appends the points to the key's newest chunk in the
+  database (``steps || new``) while it has room, and one stores them as a new chunk if not.
+  They go out with the run-row update, so the write is one round trip and the commit; the
+  client never reads a chunk back.
+- **Merging** (SQLite, a key's first points, a re-sent or late batch, a backlog of more than a
+  chunk): one read of the run's series with each one's newest chunk, then per key an update of
+  that chunk while it has room and inserts of new chunks, with points already stored dropped.
+  A key the append left alone (any of those cases) goes this way, in the same transaction.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ __all__ = [
 ]
 
 Point = tuple[str, int, float | None]
+Batch = dict[str, packing.Arrays]
 CHUNK_COLUMNS = (
     "first_step",
     "last_step",
@@ -51,6 +61,7 @@ CHUNK_COLUMNS = (
     "min_value",
     "max_value",
     "mean_value",
+    "finite_count",
 )
 INSERT_CHUNK = (
     f"INSERT INTO metric_chunks (series_id, {', '.join(CHUNK_COLUMNS)}) "
@@ -60,6 +71,8 @@ UPDATE_CHUNK = (
     f"UPDATE metric_chunks SET {', '.join(f'{c} = %s' for c in CHUNK_COLUMNS)} "
     "WHERE series_id = %s AND first_step = %s"
 )
+# Only removals bump a series' revision: a write that stores points raises its count, which a
+# reader's version (``metric_versions``) includes already.
 BUMP_REVISION = "UPDATE metric_series SET revision = revision + 1 WHERE id = %s"
 # Each series of the run, with its newest chunk (the one with the highest last step) if any.
 SERIES_AND_TAILS = (
@@ -68,6 +81,28 @@ SERIES_AND_TAILS = (
     "(SELECT max(m.last_step) FROM metric_chunks m WHERE m.series_id = s.id) "
     "WHERE s.run_id = %s"
 )
+# PostgreSQL: append one key's points to its newest chunk if they all come after its stored
+# ones and the chunk has room (rowcount 1), else change nothing (rowcount 0). It runs after the
+# run-row update locked the row, so its snapshot sees every committed write of the run.
+APPEND = f"""UPDATE metric_chunks c SET last_step = %(last_step)s, count = c.count + %(count)s,
+    steps = c.steps || %(steps)s, "values" = c."values" || %(values)s,
+    min_value = LEAST(c.min_value, %(min_value)s),
+    max_value = GREATEST(c.max_value, %(max_value)s),
+    mean_value = (coalesce(c.mean_value * c.finite_count, 0) + %(finite_sum)s)
+        / nullif(c.finite_count + %(finite_count)s, 0),
+    finite_count = c.finite_count + %(finite_count)s
+FROM metric_series s
+WHERE s.run_id = %(run)s AND s.key = %(key)s AND c.series_id = s.id
+    AND c.last_step = (SELECT max(m.last_step) FROM metric_chunks m WHERE m.series_id = s.id)
+    AND c.last_step < %(first_step)s AND c.count + %(count)s <= {packing.CHUNK_POINTS}"""
+# ...then, if it did not, store them as a new chunk when no stored point is at or after their
+# first step (rowcount 1). Both rowcounts 0 leave the key to the merging path.
+APPEND_CHUNK = f"""INSERT INTO metric_chunks (series_id, {", ".join(CHUNK_COLUMNS)})
+SELECT s.id, %(first_step)s, %(last_step)s, %(count)s, %(steps)s, %(values)s, %(min_value)s,
+    %(max_value)s, %(mean_value)s, %(finite_count)s
+FROM metric_series s WHERE s.run_id = %(run)s AND s.key = %(key)s
+    AND NOT EXISTS (SELECT 1 FROM metric_chunks c
+                    WHERE c.series_id = s.id AND c.last_step >= %(first_step)s)"""
 
 
 def add_metrics(
@@ -81,12 +116,39 @@ def add_metrics(
     if not batch:
         return 0
     raw = Raw(session)
-    newest = max(int(steps[-1]) for steps, _ in batch.values())
-    touched, rows = raw.batch([_touch_run(run_id, newest, token), _tails(run_id)])
-    if not touched:
+    statements = [_touch_run(run_id, _newest(batch), token)]
+    appending = raw.postgres and all(len(s) <= packing.CHUNK_POINTS for s, _ in batch.values())
+    if appending:
+        statements += _appends(run_id, batch)
+    touched, *counts = raw.batch(statements)
+    if not touched:  # the run is gone or no longer held by the token: undo the appends
         session.rollback()
         return 0
-    series = _by_key(rows)
+    written = 0
+    for i, key in enumerate(list(batch) if appending else []):
+        if counts[2 * i] or counts[2 * i + 1]:
+            written += len(batch.pop(key)[0])
+    if batch:
+        written += _merge(raw, run_id, batch)
+    session.commit()
+    return written
+
+
+def _appends(run_id: str, batch: Batch) -> list[Statement]:
+    """APPEND and APPEND_CHUNK for every key of the batch, in its order."""
+    statements = []
+    for key, (steps, values) in batch.items():
+        chunk = packing.pack(steps, values)
+        chunk["finite_sum"] = float(values[np.isfinite(values)].sum())
+        params = {**chunk, "run": run_id, "key": key}
+        statements += [Statement(APPEND, params), Statement(APPEND_CHUNK, params)]
+    return statements
+
+
+def _merge(raw: Raw, run_id: str, batch: Batch) -> int:
+    """The merging path (module docstring): store the points not stored yet; returns how many
+    that is. The caller holds the run's row lock and commits."""
+    series = _by_key(raw.fetchall(SERIES_AND_TAILS, (run_id,)))
     missing = [k for k in batch if k not in series]
     if missing:
         create = Statement(
@@ -98,18 +160,17 @@ def add_metrics(
         series = _by_key(raw.batch([create, _tails(run_id)])[1])
     inserts: list[tuple] = []
     updates: list[tuple] = []
-    changed: list[tuple[int]] = []
     written = 0
     for key, (steps, values) in batch.items():
         series_id, tail = series[key]
-        n = _plan(raw, series_id, steps, values, tail, inserts, updates)
-        if n:
-            written += n
-            changed.append((series_id,))
-    writes = [(UPDATE_CHUNK, updates), (INSERT_CHUNK, inserts), (BUMP_REVISION, changed)]
+        written += _plan(raw, series_id, steps, values, tail, inserts, updates)
+    writes = [(UPDATE_CHUNK, updates), (INSERT_CHUNK, inserts)]
     raw.batch([Statement(sql, rows, many=True) for sql, rows in writes if rows])
-    session.commit()
     return written
+
+
+def _newest(batch: Batch) -> int:
+    return max(int(steps[-1]) for steps, _ in batch.values())
 
 
 def _touch_run(run_id: str, newest: int, token: str | None) -> Statement:

@@ -3,15 +3,16 @@
 The layout (tables in ``service.models``): a run's key is one ``metric_series`` row with an
 integer id; its points are ``metric_chunks`` rows of up to CHUNK_POINTS consecutive points,
 steps as little-endian int32 and values as little-endian float64 (NaN where the trainer reported
-no finite value, read back as ``None``), with the chunk's step range, count and finite
-min/max/mean.
+no finite value, read back as ``None``), with the chunk's step range, count, number of finite
+values and their min/max/mean.
 
 Why this layout and not one row per point (what bnlab had) or pre-computed downsampled levels:
 - A 10k-point history is ~10 rows of ~12 KB instead of 10,000 rows of a 36-character run id, a
   key, a step and a value: the database reads, and the driver decodes, a few blobs, and numpy
   turns each into an array in microseconds. Reads are exact at full resolution by construction.
 - Ingest writes a handful of rows per batch (one per key, usually an update of the key's last,
-  unfilled chunk) instead of one row per point; the integer series id replaces the repeated UUID.
+  unfilled chunk, which PostgreSQL appends to in place of a client's read and rewrite) instead
+  of one row per point; the integer series id replaces the repeated UUID.
 - Downsampled levels are not stored: decoding a whole 10k-point series costs well under a
   millisecond, so downsampling on read (LTTB plus first, last, min, max; one implementation in
   ``service.analysis.downsample``) stays exact, honest and has nothing to keep in sync. The chunk
@@ -42,8 +43,8 @@ def group_points(points: Iterable[tuple[str, int, float | None]]) -> dict[str, A
     if not columns:
         return {}
     keys, steps, values = columns
-    index: dict[str, int] = {}
-    codes = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, len(keys))
+    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # in order of appearance
+    codes = np.fromiter(map(index.__getitem__, keys), np.int64, len(keys))
     step_array = np.asarray(steps, dtype=np.int64)
     value_array = np.asarray(values, dtype=np.float64)  # None becomes NaN
     order = np.lexsort((step_array, codes))  # by key, then step; stable: first occurrence first
@@ -71,6 +72,7 @@ def pack(steps: np.ndarray, values: np.ndarray) -> dict[str, Any]:
         "min_value": float(finite.min()) if has else None,
         "max_value": float(finite.max()) if has else None,
         "mean_value": float(finite.mean()) if has else None,
+        "finite_count": len(finite),
     }
 
 

@@ -19,6 +19,7 @@ from service import store
 from service.db import make_engine
 from service.store.raw import Raw
 from tests.unit.service.store import (
+    test_store_migration_finite_count,
     test_store_migration_series,
     test_store_migration_spec_columns,
 )
@@ -29,8 +30,10 @@ from tests.unit.service.store.test_store_queries import (
     check_sweep_pages,
 )
 from tests.unit.service.store.test_store_series import (
+    check_chunk_summaries,
     check_delete_after,
     check_fencing,
+    check_new_and_stored_points,
     check_resends_change_nothing,
     check_round_trip,
 )
@@ -69,14 +72,27 @@ def test_runs_created_in_one_instant_page_by_id(session: Session) -> None:
 
 
 @pytest.mark.parametrize(
-    "check", [check_round_trip, check_resends_change_nothing, check_fencing, check_delete_after]
+    "check",
+    [
+        check_round_trip,
+        check_resends_change_nothing,
+        check_fencing,
+        check_chunk_summaries,
+        check_new_and_stored_points,
+        check_delete_after,
+    ],
 )
 def test_series_store(session: Session, check) -> None:  # noqa: ANN001
     check(session)
 
 
 @pytest.mark.parametrize(
-    "migration", [test_store_migration_series, test_store_migration_spec_columns]
+    "migration",
+    [
+        test_store_migration_series,
+        test_store_migration_spec_columns,
+        test_store_migration_finite_count,
+    ],
 )
 def test_migration_converts_existing_rows(pg_admin_url: str, migration) -> None:  # noqa: ANN001
     import psycopg

@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from service import store
-from service.db import open_session
+from service.db import engine_for, open_session
 from service.settings import Settings
 from tests.executing import create, executing_settings, load
+from tests.waiting import wait_until
 from workers.execute import execute_run
 from workers.ingest import MetricWriter
 
@@ -165,3 +166,24 @@ def test_metric_writer_keeps_points_through_a_database_outage(
     assert (
         counts["loss"] == counts["nan_loss"] == {"count": 1200, "first_step": 1, "last_step": 1200}
     )
+
+
+def test_metric_writer_keeps_its_connection_only_while_busy(settings: Settings) -> None:
+    """Flush after flush a writer keeps one pooled connection; once the next flush is a while
+    off (or after a failed write) it gives it back, so idle runs hold none."""
+    run_id = create(settings, TINY)
+    with open_session(settings) as session:
+        token = store.claim_run(session, run_id, WORKER)
+    assert token is not None
+    pool = engine_for(settings.database_url).pool
+    idle = pool.checkedout()
+    writer = MetricWriter(run_id, token, settings)
+    writer.write(None, [("loss", step, 1.0) for step in range(1, 501)])
+    assert pool.checkedout() == idle + 1
+    writer.start()
+    writer.add(501, {"loss": 0.5})
+    wait_until(lambda: writer.written == 501, 10, "the timed flush")
+    wait_until(lambda: pool.checkedout() == idle, 10, "the idle writer's connection back")
+    assert writer.close(deadline_s=10) == 0
+    with open_session(settings) as session:
+        assert store.metric_summary(session, run_id)["loss"]["count"] == 501

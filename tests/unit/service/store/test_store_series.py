@@ -1,5 +1,6 @@
 """The chunked series store: exact round trips across chunk boundaries, idempotent re-sends
-(also of points in the middle of a series), token fencing, and removing a lost attempt's points.
+(also of points in the middle of a series), token fencing, chunk summaries, and removing a lost
+attempt's points.
 Checks run on SQLite here and on PostgreSQL in tests/integration/test_store_pg.py."""
 
 from __future__ import annotations
@@ -7,13 +8,15 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
+import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from bncore.spec import JobSpec
 from service import store
 from service.models import MetricChunk, MetricSeries, Run
-from service.store.series import CHUNK_POINTS
+from service.store.series import CHUNK_POINTS, unpack
 
 
 def new_run(session: Session) -> str:
@@ -72,7 +75,11 @@ def check_resends_change_nothing(session: Session) -> None:
         )
         == 3
     )
+    versions = store.metric_versions(session, [run_id])
+    assert store.add_metrics(session, run_id, points[-3:]) == 0
+    assert store.metric_versions(session, [run_id]) == versions  # a re-send changed nothing
     assert store.add_metrics(session, run_id, [("k", 5, 0.0), ("k", 3001, 1.0)]) == 1
+    assert store.metric_versions(session, [run_id]) != versions
     expected = sorted(before["k"] + [(5, 5.0), (7, 7.0), (9, 9.0), (3001, 1.0)])
     assert store.get_metrics(session, run_id)["k"] == expected
     assert store.get_metrics(session, run_id, step_min=4, step_max=9)["k"] == expected[2:8]
@@ -86,8 +93,51 @@ def check_fencing(session: Session) -> None:
     assert store.get_metrics(session, run_id) == {}
     assert store.add_metrics(session, run_id, [("k", 1, 1.0)], token="attempt-2") == 1
     assert store.add_metrics(session, run_id, [("k", 2, 2.0)]) == 1  # no token: not fenced
+    # Points after the stored ones (on PostgreSQL, appended in the database) are fenced too.
+    set_token(session, run_id, "attempt-3")
+    assert store.add_metrics(session, run_id, [("k", 3, 3.0)], token="attempt-2") == 0
     assert store.get_metrics(session, run_id) == {"k": [(1, 1.0), (2, 2.0)]}
+    session.expire_all()
     assert session.get(Run, run_id).last_step == 2
+    assert store.add_metrics(session, run_id, [("k", 3, 3.0)], token="attempt-3") == 1
+
+
+def check_chunk_summaries(session: Session) -> None:
+    """Each chunk's count, step range, finite count and finite min/max/mean describe the
+    points it holds, however many batches were merged into it: missing and infinite values
+    are not finite, and a chunk can start with no finite value at all."""
+    rng = random.Random(2)
+    run_id = new_run(session)
+    n = 2 * CHUNK_POINTS + 300
+    values: list[float | None] = [rng.uniform(-5, 5) for _ in range(n)]
+    for i in range(0, n, 97):
+        values[i] = None
+    values[200], values[1500] = math.inf, -math.inf
+    points = [("k", s, v) for s, v in enumerate(values)]
+    points += [("late", s, None if s < 400 else s / 3) for s in range(n)]
+    for batch in worker_batches(sorted(points, key=lambda p: p[1]), size=300):
+        assert store.add_metrics(session, run_id, batch) == len(batch)
+    chunks = session.scalars(
+        select(MetricChunk)
+        .join(MetricSeries, MetricSeries.id == MetricChunk.series_id)
+        .where(MetricSeries.run_id == run_id)
+    ).all()
+    assert sum(chunk.count for chunk in chunks) == 2 * n
+    assert len(chunks) < 2 * n / 300  # batches were merged into chunks
+    for chunk in chunks:
+        steps, stored = unpack(chunk.steps, chunk.values)
+        finite = stored[np.isfinite(stored)]
+        assert (chunk.count, chunk.first_step, chunk.last_step) == (
+            len(steps),
+            steps[0],
+            steps[-1],
+        )
+        assert chunk.finite_count == len(finite)
+        if len(finite):
+            assert (chunk.min_value, chunk.max_value) == (finite.min(), finite.max())
+            assert chunk.mean_value == pytest.approx(finite.mean(), rel=1e-12, abs=1e-12)
+        else:
+            assert chunk.min_value is chunk.max_value is chunk.mean_value is None
 
 
 def check_delete_after(session: Session) -> None:
@@ -125,6 +175,26 @@ def test_resends_change_nothing(session: Session) -> None:
 
 def test_a_stale_token_writes_nothing(session: Session) -> None:
     check_fencing(session)
+
+
+def test_chunk_summaries_describe_their_points(session: Session) -> None:
+    check_chunk_summaries(session)
+
+
+def test_a_batch_with_new_and_stored_points_stores_the_new_once(session: Session) -> None:
+    check_new_and_stored_points(session)
+
+
+def check_new_and_stored_points(session: Session) -> None:
+    """One key's points all new, another's partly stored: both end up stored once (on
+    PostgreSQL the first is appended in the database, the second merged)."""
+    run_id = new_run(session)
+    store.add_metrics(session, run_id, [(k, s, float(s)) for s in range(100) for k in "ab"])
+    batch = [("a", s, float(s)) for s in range(100, 150)] + [("b", s, -1.0) for s in range(50, 150)]
+    assert store.add_metrics(session, run_id, batch) == 100
+    got = store.get_metrics(session, run_id)
+    assert got["a"] == [(s, float(s)) for s in range(150)]
+    assert got["b"] == [(s, float(s)) for s in range(100)] + [(s, -1.0) for s in range(100, 150)]
 
 
 def test_delete_after_removes_a_lost_attempts_points(session: Session) -> None:
