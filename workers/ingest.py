@@ -31,6 +31,11 @@ FLUSH_INTERVAL_S = 0.5  # metric points reach the database at most this late...
 FLUSH_POINTS = 500  # ...or as soon as this many are waiting
 WRITE_BATCH = 5_000  # rows per INSERT when a backlog built up during an outage
 FINAL_WRITE_DEADLINE_S = 120.0  # how long the last flush (and the outcome) retry a down database
+# At most this many writers of a process keep a connection between flushes (MetricWriter.
+# _session): a process running many runs at once (embedded_concurrency goes up to 64) must not
+# tie up its connection pool (15 connections on SQLite, 30 on PostgreSQL) with idle writers.
+HELD_WRITERS = 4
+HELD_CONNECTIONS = threading.BoundedSemaphore(HELD_WRITERS)
 
 
 class MetricWriter(threading.Thread):
@@ -58,6 +63,7 @@ class MetricWriter(threading.Thread):
         self._closing = False
         self._deadline = float("inf")
         self._held: Session | None = None  # see _session
+        self._slot = False  # holds one of HELD_CONNECTIONS
 
     def add(self, step: int, values: dict[str, Any]) -> None:
         points = [(key, step, _as_float(value)) for key, value in values.items()]
@@ -112,8 +118,8 @@ class MetricWriter(threading.Thread):
                     self.on_stored(max(step for _, step, _ in batch))
                 with self._cond:
                     busy = len(self._points) >= FLUSH_POINTS
-                if not busy:  # the next flush is a while off: give the connection back
-                    self._release_connection()
+                if not (busy and self._may_hold()):  # the next flush is a while off, or
+                    self._release_connection()  # the process's writers hold enough already
             except ClaimLost:
                 log.warning(
                     "run %s: claimed by another attempt; %d metric point(s) dropped",
@@ -174,14 +180,21 @@ class MetricWriter(threading.Thread):
 
     def _session(self) -> Session:
         """A session on the connection the writer keeps while it is busy (flush after flush,
-        the trainer outpacing FLUSH_INTERVAL_S). Checking a pooled connection out for every
-        flush, with the pool's liveness ping, cost a busy PostgreSQL writer about a sixth of
-        its throughput; a connection that broke meanwhile fails the write, which is retried
-        on a new one."""
+        the trainer outpacing FLUSH_INTERVAL_S; see HELD_CONNECTIONS). Checking a pooled
+        connection out for every flush, with the pool's liveness ping, cost a busy PostgreSQL
+        writer about a sixth of its throughput; a connection that broke meanwhile fails the
+        write, which is retried on a new one."""
         if self._held is None:
             connection = engine_for(self.settings.database_url).connect()
             self._held = Session(bind=connection, expire_on_commit=False)
         return self._held
+
+    def _may_hold(self) -> bool:
+        """Whether this writer may keep its connection until the next flush: one of the
+        process's HELD_CONNECTIONS slots is (or now becomes) its own."""
+        if not self._slot:
+            self._slot = HELD_CONNECTIONS.acquire(blocking=False)
+        return self._slot
 
     def _release_connection(self) -> None:
         if self._held is not None:
@@ -189,6 +202,9 @@ class MetricWriter(threading.Thread):
             self._held.close()
             connection.close()  # back to the pool (discarded if it was invalidated)
             self._held = None
+        if self._slot:
+            HELD_CONNECTIONS.release()
+            self._slot = False
 
     def _fence(self, session: Session) -> None:
         """Lock the run's row (SQLite: the write lock) and check the claim, in the transaction

@@ -20,7 +20,7 @@ from service.settings import Settings
 from tests.executing import create, executing_settings, load
 from tests.waiting import wait_until
 from workers.execute import execute_run
-from workers.ingest import MetricWriter
+from workers.ingest import HELD_CONNECTIONS, HELD_WRITERS, MetricWriter
 
 WORKER = "test-worker@host"
 TINY = {
@@ -187,3 +187,21 @@ def test_metric_writer_keeps_its_connection_only_while_busy(settings: Settings) 
     assert writer.close(deadline_s=10) == 0
     with open_session(settings) as session:
         assert store.metric_summary(session, run_id)["loss"]["count"] == 501
+
+
+def test_only_a_few_busy_writers_of_a_process_keep_a_connection(settings: Settings) -> None:
+    """Writers take HELD_CONNECTIONS slots to keep a connection between flushes; once they
+    are all taken the next writer gives its connection back after each flush, until a slot
+    is free again."""
+    slots = HELD_WRITERS
+    writers = [MetricWriter(f"run-{i}", "token", settings) for i in range(slots + 1)]
+    try:
+        assert [writer._may_hold() for writer in writers] == [True] * slots + [False]
+        writers[0]._release_connection()
+        assert writers[-1]._may_hold()
+    finally:
+        for writer in writers:
+            writer._release_connection()
+    assert all(HELD_CONNECTIONS.acquire(blocking=False) for _ in range(slots))
+    for _ in range(slots):
+        HELD_CONNECTIONS.release()
