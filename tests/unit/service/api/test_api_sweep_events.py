@@ -11,7 +11,7 @@ import pytest
 
 from service import store
 from service.api import events
-from service.api.events import decode_sweep_cursor, encode_sweep_cursor
+from service.api.sweep_cursor import CursorMismatch, decode_sweep_cursor, encode_sweep_cursor
 from service.client import BnlabClient, RunEvent
 from tests.sse import read_events
 
@@ -143,7 +143,7 @@ def test_cursor_round_trip_and_compression() -> None:
     cursor = encode_sweep_cursor(run_ids, sent)
     assert cursor.endswith(".6y*3,6,0*6")  # 250 = "6y" in base 36, then 6 runs at nothing
     assert decode_sweep_cursor(cursor, run_ids) == {r: sent.get(r, -1) for r in run_ids}
-    with pytest.raises(events.CursorMismatch):
+    with pytest.raises(CursorMismatch):
         decode_sweep_cursor(cursor, run_ids[::-1])
 
 
