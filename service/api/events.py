@@ -313,10 +313,13 @@ class SweepFeed:
         run_ids: list[str],
         sent: dict,
         reads: SharedReads | None = None,
+        opened: float | None = None,
     ) -> None:
         self.factory, self.sweep_id = factory, sweep_id
         self.reads = reads
-        self.opened = time.monotonic()  # shared reads older than the stream are not used
+        # Shared reads older than the stream are not used; the stream opened when its request
+        # came (``opened``), so its first poll may use the rows its run ids were read from.
+        self.opened = time.monotonic() if opened is None else opened
         self.run_ids = run_ids  # the order the cursor follows
         self.sent = sent  # run id → last step sent (-1: none)
         self.last_status: dict[str, tuple] = {}
@@ -440,8 +443,9 @@ async def sweep_events(
     ] = None,
     timeout: Annotated[float | None, Query(gt=0, le=86400, description=TIMEOUT_DOC)] = None,
 ) -> StreamingResponse:
-    factory = request.app.state.session_factory
-    run_ids = await run_in_threadpool(_sweep_run_ids, factory, sweep_id)
+    factory, reads = request.app.state.session_factory, _streams(request).reads
+    opened = time.monotonic()  # no read this stream uses is older
+    run_ids = await run_in_threadpool(_sweep_run_ids, factory, sweep_id, reads, opened)
     if run_ids is None:
         raise HTTPException(404, f"sweep {sweep_id} not found")
     resume = _resume_from(last_event_id, after)
@@ -459,14 +463,28 @@ async def sweep_events(
             raise HTTPException(
                 400, "Last-Event-ID: expected the id of an event of this sweep's stream"
             ) from exc
-    feed = SweepFeed(factory, sweep_id, run_ids, sent, _streams(request).reads)
+    feed = SweepFeed(factory, sweep_id, run_ids, sent, reads, opened)
     return _event_response(request, feed, timeout)
 
 
-def _sweep_run_ids(factory: Any, sweep_id: str) -> list[str] | None:
+def _sweep_run_ids(
+    factory: Any, sweep_id: str, reads: SharedReads | None = None, opened: float | None = None
+) -> list[str] | None:
+    """The sweep's run ids in their stable order (None: no such sweep), from the rows its
+    polls read, through the same shared read (``("rows", sweep_id)``, made no earlier than
+    ``opened``, by default now): streams opening together read them once, and each one's
+    first poll may use that read too. A stream opened after a run was added or deleted never
+    gets the list from before: only a read that started after it opened is shared with it,
+    as with its polls.
+
+    A run row names an existing sweep (a foreign key, set to null if the sweep goes), so the
+    sweep itself is read only when it has no runs: unknown, or all its runs deleted."""
+    opened = time.monotonic() if opened is None else opened
     with factory() as session:
-        try:
-            store.get_sweep(session, sweep_id)
-        except store.NotFound:
-            return None
-        return [row.id for row in _sweep_rows(session, sweep_id)]
+        _, rows = _shared(reads, ("rows", sweep_id), lambda: _sweep_rows(session, sweep_id), opened)
+        if not rows:
+            try:
+                store.get_sweep(session, sweep_id)
+            except store.NotFound:
+                return None
+        return [row.id for row in rows]
