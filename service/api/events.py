@@ -13,28 +13,25 @@ wait on). Events:
 
 Exactly once across reconnects: a reconnecting EventSource sends ``Last-Event-ID`` (the id of
 the last event it got) and the stream resumes after it. On a run's stream the id is the step;
-on a sweep's it is a cursor holding the last step sent for every run of the sweep (see
-:func:`encode_sweep_cursor`). While a run is live its newest step is held back until a later
-step exists, because its values can arrive in more than one write (training metrics, then the
-evaluation at the same step); once the run has finished nothing more can arrive and every step
-is sent.
+on a sweep's it is a cursor holding the last step sent for every run of the sweep (its
+format: :mod:`service.api.sweep_cursor`). While a run is live its newest step is held back
+until a later step exists, because its values can arrive in more than one write (training
+metrics, then the evaluation at the same step); once the run has finished nothing more can
+arrive and every step is sent.
 
-Past 400 lines on purpose: the run and the sweep stream share one polling loop, one
-hold-back rule and the cursor maths, which would otherwise be split across files that must
-change together.
+Past 400 lines on purpose: the run and the sweep stream share one polling loop and one
+hold-back rule, which would otherwise be split across files that must change together. The
+cursor maths, which changes on its own, lives in :mod:`service.api.sweep_cursor`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import weakref
-import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from itertools import groupby
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, Literal, Protocol
 
 from anyio import to_thread
@@ -49,8 +46,15 @@ from service import store
 from service.api.common import MAX_STEP, NOT_FOUND, PROBLEM, RunId, SweepId
 from service.api.paging import page_series
 from service.api.streams import SharedReads, StreamState, client_address, for_app
+from service.api.sweep_cursor import (
+    MAX_CURSOR_CHARS,
+    CursorMismatch,
+    decode_sweep_cursor,
+    encode_sweep_cursor,
+    step_cursors,
+)
 from service.models import Run
-from service.schemas import MAX_SWEEP_RUNS, RunOut
+from service.schemas import RunOut
 from service.store import FINISHED
 
 router = APIRouter(prefix="/runs", tags=["metrics"])
@@ -292,72 +296,6 @@ def _run_exists(factory: Any, run_id: str) -> bool:
 
 # ----------------------------------------------------------------------------- a sweep
 
-# A sweep's event id: "<fingerprint>.<entries>". The fingerprint (8 hex digits, CRC-32 of
-# the run ids in the sweep's stable order: creation time, then id) ties the cursor to that
-# list of runs; the entries give, run by run in that order, the last step sent plus one
-# (0: nothing sent yet) in base 36, and "V*N" (N in base 36) stands for N runs in a row at V.
-# E.g. "1c9a02f3.0*8": 8 runs, nothing sent; "1c9a02f3.6y*3,0*5": steps 0..249 of the first
-# three runs sent. Runs that move in step compress well; at worst (1000 runs, all at different
-# steps) an id is ~7 kB.
-_FINGERPRINT = re.compile(r"[0-9a-f]{8}")
-_ENTRY = re.compile(r"([0-9a-z]{1,7})(?:\*([0-9a-z]{1,4}))?")
-MAX_CURSOR_CHARS = 9 + 8 * MAX_SWEEP_RUNS  # "fp." + up to MAX_SWEEP_RUNS "vvvvvv," entries
-
-
-class CursorMismatch(ValueError):
-    """A well-formed cursor for another list of runs (another sweep, or a run was deleted)."""
-
-
-def _b36(n: int) -> str:
-    digits = ""
-    while True:
-        n, r = divmod(n, 36)
-        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
-        if n == 0:
-            return digits
-
-
-def _fingerprint(run_ids: Sequence[str]) -> str:
-    return f"{zlib.crc32(','.join(run_ids).encode()):08x}"
-
-
-def _rle(values: Iterable[int]) -> str:
-    """Base-36 entries, runs of equal values as "V*N"."""
-    parts = []
-    for value, group in groupby(values):
-        n = sum(1 for _ in group)
-        token = _b36(value)
-        parts.append(token if n == 1 else f"{token}*{_b36(n)}")
-    return ",".join(parts)
-
-
-def encode_sweep_cursor(run_ids: Sequence[str], sent: Mapping[str, int]) -> str:
-    """The id of a sweep's event: the last step sent per run (absent or -1: none)."""
-    return f"{_fingerprint(run_ids)}." + _rle(sent.get(r, -1) + 1 for r in run_ids)
-
-
-def decode_sweep_cursor(cursor: str, run_ids: Sequence[str]) -> dict[str, int]:
-    """{run_id: last step sent (-1: none)}. ValueError for anything we did not make;
-    CursorMismatch for a cursor made for another list of runs."""
-    fingerprint, dot, body = cursor.partition(".")
-    if not dot or not _FINGERPRINT.fullmatch(fingerprint) or len(cursor) > MAX_CURSOR_CHARS:
-        raise ValueError("not a sweep event id")
-    values: list[int] = []
-    for entry in body.split(",") if body else []:
-        match = _ENTRY.fullmatch(entry)
-        if match is None:
-            raise ValueError("not a sweep event id")
-        value, count = int(match[1], 36), int(match[2] or "1", 36)
-        if value > MAX_STEP + 1 or count < 1 or len(values) + count > MAX_SWEEP_RUNS:
-            raise ValueError("not a sweep event id")
-        values.extend([value] * count)
-    if fingerprint != _fingerprint(run_ids):
-        raise CursorMismatch("made for another list of runs")
-    if len(values) != len(run_ids):
-        raise ValueError("not a sweep event id")
-    return {run_id: value - 1 for run_id, value in zip(run_ids, values, strict=True)}
-
-
 _ROW = (Run.id, Run.status, Run.status_reason, Run.cancel_requested, Run.attempt, Run.last_step)
 
 
@@ -375,10 +313,13 @@ class SweepFeed:
         run_ids: list[str],
         sent: dict,
         reads: SharedReads | None = None,
+        opened: float | None = None,
     ) -> None:
         self.factory, self.sweep_id = factory, sweep_id
         self.reads = reads
-        self.opened = time.monotonic()  # shared reads older than the stream are not used
+        # Shared reads older than the stream are not used; the stream opened when its request
+        # came (``opened``), so its first poll may use the rows its run ids were read from.
+        self.opened = time.monotonic() if opened is None else opened
         self.run_ids = run_ids  # the order the cursor follows
         self.sent = sent  # run id → last step sent (-1: none)
         self.last_status: dict[str, tuple] = {}
@@ -447,13 +388,10 @@ class SweepFeed:
                 continue
             steps, run_more = pending[run_id]
             # Only this run's entry changes while its steps go out: encode the rest once.
-            before = _rle(self.sent[r] + 1 for r in self.run_ids[:index])
-            behind = _rle(self.sent[r] + 1 for r in self.run_ids[index + 1 :])
-            head = f"{_fingerprint(self.run_ids)}." + (before + "," if before else "")
-            tail = "," + behind if behind else ""
+            cursor_at = step_cursors(self.run_ids, self.sent, index)
             for step in _sendable(steps, statuses[run_id] in FINISHED, run_more):
                 data = {"run_id": run_id, "step": step, "values": steps[step]}
-                chunks.append(_sse("metrics", data, event_id=head + _b36(step + 1) + tail))
+                chunks.append(_sse("metrics", data, event_id=cursor_at(step)))
                 self.sent[run_id] = step
         if more:
             return chunks, "more"
@@ -505,8 +443,9 @@ async def sweep_events(
     ] = None,
     timeout: Annotated[float | None, Query(gt=0, le=86400, description=TIMEOUT_DOC)] = None,
 ) -> StreamingResponse:
-    factory = request.app.state.session_factory
-    run_ids = await run_in_threadpool(_sweep_run_ids, factory, sweep_id)
+    factory, reads = request.app.state.session_factory, _streams(request).reads
+    opened = time.monotonic()  # no read this stream uses is older
+    run_ids = await run_in_threadpool(_sweep_run_ids, factory, sweep_id, reads, opened)
     if run_ids is None:
         raise HTTPException(404, f"sweep {sweep_id} not found")
     resume = _resume_from(last_event_id, after)
@@ -524,14 +463,28 @@ async def sweep_events(
             raise HTTPException(
                 400, "Last-Event-ID: expected the id of an event of this sweep's stream"
             ) from exc
-    feed = SweepFeed(factory, sweep_id, run_ids, sent, _streams(request).reads)
+    feed = SweepFeed(factory, sweep_id, run_ids, sent, reads, opened)
     return _event_response(request, feed, timeout)
 
 
-def _sweep_run_ids(factory: Any, sweep_id: str) -> list[str] | None:
+def _sweep_run_ids(
+    factory: Any, sweep_id: str, reads: SharedReads | None = None, opened: float | None = None
+) -> list[str] | None:
+    """The sweep's run ids in their stable order (None: no such sweep), from the rows its
+    polls read, through the same shared read (``("rows", sweep_id)``, made no earlier than
+    ``opened``, by default now): streams opening together read them once, and each one's
+    first poll may use that read too. A stream opened after a run was added or deleted never
+    gets the list from before: only a read that started after it opened is shared with it,
+    as with its polls.
+
+    A run row names an existing sweep (a foreign key, set to null if the sweep goes), so the
+    sweep itself is read only when it has no runs: unknown, or all its runs deleted."""
+    opened = time.monotonic() if opened is None else opened
     with factory() as session:
-        try:
-            store.get_sweep(session, sweep_id)
-        except store.NotFound:
-            return None
-        return [row.id for row in _sweep_rows(session, sweep_id)]
+        _, rows = _shared(reads, ("rows", sweep_id), lambda: _sweep_rows(session, sweep_id), opened)
+        if not rows:
+            try:
+                store.get_sweep(session, sweep_id)
+            except store.NotFound:
+                return None
+        return [row.id for row in rows]

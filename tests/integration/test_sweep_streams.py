@@ -2,9 +2,10 @@
 
 Before, 200 streams on a 1,000-run sweep delayed unrelated requests by 25 s: each stream read
 the sweep's rows every poll, in the thread pool that serves every route. Now the streams of a
-sweep share one read per poll interval and poll in threads of their own
-(``service/api/streams.py``; tests/unit/service/test_streams.py checks the sharing), so other
-requests are answered while the streams follow the sweep live.
+sweep share one read per poll interval (their opening read of the sweep's runs included) and
+poll in threads of their own (``service/api/streams.py``; tests/unit/service/test_streams.py
+and tests/unit/service/api/test_api_sweep_events.py check the sharing), so other requests are
+answered while the streams follow the sweep live.
 """
 
 from __future__ import annotations

@@ -9,11 +9,14 @@ import time
 
 import pytest
 
+from bncore.spec import JobSpec
 from service import store
 from service.api import events
-from service.api.events import decode_sweep_cursor, encode_sweep_cursor
+from service.api.streams import SharedReads, StreamState
+from service.api.sweep_cursor import CursorMismatch, decode_sweep_cursor, encode_sweep_cursor
 from service.client import BnlabClient, RunEvent
 from tests.sse import read_events
+from tests.waiting import wait_until
 
 SWEEPS = "/api/v1/sweeps"
 LENGTHS = [30, 0, 45, 12]  # dense steps per run: one run has no points at all
@@ -143,7 +146,7 @@ def test_cursor_round_trip_and_compression() -> None:
     cursor = encode_sweep_cursor(run_ids, sent)
     assert cursor.endswith(".6y*3,6,0*6")  # 250 = "6y" in base 36, then 6 runs at nothing
     assert decode_sweep_cursor(cursor, run_ids) == {r: sent.get(r, -1) for r in run_ids}
-    with pytest.raises(events.CursorMismatch):
+    with pytest.raises(CursorMismatch):
         decode_sweep_cursor(cursor, run_ids[::-1])
 
 
@@ -165,6 +168,116 @@ def test_a_deleted_run_makes_old_ids_a_conflict(client, app_session, finished_sw
     response = client.get(f"{SWEEPS}/{sweep_id}/events", headers={"Last-Event-ID": old})
     assert response.status_code == 409
     assert stream(client, sweep_id)[-1]["data"]["counts"] == {"succeeded": 2, "failed": 1}
+
+
+def counted_sweep_reads(monkeypatch, gate: threading.Event | None = None) -> list[str]:  # noqa: ANN001
+    """Every read of a sweep's rows from now on (``events._sweep_rows``: the opening read and
+    the polls), by sweep id; each waits for ``gate`` if one is given."""
+    calls: list[str] = []
+    sweep_rows = events._sweep_rows
+
+    def counted(session, sweep_id: str) -> list:  # noqa: ANN001
+        calls.append(sweep_id)
+        if gate is not None:
+            gate.wait(5)
+        return sweep_rows(session, sweep_id)
+
+    monkeypatch.setattr(events, "_sweep_rows", counted)
+    return calls
+
+
+def add_run(app, sweep_id: str) -> str:  # noqa: ANN001
+    with app.state.session_factory() as session:
+        run, _ = store.create_run(session, JobSpec(name="late", steps=10), sweep_id=sweep_id)
+        return run.id
+
+
+def test_streams_opening_together_read_the_sweep_once(client, app, monkeypatch) -> None:  # noqa: ANN001
+    """20 streams opening at once read the sweep's run ids once (they read them once each);
+    a stream that opens after a run was added is not given the list from before it."""
+    sweep = make_sweep(client, 3)
+    gate = threading.Event()
+    calls = counted_sweep_reads(monkeypatch, gate)
+    factory, reads = app.state.session_factory, SharedReads(ttl_s=60)  # nothing expires
+    opened = time.monotonic()
+    results: list[list[str] | None] = []
+
+    def open_stream() -> None:
+        results.append(events._sweep_run_ids(factory, sweep["id"], reads, opened))
+
+    threads = [threading.Thread(target=open_stream) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: calls, 10, "the first read to start", step=0.01)
+    gate.set()
+    for thread in threads:
+        thread.join()
+    run_ids = results[0]
+    assert run_ids is not None and sorted(run_ids) == sorted(r["id"] for r in sweep["runs"])
+    assert results == [run_ids] * 20 and len(calls) == 1
+
+    added = add_run(app, sweep["id"])
+    # A stream opened before the run was added may share the read, as its polls would…
+    assert events._sweep_run_ids(factory, sweep["id"], reads, opened) == run_ids
+    # …one opened after it reads again and finds it (last: the newest run).
+    later = time.monotonic()
+    assert events._sweep_run_ids(factory, sweep["id"], reads, later) == [*run_ids, added]
+    assert len(calls) == 2
+
+
+def test_a_stream_shares_its_opening_read_and_a_later_one_sees_an_added_run(
+    client, app, monkeypatch
+) -> None:  # noqa: ANN001
+    """Through the route: a stream's opening read of the sweep serves its polls too, and a
+    stream opened after a run was added has that run (and its cursor no longer resumes an id
+    made before), however fresh the shared reads still are."""
+    sweep = make_sweep(client, 3)
+    streams = StreamState(app.state.settings, events.POLL_INTERVAL_S)
+    streams.reads = SharedReads(ttl_s=60)  # nothing expires: only the opening time decides
+    app.state.streams = streams
+    calls = counted_sweep_reads(monkeypatch)
+
+    def statuses(**headers: str) -> list[str]:  # the runs in the stream's (cursor's) order
+        received = stream(client, sweep["id"], params={"timeout": 0.2}, **headers)
+        return [e["data"]["id"] for e in received if e["event"] == "status"]
+
+    run_ids = statuses()
+    assert sorted(run_ids) == sorted(r["id"] for r in sweep["runs"])
+    assert len(calls) == 1  # the opening read; both polls of the stream shared it
+    before = encode_sweep_cursor(run_ids, {})
+    assert statuses(**{"Last-Event-ID": before}) == run_ids and len(calls) == 2
+
+    added = add_run(app, sweep["id"])
+    url = f"{SWEEPS}/{sweep['id']}/events"
+    response = client.get(url, params={"timeout": 0.2}, headers={"Last-Event-ID": before})
+    assert response.status_code == 409  # made for the list without the added run
+    assert statuses() == [*run_ids, added] and len(calls) == 4
+
+
+def test_an_open_stream_sees_a_run_added_to_the_sweep(client, app, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(events, "POLL_INTERVAL_S", 0.02)
+    sweep = make_sweep(client, 2)
+    run_ids = [run["id"] for run in sweep["runs"]]
+    calls = counted_sweep_reads(monkeypatch)
+    added: list[str] = []
+
+    def worker() -> None:  # once the stream has its run ids: add a run, finish them all
+        wait_until(lambda: len(calls) >= 2, 10, "the stream to poll", step=0.01)
+        added.append(add_run(app, sweep["id"]))
+        with app.state.session_factory() as session:
+            for run_id in [*run_ids, added[0]]:
+                finish(session, run_id)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        received = stream(client, sweep["id"], params={"timeout": 20})
+    finally:
+        thread.join()
+    assert added[0] in {e["data"]["id"] for e in received if e["event"] == "status"}
+    # The stream ends only once every run it knows of has finished: the added one included.
+    assert received[-1]["event"] == "end"
+    assert set(received[-1]["data"]["last_steps"]) == {*run_ids, added[0]}
 
 
 def test_client_watch_sweep_follows_live_runs_to_the_end(client, app, monkeypatch) -> None:  # noqa: ANN001
