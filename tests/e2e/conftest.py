@@ -9,8 +9,8 @@ its bundled driver; ``playwright install`` (which downloads a browser build) is 
 Outside CI the tests skip when /usr/bin/chromium is missing; in CI (env ``CI`` set) they fail
 instead, so a missing install step cannot pass unnoticed.
 
-The dashboard tests import two helpers from here: Playwright's ``expect`` (None without
-Playwright, whose absence the fixtures then report) and :func:`wait_until`.
+The dashboard tests import from here Playwright's ``expect`` (None without Playwright, whose
+absence the fixtures then report), :func:`wait_until` and ``SEEDED_SPEC``.
 """
 
 from __future__ import annotations
@@ -123,6 +123,20 @@ def live_server(live_app) -> Iterator[str]:  # noqa: ANN001
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+# The spec of the runs the tests write into the store (a tiny digits model, 40 steps); each
+# test names its own and changes what it needs.
+SEEDED_SPEC = {
+    "name": "seeded",
+    "dataset": "digits",
+    "model": {"hidden": [16], "norm": "batchnorm"},
+    "optimizer": {"lr": 0.5},
+    "batch_size": 32,
+    "steps": 40,
+    "eval_every": 10,
+    "seed": 0,
+}
 
 
 class Seeder:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import expect, wait_until
+from tests.e2e.conftest import SEEDED_SPEC, expect, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -149,17 +149,7 @@ def test_polling_fallback_without_sse(page) -> None:  # noqa: ANN001
 # ------------------------------------------------------------------ seeded states
 
 NARROW = {"width": 390, "height": 844}  # a phone
-STEPS = 40
-TINY_SPEC = {
-    "name": "seeded",
-    "dataset": "digits",
-    "model": {"hidden": [16], "norm": "batchnorm"},
-    "optimizer": {"lr": 0.5},
-    "batch_size": 32,
-    "steps": STEPS,
-    "eval_every": 10,
-    "seed": 0,
-}
+STEPS = SEEDED_SPEC["steps"]
 NOT_FOUND_LOG = "Failed to load resource: the server responded with a status of 404"
 
 
@@ -258,7 +248,7 @@ def test_diverged_run_axis_and_smoothing(page, seed, artifacts_dir: Path) -> Non
     train_loss = [(s, 2.3 - s / 20) for s in range(1, 25)]
     train_loss += [(25, 40.0), (26, 9.1e3), (27, 7.7e6), (28, 5_436_508_000.0), (29, None)]
     run_id = seed.run(
-        {**TINY_SPEC, "name": "diverged-lr", "model": {"hidden": [16], "norm": "none"}},
+        {**SEEDED_SPEC, "name": "diverged-lr", "model": {"hidden": [16], "norm": "none"}},
         "diverged",
         {
             "train_loss": train_loss,
@@ -305,7 +295,7 @@ def test_diverged_run_axis_and_smoothing(page, seed, artifacts_dir: Path) -> Non
 
 def test_failed_and_unknown_runs_say_why(page, seed, artifacts_dir: Path) -> None:  # noqa: ANN001
     reason = "trainer exited with code 1: RuntimeError: mat1 and mat2 shapes cannot be multiplied"
-    run_id = seed.run({**TINY_SPEC, "name": "broken"}, "failed", {}, reason=reason)
+    run_id = seed.run({**SEEDED_SPEC, "name": "broken"}, "failed", {}, reason=reason)
     page.goto(f"/#/run/{run_id}")
     expect(page.locator("#run-status")).to_have_text("failed")
     wait_until(page, "document.getElementById('chart-acc').dataset.message !== undefined")
@@ -339,7 +329,7 @@ def sweep(seed) -> tuple[str, list[str]]:  # noqa: ANN001
             **percentiles(EVALS, 0.2 if bn else 2.0),
         }
 
-    base = {**TINY_SPEC, "name": "a-rather-long-sweep-name-for-the-layout"}
+    base = {**SEEDED_SPEC, "name": "a-rather-long-sweep-name-for-the-layout"}
     grid = {"model.norm": ["batchnorm", "none"], "seed": [0, 1, 2]}
     return seed.sweep("layout-sweep", base, grid, metrics_of)
 

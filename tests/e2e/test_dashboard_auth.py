@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from service.auth import ApiKey, Scope, hash_key
-from tests.e2e.conftest import expect, wait_until
+from tests.e2e.conftest import SEEDED_SPEC, expect, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,16 +32,7 @@ LIVE_APP_SETTINGS = {  # read by the conftest's live_app
     "auth_reads": True,
 }
 STORED = "bnlab.apiKey"
-SPEC = {
-    "name": "keyed",
-    "dataset": "digits",
-    "model": {"hidden": [16], "norm": "batchnorm"},
-    "optimizer": {"lr": 0.5},
-    "batch_size": 32,
-    "steps": 40,
-    "eval_every": 1,
-    "seed": 0,
-}
+SPEC = {**SEEDED_SPEC, "name": "keyed", "eval_every": 1}  # LiveRun writes test_acc every step
 # What the browser logs by itself for the refusals these tests cause on purpose.
 EXPECTED_LOGS = ("status of 401", "status of 403")
 WORKER = "e2e-live"

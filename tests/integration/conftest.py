@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from procs import celery_worker_command, spawn
 
 from service import db, migrate
 from service.proc import settings_env
 from service.settings import Settings
+from tests.procs import celery_worker_command, spawn
 
 # api_runs, a sibling module the tests import (pytest puts this folder on sys.path): its
 # asserts are rewritten (explained on failure) only if registered before the first import.

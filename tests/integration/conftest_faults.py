@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from procs import REPO, celery_worker_command, spawn
 
 from service import db, migrate
 from service.proc import settings_env
 from service.settings import Settings
+from tests.procs import REPO, celery_worker_command, spawn
 from tests.waiting import wait_until  # re-exported: the fault tests import it from here
 
 

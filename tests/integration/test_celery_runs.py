@@ -11,12 +11,12 @@ import time
 
 import pytest
 from api_runs import TINY, Api
-from procs import alive, descendants
 
 from bncore.spec import JobSpec
 from service import store
 from service.executor import CeleryExecutor
 from service.settings import Settings
+from tests.procs import alive, descendants
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -43,7 +43,8 @@ from conftest_faults import (  # noqa: E402
     start_server,
     wait_until,
 )
-from procs import celery_worker_command, descendants, spawn  # noqa: E402
+
+from tests.procs import celery_worker_command, descendants, spawn  # noqa: E402
 
 pytest_plugins = ["conftest_faults"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

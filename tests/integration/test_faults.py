@@ -46,7 +46,8 @@ from conftest_faults import (  # noqa: E402
     start_server,
     wait_until,
 )
-from procs import alive, descendants  # noqa: E402
+
+from tests.procs import alive, descendants  # noqa: E402
 
 pytest_plugins = ["conftest_faults"]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -20,7 +20,7 @@ from service.executor import CeleryExecutor, LocalExecutor, submit_run
 from service.settings import Settings
 from service.vocab import FINISHED_STATUSES, queue_for_replicas, queues_for_capacity
 from tests.executing import create, executing_settings, load
-from tests.integration.procs import alive, descendants
+from tests.procs import alive, descendants
 from tests.waiting import wait_until
 from workers.execute import execute_run
 

@@ -1,6 +1,7 @@
-"""Process helpers shared by the integration tests (a plain module: pytest puts this folder on
-sys.path): starting real ``celery worker`` and ``bnlab serve`` subprocesses, and walking /proc
-to check that a killed worker took its trainer with it."""
+"""Process helpers for tests that start real processes: ``celery worker`` and ``bnlab serve``
+subprocesses (the integration tests), and a walk of /proc to check that a killed worker, a
+cancelled run or a crashed rank took its trainers with it (integration and unit tests alike,
+which is why this lives here and not in tests/integration/)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from service.cli import worker_command
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def celery_worker_command(queue: str, name: str) -> list[str]:
@@ -52,6 +53,8 @@ def descendants(pid: int) -> dict[int, bytes]:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie (state Z) has exited and only awaits its parent's
+    wait(), so it counts as gone."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
